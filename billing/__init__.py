@@ -1,0 +1,1 @@
+"""Metering, rating, invoicing and settlements: pure domain code, no Flask."""

@@ -1,0 +1,62 @@
+"""Sovereign cloud broker: the Flask application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, request
+
+from broker.config import load_config
+from broker.errors import BrokerError
+
+__all__ = ["create_app"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Endpoints whose body is not JSON by protocol.
+_NON_JSON_ENDPOINTS = frozenset({"oauth.issue_token"})
+
+
+class UnsupportedMediaType(BrokerError):
+    status, code, title = 415, "unsupported_media_type", "Send JSON"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the API application. `config` overrides settings read from the environment."""
+    from broker.api import audit, oauth, operations, organizations
+    from broker.api.base import Api, close_request_session
+    from broker.api.problems import register_error_handlers
+    from broker.auth.server import init_auth
+    from broker.db import Database
+    from broker.observability import configure_logging, init_observability
+
+    settings = load_config()
+    settings.update(config or {})
+    app = Flask(__name__, instance_path=settings["INSTANCE_PATH"], static_folder=None)
+    app.config.update(settings)
+    configure_logging(app.config["LOG_LEVEL"], app.config["JSON_LOGS"])
+
+    db = Database(app.config["DATABASE_URL"])
+    app.extensions["broker.db"] = db
+    app.teardown_appcontext(close_request_session)
+
+    init_observability(app)
+    register_error_handlers(app)
+    init_auth(app, db)
+
+    @app.before_request
+    def _require_json_body() -> None:
+        if request.method not in _BODY_METHODS or request.endpoint in _NON_JSON_ENDPOINTS:
+            return
+        has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
+            "Transfer-Encoding", ""
+        )
+        if has_body and not request.is_json:
+            raise UnsupportedMediaType(
+                "Request bodies must be JSON (Content-Type: application/json)."
+            )
+
+    api = Api(app)
+    for blueprint in (oauth.blp, operations.blp, organizations.blp, audit.blp):
+        api.register_blueprint(blueprint)
+    app.add_url_rule("/docs/assets/<path:filename>", view_func=operations.docs_assets)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP layer: flask-smorest blueprints. Thin: parse, authorize, call a service, serialize."""

@@ -1,0 +1,140 @@
+"""Our flask-smorest `Api` and `Blueprint`: every endpoint gets the same error shape,
+transaction handling, authentication and documentation from here.
+
+A request uses one database session. A view's work is committed when the view returns
+successfully and rolled back when it raises, so services only add and flush.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import flask_smorest
+from authlib.oauth2 import OAuth2Error
+from flask import current_app, g, request
+from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
+
+from broker.api.problems import PROBLEM_CONTENT_TYPE, ProblemSchema
+from broker.auth.identity import Caller
+from broker.auth.server import caller_from_claims, protector
+from broker.db import Database
+from broker.models import Role
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BEARER = "bearerAuth"
+
+
+def database() -> Database:
+    db: Database = current_app.extensions["broker.db"]
+    return db
+
+
+def request_session() -> Session:
+    """The session of the current request (read-only for GET/HEAD/OPTIONS)."""
+    session: Session | None = g.get("db_session")
+    if session is None:
+        session = database().session(read_only=request.method in SAFE_METHODS)
+        g.db_session = session
+    return session
+
+
+def close_request_session(_exc: BaseException | None = None) -> None:
+    session: Session | None = g.pop("db_session", None)
+    if session is not None:
+        session.close()  # rolls back whatever was not committed
+
+
+def current_caller() -> Caller:
+    caller: Caller = g.caller
+    return caller
+
+
+def _unit_of_work(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
+        result = view(*args, **kwargs)
+        session: Session | None = g.get("db_session")
+        if session is not None and session.in_transaction():
+            status = getattr(result, "status_code", 200)
+            if status < 400:
+                session.commit()
+            else:
+                session.rollback()
+        return result
+
+    return wrapper
+
+
+class Api(flask_smorest.Api):
+    """flask-smorest's Api with problem+json documented as every operation's default error."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_error_handlers(self) -> None:
+        """Errors are handled by `broker.api.problems.register_error_handlers`."""
+
+    def _register_responses(self) -> None:
+        super()._register_responses()
+        for response in self.spec.components.responses_lazy.values():
+            content = response.get("content")
+            if content:
+                response["content"] = {PROBLEM_CONTENT_TYPE: next(iter(content.values()))}
+        self.spec.components.security_scheme(
+            BEARER,
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "An RFC 9068 access token from `POST /oauth/token`.",
+            },
+        )
+        self.spec.components.security_scheme(
+            "basicAuth",
+            {"type": "http", "scheme": "basic", "description": "client_id:client_secret"},
+        )
+
+
+class Blueprint(flask_smorest.Blueprint):
+    def add_url_rule(
+        self,
+        rule: str,
+        endpoint: str | None = None,
+        view_func: Any = None,
+        provide_automatic_options: bool | None = None,
+        **options: Any,
+    ) -> None:
+        if view_func is not None and not isinstance(view_func, type):
+            view_func = _unit_of_work(view_func)
+        super().add_url_rule(rule, endpoint, view_func, provide_automatic_options, **options)
+
+    def auth(self, *roles: Role) -> Callable[[F], F]:
+        """Require a valid access token holding one of `roles` (any role when none given).
+
+        The caller is then available as `current_caller()`; the roles are documented on the
+        operation as `x-roles`.
+        """
+        scopes = [role.value for role in roles] or None
+
+        def decorator(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                guard = protector()
+                try:
+                    claims = guard.acquire_token(scopes)
+                except OAuth2Error as error:
+                    guard.raise_error_response(error)
+                g.caller = caller_from_claims(claims)
+                return view(*args, **kwargs)
+
+            documented = self.doc(
+                security=[{BEARER: []}],
+                **{"x-roles": [role.value for role in roles] or ["any"]},
+            )
+            return cast(F, documented(wrapper))
+
+        return decorator

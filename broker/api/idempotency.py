@@ -1,0 +1,114 @@
+"""The `Idempotency-Key` header on POST endpoints (see `broker.services.idempotency`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, cast
+
+from flask import Response, current_app, make_response, request
+
+from broker.api.base import current_caller, database, request_session
+from broker.errors import IdempotencyKeyRequired, ValidationFailed
+from broker.services import idempotency
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# Response headers worth replaying; others (Date, request id) describe the new exchange.
+_STORED_HEADERS = ("Content-Type", "Location", "ETag")
+
+
+def _key_parameter(required: bool) -> dict[str, Any]:
+    return {
+        "name": HEADER,
+        "in": "header",
+        "required": required,
+        "description": (
+            "A unique key per intended operation (a UUID is fine). Retrying with the same key "
+            "replays the first response with `Idempotent-Replayed: true`; the same key with a "
+            "different body answers 422. Keys are kept 24 hours, per organization."
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    }
+
+
+def idempotent(*, required: bool) -> Callable[[F], F]:
+    """Make a POST view idempotent per `Idempotency-Key` (apply under `@blp.auth`)."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            key = request.headers.get(HEADER)
+            if key is None:
+                if required:
+                    raise IdempotencyKeyRequired(f"Send a unique {HEADER} header with this POST.")
+                return view(*args, **kwargs)
+            if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+                raise ValidationFailed(
+                    errors={HEADER: [f"1 to {MAX_KEY_LENGTH} printable characters."]}
+                )
+            config = current_app.config
+            outcome = idempotency.claim(
+                database(),
+                current_caller().organization_id,
+                key,
+                idempotency.request_fingerprint(
+                    request.method, request.path, request.get_data(cache=True)
+                ),
+                ttl=timedelta(hours=config["IDEMPOTENCY_TTL_HOURS"]),
+                lease=timedelta(seconds=config["IDEMPOTENCY_LOCK_SECONDS"]),
+                wait_seconds=config["IDEMPOTENCY_WAIT_SECONDS"],
+            )
+            if isinstance(outcome, idempotency.StoredResponse):
+                return _replay(outcome)
+            try:
+                response = make_response(view(*args, **kwargs))
+                if response.status_code >= 400:
+                    raise _Failed(response)
+                idempotency.complete(
+                    request_session(),
+                    outcome,
+                    idempotency.StoredResponse(
+                        response.status_code,
+                        {h: response.headers[h] for h in _STORED_HEADERS if h in response.headers},
+                        response.get_data(),
+                    ),
+                )
+                request_session().commit()
+            except _Failed as failed:
+                idempotency.release(database(), outcome)
+                return failed.response
+            except BaseException:
+                idempotency.release(database(), outcome)
+                raise
+            return response
+
+        documented = functools.partial(_document, required=required)
+        return cast(F, documented(wrapper))
+
+    return decorator
+
+
+class _Failed(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _document(view: Callable[..., Any], *, required: bool) -> Callable[..., Any]:
+    apidoc = getattr(view, "_apidoc", {})
+    manual = apidoc.setdefault("manual_doc", {})
+    manual.setdefault("parameters", []).append(_key_parameter(required))
+    view._apidoc = apidoc  # type: ignore[attr-defined]
+    return view
+
+
+def _replay(stored: idempotency.StoredResponse) -> Response:
+    response = Response(stored.body, status=stored.status)
+    for name, value in stored.headers.items():
+        response.headers[name] = value
+    response.headers[REPLAYED_HEADER] = "true"
+    return response

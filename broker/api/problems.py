@@ -1,0 +1,188 @@
+"""RFC 9457 problem details: the one shape of every error the API returns.
+
+`type`, `title`, `status`, `detail`, plus `code` (a stable slug clients can switch on),
+`errors` (field → messages, for validation) and `request_id` (to find the log line).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import marshmallow as ma
+from flask import Flask, Response, g, json
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
+from werkzeug.exceptions import HTTPException
+
+from broker.errors import BrokerError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:cloud-broker:problem:"
+
+log = logging.getLogger("broker.errors")
+
+
+class ProblemSchema(ma.Schema):
+    """RFC 9457 problem details (documentation only; errors are built by `problem`)."""
+
+    class Meta:
+        unknown = ma.INCLUDE
+
+    type = ma.fields.String(required=True, metadata={"description": "URI naming the problem"})
+    title = ma.fields.String(required=True)
+    status = ma.fields.Integer(required=True)
+    detail = ma.fields.String()
+    code = ma.fields.String(required=True, metadata={"description": "Stable machine slug"})
+    errors = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.List(ma.fields.String()),
+        metadata={"description": "Field → messages, for validation errors"},
+    )
+    request_id = ma.fields.String()
+
+
+# Codes for errors raised by Werkzeug/Flask itself (routing, body size, methods).
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    428: "precondition_required",
+    429: "rate_limited",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str | None = None,
+    detail: str | None = None,
+    *,
+    errors: Mapping[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response:
+    """Build a problem+json response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = dict(errors)
+    if extra:
+        body.update(extra)
+    request_id = g.get("request_id") if g else None
+    if request_id:
+        body["request_id"] = request_id
+    response = Response(json.dumps(body), status=status, content_type=PROBLEM_CONTENT_TYPE)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    """Turn marshmallow/webargs nested messages into `{"a.b.0.c": ["..."]}`."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(flatten_errors(value, name))
+    elif isinstance(messages, list | tuple) and all(isinstance(m, str) for m in messages):
+        flat[prefix or "_schema"] = [str(m) for m in messages]
+    elif isinstance(messages, list | tuple):
+        for index, value in enumerate(messages):
+            flat.update(flatten_errors(value, f"{prefix}.{index}" if prefix else str(index)))
+    else:
+        flat[prefix or "_schema"] = [str(messages)]
+    return flat
+
+
+def _webargs_errors(data: Mapping[str, Any]) -> dict[str, list[str]]:
+    messages = data.get("messages") or data.get("errors") or {}
+    # webargs keys errors by location; the body is the usual one, so its fields stay bare.
+    flat: dict[str, list[str]] = {}
+    for location, fields in messages.items():
+        flat.update(flatten_errors(fields, "" if location == "json" else location))
+    return flat
+
+
+def http_exception_problem(error: HTTPException) -> Response:
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    headers = dict(data.get("headers") or {})
+    valid_methods = getattr(error, "valid_methods", None)
+    if status == 405 and valid_methods:
+        headers["Allow"] = ", ".join(sorted(valid_methods))
+    code = _HTTP_CODES.get(status, "http_error")
+    detail = data.get("message") or error.description
+    errors = _webargs_errors(data) if ("messages" in data or "errors" in data) else None
+    if errors and status == 422:
+        detail = "Some fields are missing or invalid; see `errors`."
+    elif errors and status == 400:
+        # webargs answers 400 only when the body cannot be parsed at all.
+        code, detail, errors = "malformed_body", "The body is not valid JSON.", None
+    return problem(status, code, detail=detail, errors=errors, headers=headers)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every exception class to a problem response, in one place."""
+
+    @app.errorhandler(BrokerError)
+    def _broker_error(error: BrokerError) -> Response:
+        return problem(
+            error.status,
+            error.code,
+            error.title,
+            error.detail,
+            errors=error.errors,
+            headers=error.headers,
+            extra=error.extra,
+        )
+
+    @app.errorhandler(IntegrityError)
+    def _integrity_error(error: IntegrityError) -> Response:
+        # Services check what they can; a unique constraint is the last guard under races.
+        log.info("integrity error turned into 409: %s", error.orig)
+        return problem(409, "conflict", detail="The change conflicts with existing data.")
+
+    @app.errorhandler(StaleDataError)
+    def _stale(error: StaleDataError) -> Response:
+        return problem(
+            412, "precondition_failed", "The resource has changed",
+            "Someone changed this resource while you did; read it again and retry.",
+        )
+
+    @app.errorhandler(OperationalError)
+    def _operational_error(error: OperationalError) -> Response:
+        log.exception("database unavailable")
+        return problem(
+            503, "unavailable", detail="The database is busy or unreachable; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        if error.code == 500:
+            log.error(
+                "unhandled error", exc_info=getattr(error, "original_exception", None) or error
+            )
+            return problem(500, "internal_error", detail="An unexpected error occurred.")
+        return http_exception_problem(error)

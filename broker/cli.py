@@ -1,0 +1,246 @@
+"""The `broker` command: serve, worker, migrations, organizations, clients, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from broker.config import PROJECT_ROOT, load_config
+from broker.db import Database
+from broker.models import Organization, OrganizationKind, Role
+
+
+def _database() -> Database:
+    return Database(load_config()["DATABASE_URL"])
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _require_migrated(db: Database) -> None:
+    from broker.migrate import is_at_head
+
+    if not is_at_head(db.engine):
+        raise click.ClickException("The database is not migrated: run `broker db upgrade`.")
+
+
+@click.group()
+def main() -> None:
+    """Sovereign cloud broker."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database named by DATABASE_URL to the latest schema."""
+    from broker.migrate import upgrade
+
+    upgrade(load_config()["DATABASE_URL"])
+    click.echo("database at the latest migration")
+
+
+@main.group()
+def orgs() -> None:
+    """Organizations."""
+
+
+@orgs.command("create")
+@click.option("--name", required=True)
+@click.option("--kind", required=True, type=click.Choice([k.value for k in OrganizationKind]))
+def orgs_create(name: str, kind: str) -> None:
+    """Register an organization and print it as JSON."""
+    from broker.errors import BrokerError
+    from broker.services import organizations
+
+    database = _database()
+    _require_migrated(database)
+    try:
+        with database.transaction() as session:
+            organization = organizations.create_organization(
+                session, None, name=name, kind=OrganizationKind(kind)
+            )
+            _echo_json(
+                {
+                    "id": organization.id,
+                    "name": organization.name,
+                    "kind": organization.kind.value,
+                    "created_at": organization.created_at.isoformat(),
+                }
+            )
+    except BrokerError as error:
+        raise click.ClickException(str(error.detail)) from error
+
+
+@main.group()
+def clients() -> None:
+    """API clients."""
+
+
+@clients.command("create")
+@click.option("--org", "org", required=True, help="Organization id or exact name.")
+@click.option(
+    "--role", "roles", required=True, multiple=True, type=click.Choice([r.value for r in Role])
+)
+@click.option("--name", default=None, help="A label for the client.")
+def clients_create(org: str, roles: tuple[str, ...], name: str | None) -> None:
+    """Issue an API client and print its credentials as JSON (the secret is shown once)."""
+    from broker.errors import BrokerError
+    from broker.services import organizations
+
+    database = _database()
+    _require_migrated(database)
+    try:
+        with database.transaction() as session:
+            try:
+                condition = Organization.id == uuid.UUID(org)
+            except ValueError:
+                condition = Organization.name == org
+            organization = session.scalar(select(Organization).where(condition))
+            if organization is None:
+                raise click.ClickException(f"No organization {org!r}.")
+            issued = organizations.create_client(
+                session,
+                None,
+                organization.id,
+                name=name or f"{organization.name} {'/'.join(roles)}",
+                roles=[Role(r) for r in roles],
+            )
+            _echo_json(
+                {
+                    "client_id": issued.client.client_id,
+                    "client_secret": issued.secret,
+                    "organization_id": organization.id,
+                    "roles": issued.client.roles,
+                }
+            )
+    except BrokerError as error:
+        raise click.ClickException(str(error.detail)) from error
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check every link of the audit chain; exit 1 and name the first broken one."""
+    from broker.services.audit import verify_chain
+
+    with _database().session(read_only=True) as session:
+        report = verify_chain(session)
+    _echo_json(
+        {
+            "ok": report.ok,
+            "events_checked": report.events_checked,
+            "broken_at_seq": report.broken_at_seq,
+            "reason": report.reason,
+        }
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+def worker() -> None:
+    """Run a background worker until SIGTERM/SIGINT."""
+    from broker.jobs.worker import install_signal_handlers, run_worker
+    from broker.observability import configure_logging
+
+    config = load_config()
+    configure_logging(config["LOG_LEVEL"], config["JSON_LOGS"])
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    run_worker(_database(), stop)
+
+
+@main.command()
+@click.option("--demo/--no-demo", default=True, help="Seed and print the demo consortium.")
+def serve(demo: bool) -> None:
+    """Migrate, seed the demo consortium, then run gunicorn and a worker until stopped."""
+    from broker.auth.keys import SigningKeys
+    from broker.migrate import upgrade
+    from broker.seed import seed_demo
+
+    config = load_config()
+    upgrade(config["DATABASE_URL"])
+    # Create the signing key once, before several processes would race to create it.
+    SigningKeys(config["SIGNING_KEY"], config["SIGNING_KEY_FILE"]).private_key
+    host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
+    if demo:
+        credentials = seed_demo(
+            _database(), Path(config["INSTANCE_PATH"]) / "demo-credentials.json"
+        )
+        _print_demo(credentials, f"http://{host}:{port}")
+
+    env = {**os.environ, "HOST": host, "PORT": port}
+    children = [
+        subprocess.Popen([sys.executable, "-m", "broker.cli", "worker"], env=env),
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn",
+                "-c", str(PROJECT_ROOT / "gunicorn.conf.py"),
+                "broker.wsgi:app",
+            ],
+            env=env,
+        ),
+    ]
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    # Run until asked to stop or until either child exits; then stop the other one too.
+    while not stopping.is_set() and all(child.poll() is None for child in children):
+        stopping.wait(0.5)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    click.echo("broker stopped")
+    if any(child.returncode not in (0, -signal.SIGTERM) for child in children):
+        sys.exit(1)
+
+
+def _print_demo(credentials: list[Any], base_url: str) -> None:
+    click.echo("\nDemo consortium credentials (also in instance/demo-credentials.json):\n")
+    click.echo(f"  {'organization':<40} {'roles':<10} {'client_id':<28} client_secret")
+    for c in credentials:
+        click.echo(
+            f"  {c.organization:<40} {','.join(c.roles):<10} {c.client_id:<28} {c.client_secret}"
+        )
+    admin = next((c for c in credentials if "admin" in c.roles), None)
+    if admin is not None:
+        click.echo("\nGet an admin token, then list the organizations:\n")
+        click.echo(
+            f"  TOKEN=$(curl -s -u '{admin.client_id}:{admin.client_secret}' "
+            f"-d grant_type=client_credentials {base_url}/oauth/token "
+            "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+        )
+        click.echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/organizations')
+    click.echo(f"\nInteractive docs: {base_url}/docs\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Configuration read from environment variables (12-factor).
+
+Every setting has a default that works for the embedded single-machine setup; production
+overrides them through the environment. `create_app(config=...)` may override any key, which
+is how the tests point an app at their own database.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def instance_path() -> Path:
+    """Directory for the embedded database, the generated signing key and local state."""
+    return Path(os.environ.get("BROKER_INSTANCE_PATH", PROJECT_ROOT / "instance")).resolve()
+
+
+def load_config() -> dict[str, Any]:
+    """Build the application configuration from the environment."""
+    instance = instance_path()
+    return {
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{instance / 'broker.db'}"),
+        # OAuth 2.0 / RFC 9068: the issuer names this authorization server; the audience names
+        # the API. Both must match exactly on every token the API accepts.
+        "OAUTH_ISSUER": os.environ.get("BROKER_ISSUER", "http://127.0.0.1:8000"),
+        "OAUTH_AUDIENCE": os.environ.get("BROKER_AUDIENCE", "https://broker.example/api"),
+        "ACCESS_TOKEN_TTL": _int("BROKER_ACCESS_TOKEN_TTL", 900),
+        # PEM of an RSA private key, or a path to one. When neither is set, a key is generated
+        # into the instance directory on first use (fine for one host, not for many).
+        "SIGNING_KEY": os.environ.get("BROKER_SIGNING_KEY"),
+        "SIGNING_KEY_FILE": os.environ.get(
+            "BROKER_SIGNING_KEY_FILE", str(instance / "signing-key.pem")
+        ),
+        "MAX_CONTENT_LENGTH": _int("BROKER_MAX_BODY_BYTES", 1024 * 1024),
+        "IDEMPOTENCY_TTL_HOURS": _int("BROKER_IDEMPOTENCY_TTL_HOURS", 24),
+        # How long a duplicate request waits for the first one to finish before answering 409.
+        "IDEMPOTENCY_WAIT_SECONDS": float(os.environ.get("BROKER_IDEMPOTENCY_WAIT", "10")),
+        # An in-flight claim older than this is treated as abandoned (its process died).
+        "IDEMPOTENCY_LOCK_SECONDS": _int("BROKER_IDEMPOTENCY_LOCK_SECONDS", 120),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "JSON_LOGS": _bool("BROKER_JSON_LOGS", True),
+        "TESTING": False,
+        # flask-smorest / OpenAPI
+        "API_TITLE": "Sovereign Cloud Broker",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.1.0",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
+    }

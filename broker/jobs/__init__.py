@@ -1,0 +1,1 @@
+"""Background work: the worker loop (the durable job engine arrives with orders)."""

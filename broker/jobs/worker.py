@@ -1,0 +1,72 @@
+"""The background worker.
+
+For now it runs the periodic housekeeping (expired Idempotency-Key records); the durable job
+queue plugs into the same loop. It stops cleanly on SIGTERM/SIGINT, finishing the task at hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from broker.db import Database
+from broker.services import idempotency
+
+log = logging.getLogger("broker.worker")
+
+
+@dataclass
+class PeriodicTask:
+    name: str
+    every_seconds: float
+    run: Callable[[Database], int]
+    next_run: float = field(default=0.0)
+
+
+def _purge_idempotency(db: Database) -> int:
+    with db.transaction() as session:
+        return idempotency.purge_expired(session)
+
+
+def default_tasks() -> list[PeriodicTask]:
+    return [PeriodicTask("purge_idempotency_records", 600, _purge_idempotency)]
+
+
+def run_worker(
+    db: Database,
+    stop: threading.Event,
+    *,
+    tasks: list[PeriodicTask] | None = None,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Run until `stop` is set. A failing task is logged and retried at its next period."""
+    tasks = default_tasks() if tasks is None else tasks
+    log.info("worker started", extra={"tasks": [task.name for task in tasks]})
+    while not stop.is_set():
+        now = time.monotonic()
+        for task in tasks:
+            if stop.is_set() or now < task.next_run:
+                continue
+            task.next_run = now + task.every_seconds
+            try:
+                done = task.run(db)
+                if done:
+                    log.info("periodic task ran", extra={"task": task.name, "count": done})
+            except Exception:
+                log.exception("periodic task failed", extra={"task": task.name})
+        stop.wait(poll_seconds)
+    log.info("worker stopped")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def _handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("worker stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handle)
+    signal.signal(signal.SIGINT, _handle)

@@ -1,0 +1,74 @@
+"""Organizations (agencies, provider operators, the consortium) and their API clients."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, Enum, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from broker.models.base import Base, IdMixin, TimestampMixin
+
+
+class OrganizationKind(enum.StrEnum):
+    AGENCY = "agency"
+    PROVIDER = "provider"
+    CONSORTIUM = "consortium"
+
+
+class Role(enum.StrEnum):
+    BUYER = "buyer"
+    APPROVER = "approver"
+    PROVIDER = "provider"
+    FINANCE = "finance"
+    ADMIN = "admin"
+
+
+# Which roles an organization of each kind may hand to its clients.
+ROLES_BY_KIND: dict[OrganizationKind, frozenset[Role]] = {
+    OrganizationKind.AGENCY: frozenset({Role.BUYER, Role.APPROVER}),
+    OrganizationKind.PROVIDER: frozenset({Role.PROVIDER}),
+    OrganizationKind.CONSORTIUM: frozenset({Role.FINANCE, Role.ADMIN}),
+}
+
+
+class Organization(IdMixin, TimestampMixin, Base):
+    __tablename__ = "organizations"
+
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[OrganizationKind] = mapped_column(
+        Enum(
+            OrganizationKind,
+            native_enum=False,
+            length=20,
+            values_callable=lambda kinds: [kind.value for kind in kinds],
+        )
+    )
+    version: Mapped[int] = mapped_column(default=1)
+
+    clients: Mapped[list[ApiClient]] = relationship(back_populates="organization")
+
+    # UPDATE … WHERE version = :read_version; a concurrent writer gets StaleDataError (412).
+    __mapper_args__ = {"version_id_col": version}
+
+
+class ApiClient(IdMixin, TimestampMixin, Base):
+    """An OAuth 2.0 client (machine identity) of one organization, holding one or more roles.
+
+    Only a hash of the secret is stored; the secret itself is shown once, at creation.
+    """
+
+    __tablename__ = "api_clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    organization: Mapped[Organization] = relationship(back_populates="clients")

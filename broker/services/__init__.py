@@ -1,0 +1,1 @@
+"""Use-cases. They take a session and the caller's identity, never the Flask request."""

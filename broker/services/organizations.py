@@ -1,0 +1,159 @@
+"""Organizations (agencies, providers' operators, the consortium) and their API clients."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.auth.identity import Caller
+from broker.auth.secrets import hash_secret, new_client_id, new_client_secret
+from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.models import ApiClient, Organization, OrganizationKind, Role
+from broker.models.organizations import ROLES_BY_KIND
+from broker.services import audit
+from broker.services.pagination import Page, paginate
+
+_CLIENT_AUDIT_EXCLUDE = frozenset({"secret_hash"})
+
+
+def _name_taken(session: Session, name: str, exclude: uuid.UUID | None = None) -> bool:
+    statement = select(Organization.id).where(Organization.name == name)
+    if exclude is not None:
+        statement = statement.where(Organization.id != exclude)
+    return session.scalar(statement) is not None
+
+
+def create_organization(
+    session: Session, actor: Caller | None, *, name: str, kind: OrganizationKind
+) -> Organization:
+    """Register an organization (admin). Names are unique across the consortium."""
+    if _name_taken(session, name):
+        raise Conflict(f"An organization named {name!r} exists already.", code="name_taken")
+    organization = Organization(id=uuid.uuid4(), name=name, kind=kind)
+    session.add(organization)
+    session.flush()
+    audit.record(
+        session, actor, "organization.created", "organization", organization.id,
+        organization_id=organization.id, after=audit.snapshot(organization),
+    )
+    return organization
+
+
+def get_organization(session: Session, caller: Caller, organization_id: uuid.UUID) -> Organization:
+    """Admins read any organization; everyone else only their own (others are 404)."""
+    if not caller.is_admin and organization_id != caller.organization_id:
+        raise NotFound("No such organization.")
+    organization = session.get(Organization, organization_id)
+    if organization is None:
+        raise NotFound("No such organization.")
+    return organization
+
+
+def list_organizations(
+    session: Session,
+    caller: Caller,
+    *,
+    kind: OrganizationKind | None = None,
+    limit: int,
+    cursor: str | None,
+) -> Page[Organization]:
+    statement = select(Organization)
+    if not caller.is_admin:
+        statement = statement.where(Organization.id == caller.organization_id)
+    if kind is not None:
+        statement = statement.where(Organization.kind == kind)
+    return paginate(
+        session, statement, [Organization.created_at, Organization.id], limit=limit, cursor=cursor
+    )
+
+
+def rename_organization(
+    session: Session,
+    caller: Caller,
+    organization_id: uuid.UUID,
+    *,
+    expected_version: int,
+    name: str,
+) -> Organization:
+    """Change an organization's name, if nobody changed it since `expected_version`."""
+    organization = get_organization(session, caller, organization_id)
+    if organization.version != expected_version:
+        raise PreconditionFailed(
+            "Someone changed this organization since you read it; read it again.",
+        )
+    if name == organization.name:
+        return organization
+    if _name_taken(session, name, exclude=organization.id):
+        raise Conflict(f"An organization named {name!r} exists already.", code="name_taken")
+    before = audit.snapshot(organization)
+    organization.name = name
+    session.flush()  # bumps `version` with a compare-and-swap on the old one
+    audit.record(
+        session, caller, "organization.updated", "organization", organization.id,
+        organization_id=organization.id, before=before, after=audit.snapshot(organization),
+    )
+    return organization
+
+
+@dataclass(frozen=True)
+class IssuedClient:
+    client: ApiClient
+    secret: str
+
+
+def create_client(
+    session: Session,
+    actor: Caller | None,
+    organization_id: uuid.UUID,
+    *,
+    name: str,
+    roles: list[Role],
+) -> IssuedClient:
+    """Issue API credentials to an organization; the secret exists only in the return value.
+
+    Roles must fit the organization's kind: agencies buy and approve, providers publish,
+    the consortium runs finance and administration.
+    """
+    organization = session.get(Organization, organization_id)
+    if organization is None:
+        raise NotFound("No such organization.")
+    allowed = ROLES_BY_KIND[organization.kind]
+    refused = sorted(role.value for role in roles if role not in allowed)
+    if refused:
+        raise ValidationFailed(
+            f"An organization of kind {organization.kind.value!r} cannot hold these roles.",
+            errors={
+                "roles": [f"Not allowed for a {organization.kind.value}: {', '.join(refused)}."]
+            },
+            code="role_not_allowed",
+        )
+    secret = new_client_secret()
+    client = ApiClient(
+        id=uuid.uuid4(),
+        client_id=new_client_id(),
+        name=name,
+        organization_id=organization.id,
+        roles=sorted({role.value for role in roles}),
+        secret_hash=hash_secret(secret),
+    )
+    session.add(client)
+    session.flush()
+    audit.record(
+        session, actor, "api_client.created", "api_client", client.id,
+        organization_id=organization.id,
+        after=audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE),
+    )
+    return IssuedClient(client, secret)
+
+
+def list_clients(
+    session: Session, caller: Caller, organization_id: uuid.UUID, *, limit: int, cursor: str | None
+) -> Page[ApiClient]:
+    get_organization(session, caller, organization_id)
+    statement = select(ApiClient).where(ApiClient.organization_id == organization_id)
+    return paginate(
+        session, statement, [ApiClient.created_at, ApiClient.id], limit=limit, cursor=cursor
+    )

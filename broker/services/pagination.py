@@ -1,0 +1,98 @@
+"""Keyset pagination with opaque cursors.
+
+A cursor is the sort key of the last item returned, base64url-encoded JSON. The next page
+starts strictly after it, so rows inserted meanwhile never shift or repeat what a client has
+already seen, and the cost of a page does not grow with its depth.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, literal, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from broker.errors import ValidationFailed
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _decode_value(column: InstrumentedAttribute[Any], raw: Any) -> Any:
+    python_type = column.type.python_type
+    if python_type is datetime:
+        moment = datetime.fromisoformat(raw)
+        if moment.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return moment
+    if python_type is uuid.UUID:
+        return uuid.UUID(raw)
+    if python_type is int:
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise TypeError("not an integer")
+        return raw
+    return str(raw)
+
+
+def encode_cursor(values: Sequence[Any]) -> str:
+    payload = json.dumps([_encode_value(v) for v in values], separators=(",", ":"))
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(raw, list) or len(raw) != len(keys):
+            raise ValueError("wrong shape")
+        return [_decode_value(column, value) for column, value in zip(keys, raw, strict=True)]
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationFailed(
+            "The cursor is not one this API returned.", errors={"cursor": ["Invalid cursor."]}
+        ) from exc
+
+
+def paginate(
+    session: Session,
+    statement: Select[tuple[T]],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    *,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> Page[T]:
+    """Run `statement` ordered by `keys` (unique together, ascending) from `cursor` on."""
+    if cursor:
+        after = [
+            literal(value, column.type)
+            for column, value in zip(keys, decode_cursor(cursor, keys), strict=True)
+        ]
+        statement = statement.where(tuple_(*keys) > tuple_(*after))
+    rows = list(session.scalars(statement.order_by(*keys).limit(limit + 1)))
+    if len(rows) <= limit:
+        return Page(rows, None)
+    rows = rows[:limit]
+    last = rows[-1]
+    return Page(rows, encode_cursor([getattr(last, column.key) for column in keys]))

@@ -1,0 +1,28 @@
+"""Production server settings for the broker API (`gunicorn -c gunicorn.conf.py broker.wsgi:app`).
+
+Every value can be overridden from the environment, so the same file serves one laptop and
+N stateless API hosts behind a load balancer.
+"""
+
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = 20
+keepalive = 5
+# Bounded request lines and headers; bodies are capped by the app (1 MiB).
+limit_request_line = 8190
+limit_request_fields = 100
+# The app writes one JSON access line per request itself.
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# Trust X-Forwarded-* only from the proxies named here (comma-separated addresses).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# Workers are restarted now and then so slow leaks cannot build up.
+max_requests = 10_000
+max_requests_jitter = 1_000
