@@ -1,0 +1,47 @@
+# Every target creates .venv when it is missing (or older than pyproject.toml).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-sqlite test-postgresql lint openapi bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+## run: migrate the embedded database, seed the demo consortium, serve API + worker
+run: $(STAMP)
+	$(VENV)/bin/broker serve
+
+## test: the whole suite on SQLite, then on a throwaway PostgreSQL cluster, then lint
+test: $(STAMP)
+	@echo "== test suite on SQLite =="
+	$(PY) -m pytest -q -p no:cacheprovider --db=sqlite
+	@echo "== test suite on PostgreSQL (throwaway cluster) =="
+	$(PY) -m pytest -q -p no:cacheprovider --db=postgresql
+	@$(MAKE) --no-print-directory lint
+
+test-sqlite: $(STAMP)
+	$(PY) -m pytest -q --db=sqlite
+
+test-postgresql: $(STAMP)
+	$(PY) -m pytest -q --db=postgresql
+
+## lint: ruff and mypy on the application packages
+lint: $(STAMP)
+	$(VENV)/bin/ruff check broker providers billing tests bench migrations/env.py
+	$(VENV)/bin/mypy
+
+## openapi: regenerate openapi.yaml from the code
+openapi: $(STAMP)
+	$(VENV)/bin/flask --app broker openapi write --format=yaml openapi.yaml
+
+## bench: benchmark scripts (they print figures; nothing asserts timings)
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

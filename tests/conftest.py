@@ -1,0 +1,233 @@
+"""Test fixtures: a real database per test, real apps, real tokens.
+
+`pytest` runs on SQLite (a migrated template copied per test). `pytest --db=postgresql`
+starts a throwaway PostgreSQL cluster (see tests/pgcluster.py), migrates one database and
+empties its tables after each test; `BROKER_TEST_POSTGRES_URL` points at an existing server
+instead. No test bypasses authentication: callers get tokens from `POST /oauth/token`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy import text
+
+from broker import create_app
+from broker.db import Database
+from broker.migrate import upgrade
+from broker.models import Base, OrganizationKind, Role
+from broker.services import organizations
+from broker.services.audit import GENESIS_HASH
+from tests.pgcluster import PostgresCluster
+
+hypothesis_settings.register_profile("broker", derandomize=True, deadline=None)
+hypothesis_settings.load_profile("broker")
+
+_cluster: PostgresCluster | None = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="Database to run the suite on (postgresql starts a throwaway cluster).",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _cluster
+    if config.getoption("--db") != "postgresql" or hasattr(config, "workerinput"):
+        return
+    external = os.environ.get("BROKER_TEST_POSTGRES_URL")
+    if external:
+        config.broker_pg_url = external  # type: ignore[attr-defined]
+        config.broker_pg_note = "existing server from BROKER_TEST_POSTGRES_URL"  # type: ignore[attr-defined]
+    else:
+        _cluster = PostgresCluster()
+        _cluster.start()
+        config.broker_pg_url = _cluster.create_database("broker_test")  # type: ignore[attr-defined]
+        config.broker_pg_note = (  # type: ignore[attr-defined]
+            f"throwaway PostgreSQL cluster started on 127.0.0.1:{_cluster.port}"
+        )
+    upgrade(config.broker_pg_url)  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if config.getoption("--db") == "postgresql":
+        return f"database: PostgreSQL — {config.broker_pg_note}"  # type: ignore[attr-defined]
+    return "database: SQLite (migrated template, copied per test)"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _cluster
+    if _cluster is not None:
+        _cluster.stop()
+        print(f"\nthrowaway PostgreSQL cluster on port {_cluster.port} stopped", file=sys.stderr)
+        _cluster = None
+
+
+@pytest.fixture(scope="session")
+def db_kind(pytestconfig: pytest.Config) -> str:
+    return str(pytestconfig.getoption("--db"))
+
+
+@pytest.fixture(scope="session")
+def signing_key_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "broker.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _empty_postgres(url: str) -> None:
+    database = Database(url)
+    tables = [t.name for t in Base.metadata.sorted_tables if t.name != "audit_chain_head"]
+    with database.engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(tables)} CASCADE"))
+        connection.execute(
+            text("UPDATE audit_chain_head SET seq = 0, hash = :genesis"),
+            {"genesis": GENESIS_HASH},
+        )
+    database.dispose()
+
+
+@pytest.fixture
+def database_url(
+    db_kind: str, tmp_path: Path, pytestconfig: pytest.Config, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A migrated, empty database for this test."""
+    if db_kind == "postgresql":
+        url: str = pytestconfig.broker_pg_url  # type: ignore[attr-defined]
+        yield url
+        _empty_postgres(url)
+    else:
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "broker.db"
+        shutil.copyfile(template, path)
+        yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def app_config(database_url: str, tmp_path: Path, signing_key_pem: str) -> dict[str, Any]:
+    return {
+        "DATABASE_URL": database_url,
+        "INSTANCE_PATH": str(tmp_path / "instance"),
+        "SIGNING_KEY": signing_key_pem,
+        "TESTING": True,
+        "JSON_LOGS": False,
+        "LOG_LEVEL": "WARNING",
+        "IDEMPOTENCY_WAIT_SECONDS": 30.0,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    application = create_app(app_config)
+    yield application
+    application.extensions["broker.db"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app: Flask) -> Database:
+    database: Database = app.extensions["broker.db"]
+    return database
+
+
+@dataclass
+class ApiUser:
+    """A real API client of a real organization, holding a real access token."""
+
+    client_id: str
+    client_secret: str
+    organization_id: str
+    roles: list[str]
+    token: str
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **self.extra_headers}
+
+
+def fetch_token(client: FlaskClient, client_id: str, secret: str) -> str:
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    token: str = response.json["access_token"]  # type: ignore[index]
+    return token
+
+
+MakeUser = Callable[..., ApiUser]
+
+
+@pytest.fixture
+def make_user(db: Database, client: FlaskClient) -> MakeUser:
+    """`make_user(kind, roles, organization_id=None)` → an `ApiUser` with a fresh token."""
+
+    def make(
+        kind: str = "agency",
+        roles: tuple[str, ...] | list[str] = ("buyer",),
+        organization_id: str | None = None,
+        name: str | None = None,
+    ) -> ApiUser:
+        with db.transaction() as session:
+            if organization_id is None:
+                organization = organizations.create_organization(
+                    session,
+                    None,
+                    name=name or f"{kind} {uuid.uuid4().hex[:8]}",
+                    kind=OrganizationKind(kind),
+                )
+                organization_id = str(organization.id)
+            issued = organizations.create_client(
+                session,
+                None,
+                uuid.UUID(organization_id),
+                name="test client",
+                roles=[Role(role) for role in roles],
+            )
+            client_id, secret = issued.client.client_id, issued.secret
+        return ApiUser(
+            client_id, secret, organization_id, list(roles), fetch_token(client, client_id, secret)
+        )
+
+    return make
+
+
+@pytest.fixture
+def admin(make_user: MakeUser) -> ApiUser:
+    return make_user("consortium", ["admin"], name="Test Consortium")
+
+
+@pytest.fixture
+def buyer(make_user: MakeUser) -> ApiUser:
+    return make_user("agency", ["buyer"])
