@@ -45,7 +45,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     @app.before_request
     def _require_json_body() -> None:
-        if request.method not in _BODY_METHODS or request.endpoint in _NON_JSON_ENDPOINTS:
+        if (
+            request.routing_exception is not None  # 404/405 answer first
+            or request.method not in _BODY_METHODS
+            or request.endpoint in _NON_JSON_ENDPOINTS
+        ):
             return
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
             "Transfer-Encoding", ""

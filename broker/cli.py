@@ -180,7 +180,7 @@ def serve(demo: bool) -> None:
     config = load_config()
     upgrade(config["DATABASE_URL"])
     # Create the signing key once, before several processes would race to create it.
-    SigningKeys(config["SIGNING_KEY"], config["SIGNING_KEY_FILE"]).private_key
+    _ = SigningKeys(config["SIGNING_KEY"], config["SIGNING_KEY_FILE"]).private_key
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
     if demo:
         credentials = seed_demo(

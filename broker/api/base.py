@@ -16,6 +16,7 @@ from authlib.oauth2 import OAuth2Error
 from flask import current_app, g, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
+from webargs.flaskparser import FlaskParser
 
 from broker.api.problems import PROBLEM_CONTENT_TYPE, ProblemSchema
 from broker.auth.identity import Caller
@@ -99,7 +100,19 @@ class Api(flask_smorest.Api):
         )
 
 
+class _Parser(FlaskParser):
+    # webargs drops unknown query parameters by default; the schemas decide instead (and ours
+    # reject unknown fields everywhere, so a typo like `?limt=5` is a 422, not ignored).
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": None,
+        "querystring": None,
+    }
+
+
 class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = _Parser()
+
     def add_url_rule(
         self,
         rule: str,

@@ -15,7 +15,7 @@ IF_MATCH_PARAMETER = {
     "in": "header",
     "required": True,
     "description": "The `ETag` you read. Missing answers 428; stale answers 412.",
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -18,6 +19,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
+# Visible ASCII, 1 to 255 characters: a UUID or any opaque token fits.
+KEY_PATTERN = re.compile(r"^[!-~]{1,%d}$" % MAX_KEY_LENGTH)
 # Response headers worth replaying; others (Date, request id) describe the new exchange.
 _STORED_HEADERS = ("Content-Type", "Location", "ETag")
 
@@ -32,7 +35,7 @@ def _key_parameter(required: bool) -> dict[str, Any]:
             "replays the first response with `Idempotent-Replayed: true`; the same key with a "
             "different body answers 422. Keys are kept 24 hours, per organization."
         ),
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+        "schema": {"type": "string", "pattern": KEY_PATTERN.pattern},
     }
 
 
@@ -47,9 +50,9 @@ def idempotent(*, required: bool) -> Callable[[F], F]:
                 if required:
                     raise IdempotencyKeyRequired(f"Send a unique {HEADER} header with this POST.")
                 return view(*args, **kwargs)
-            if not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            if not KEY_PATTERN.match(key):
                 raise ValidationFailed(
-                    errors={HEADER: [f"1 to {MAX_KEY_LENGTH} printable characters."]}
+                    errors={HEADER: [f"1 to {MAX_KEY_LENGTH} visible ASCII characters."]}
                 )
             config = current_app.config
             outcome = idempotency.claim(
@@ -80,10 +83,10 @@ def idempotent(*, required: bool) -> Callable[[F], F]:
                 )
                 request_session().commit()
             except _Failed as failed:
-                idempotency.release(database(), outcome)
+                _release(outcome)
                 return failed.response
             except BaseException:
-                idempotency.release(database(), outcome)
+                _release(outcome)
                 raise
             return response
 
@@ -104,6 +107,12 @@ def _document(view: Callable[..., Any], *, required: bool) -> Callable[..., Any]
     manual.setdefault("parameters", []).append(_key_parameter(required))
     view._apidoc = apidoc  # type: ignore[attr-defined]
     return view
+
+
+def _release(claimed: idempotency.Claim) -> None:
+    # Give up the request's transaction first: on SQLite it holds the write lock.
+    request_session().rollback()
+    idempotency.release(database(), claimed)
 
 
 def _replay(stored: idempotency.StoredResponse) -> Response:

@@ -60,9 +60,17 @@ class ClientSchema(ma.Schema):
     created_at = Timestamp()
 
 
-class IssuedClientSchema(ClientSchema):
+class IssuedClientSchema(ma.Schema):
+    """A new client with its secret (dumped from `services.organizations.IssuedClient`)."""
+
+    id = ma.fields.UUID(attribute="client.id")
+    client_id = ma.fields.String(attribute="client.client_id")
+    name = ma.fields.String(attribute="client.name")
+    organization_id = ma.fields.UUID(attribute="client.organization_id")
+    roles = ma.fields.List(ma.fields.String(), attribute="client.roles")
+    created_at = Timestamp(attribute="client.created_at")
     client_secret = ma.fields.String(
-        metadata={"description": "Shown once, now. Only a hash is kept."}
+        attribute="secret", metadata={"description": "Shown once, now. Only a hash is kept."}
     )
 
 
@@ -127,10 +135,9 @@ def update_organization(data: dict[str, Any], organization_id: uuid.UUID) -> Res
 @blp.auth(Role.ADMIN)
 @blp.arguments(ClientCreateSchema)
 @blp.response(201, IssuedClientSchema)
-def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> dict[str, Any]:
+def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> service.IssuedClient:
     """Issue an API client with roles; its secret is returned once and never again."""
-    issued = service.create_client(request_session(), current_caller(), organization_id, **data)
-    return {**ClientSchema().dump(issued.client), "client_secret": issued.secret}
+    return service.create_client(request_session(), current_caller(), organization_id, **data)
 
 
 @blp.route("/<uuid:organization_id>/clients", methods=["GET"])

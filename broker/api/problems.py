@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -72,7 +72,7 @@ def problem(
     title: str | None = None,
     detail: str | None = None,
     *,
-    errors: Mapping[str, list[str]] | None = None,
+    errors: Mapping[str, Sequence[str]] | None = None,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
@@ -86,7 +86,7 @@ def problem(
     if detail:
         body["detail"] = detail
     if errors:
-        body["errors"] = dict(errors)
+        body["errors"] = {field: list(messages) for field, messages in errors.items()}
     if extra:
         body.update(extra)
     request_id = g.get("request_id") if g else None
@@ -117,10 +117,11 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
 
 def _webargs_errors(data: Mapping[str, Any]) -> dict[str, list[str]]:
     messages = data.get("messages") or data.get("errors") or {}
-    # webargs keys errors by location; the body is the usual one, so its fields stay bare.
+    # webargs keys errors by location (json, query, …); clients know where each field goes,
+    # and services report fields the same bare way, so the location is dropped.
     flat: dict[str, list[str]] = {}
-    for location, fields in messages.items():
-        flat.update(flatten_errors(fields, "" if location == "json" else location))
+    for fields in messages.values():
+        flat.update(flatten_errors(fields))
     return flat
 
 

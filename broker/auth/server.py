@@ -20,7 +20,7 @@ from authlib.oauth2.rfc9068.claims import JWTAccessTokenClaims
 from flask import Flask, current_app
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import select
 
 from broker.auth.identity import Caller
@@ -31,6 +31,7 @@ from broker.errors import Forbidden, Unauthorized
 from broker.models import ApiClient, OrganizationKind, Role
 
 ALGORITHM = "RS256"
+REALM = "broker"
 AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 
@@ -83,8 +84,9 @@ class BrokerTokenGenerator(JWTBearerTokenGenerator):
         self.keys = keys
         self.audience = audience
 
-    def get_jwks(self) -> RSAKey:
-        return self.keys.private_key
+    def get_jwks(self) -> KeySet:
+        # A key set (not a bare key) makes joserfc write the key's `kid` into the header.
+        return KeySet([self.keys.private_key])
 
     def get_audiences(self, client: OAuthClient, user: Any, scope: str) -> str:
         return self.audience
@@ -102,7 +104,7 @@ class BrokerTokenValidator(JWTBearerTokenValidator):
     """RFC 9068 validation, pinned to RS256 (so `alg: none` and HS256 key confusion fail)."""
 
     def __init__(self, keys: SigningKeys, issuer: str, audience: str) -> None:
-        super().__init__(issuer=issuer, resource_server=audience, realm="broker")
+        super().__init__(issuer=issuer, resource_server=audience, realm=REALM)
         self.keys = keys
 
     def get_jwks(self) -> RSAKey:
@@ -130,14 +132,24 @@ class BrokerResourceProtector(ResourceProtector):
     """Turns authlib's 401/403 into our problem+json errors, keeping `WWW-Authenticate`."""
 
     def raise_error_response(self, error: OAuth2Error) -> None:
-        headers = dict(error.get_headers())
         if isinstance(error, InsufficientScopeError):
-            raise Forbidden("This operation needs a role your client does not hold.")
+            raise Forbidden(
+                "This operation needs a role your client does not hold.",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
+            )
+        challenge = next(
+            (value for name, value in error.get_headers() if name.lower() == "www-authenticate"),
+            f'Bearer realm="{REALM}"',
+        )
+        # RFC 6750 spells the scheme "Bearer"; authlib writes it in lower case.
+        challenge = "Bearer" + challenge[len("bearer") :]
         detail = {
             "missing_authorization": "Send an access token: 'Authorization: Bearer <token>'.",
             "unsupported_token_type": "Only Bearer access tokens are accepted.",
         }.get(error.error or "", "The access token is invalid or expired.")
-        raise Unauthorized(detail, headers=headers, code=error.error or "invalid_token")
+        raise Unauthorized(
+            detail, headers={"WWW-Authenticate": challenge}, code=error.error or "invalid_token"
+        )
 
 
 def caller_from_claims(claims: JWTAccessTokenClaims) -> Caller:

@@ -137,11 +137,10 @@ class ChainReport:
 def _events_in_order(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
     last = 0
     while True:
-        rows = list(
-            session.scalars(
-                select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
-            )
+        statement = (
+            select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
         )
+        rows = list(session.scalars(statement))
         if not rows:
             return
         yield from rows

@@ -158,7 +158,7 @@ def _take_over(
         )
         .execution_options(synchronize_session=False)
     )
-    return Claim(record.id) if taken.rowcount == 1 else None
+    return Claim(record.id) if getattr(taken, "rowcount", 0) == 1 else None
 
 
 def complete(session: Session, claimed: Claim, response: StoredResponse) -> None:

@@ -77,7 +77,7 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
 
 def paginate(
     session: Session,
-    statement: Select[tuple[T]],
+    statement: Select[T],
     keys: Sequence[InstrumentedAttribute[Any]],
     *,
     limit: int = DEFAULT_LIMIT,
