@@ -20,7 +20,7 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 # Visible ASCII, 1 to 255 characters: a UUID or any opaque token fits.
-KEY_PATTERN = re.compile(r"^[!-~]{1,%d}$" % MAX_KEY_LENGTH)
+KEY_PATTERN = re.compile(rf"^[!-~]{{1,{MAX_KEY_LENGTH}}}$")
 # Response headers worth replaying; others (Date, request id) describe the new exchange.
 _STORED_HEADERS = ("Content-Type", "Location", "ETag")
 

@@ -11,15 +11,13 @@ from flask import Response, jsonify, url_for
 from broker.api.base import Blueprint, current_caller, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.idempotency import idempotent
-from broker.api.schemas import ListArgs, StrictSchema, Timestamp, page_of
+from broker.api.schemas import ListArgs, StrictSchema, Timestamp, name_field, page_of
 from broker.models import OrganizationKind, Role
 from broker.services import organizations as service
 
 blp = Blueprint(
     "organizations", __name__, url_prefix="/v1/organizations", description="Organizations"
 )
-
-_NAME = ma.validate.Length(min=1, max=200)
 
 
 class OrganizationSchema(ma.Schema):
@@ -30,12 +28,12 @@ class OrganizationSchema(ma.Schema):
 
 
 class OrganizationCreateSchema(StrictSchema):
-    name = ma.fields.String(required=True, validate=_NAME)
+    name = name_field(required=True)
     kind = ma.fields.Enum(OrganizationKind, by_value=True, required=True)
 
 
 class OrganizationPatchSchema(StrictSchema):
-    name = ma.fields.String(required=True, validate=_NAME)
+    name = name_field(required=True)
 
 
 class OrganizationListArgs(ListArgs):
@@ -43,7 +41,7 @@ class OrganizationListArgs(ListArgs):
 
 
 class ClientCreateSchema(StrictSchema):
-    name = ma.fields.String(required=True, validate=_NAME)
+    name = name_field(required=True)
     roles = ma.fields.List(
         ma.fields.Enum(Role, by_value=True),
         required=True,

@@ -13,7 +13,7 @@ from typing import Any
 
 import marshmallow as ma
 from flask import Flask, Response, g, json
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 
@@ -163,6 +163,13 @@ def register_error_handlers(app: Flask) -> None:
         # Services check what they can; a unique constraint is the last guard under races.
         log.info("integrity error turned into 409: %s", error.orig)
         return problem(409, "conflict", detail="The change conflicts with existing data.")
+
+    @app.errorhandler(DataError)
+    def _data_error(error: DataError) -> Response:
+        # Input checks should catch these first; a value the database cannot store is still
+        # the client's input, never a server error.
+        log.warning("database refused a value: %s", error.orig)
+        return problem(422, "validation_failed", detail="A value cannot be stored as given.")
 
     @app.errorhandler(StaleDataError)
     def _stale(error: StaleDataError) -> Response:

@@ -22,11 +22,41 @@ class Timestamp(ma.fields.AwareDateTime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _nul_fields(value: Any, path: str = "") -> list[str]:
+    """Paths (`a.0.b`) of the strings in `value` that contain a NUL character."""
+    if isinstance(value, str):
+        return [path or "_schema"] if "\x00" in value else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, list
+    ) else ()
+    return [found for k, v in items for found in _nul_fields(v, f"{path}.{k}" if path else str(k))]
+
+
 class StrictSchema(ma.Schema):
-    """Request schema: unknown fields are rejected (and documented as such)."""
+    """Request schema: unknown fields are rejected (and documented as such), and no text may
+    carry a NUL character (PostgreSQL cannot store one; no legitimate input has one)."""
 
     class Meta:
         unknown = ma.RAISE
+
+    @ma.pre_load
+    def _refuse_nul(self, data: Any, **_kwargs: Any) -> Any:
+        fields = _nul_fields(data)
+        if fields:
+            raise ma.ValidationError({f: ["NUL characters are not allowed."] for f in fields})
+        return data
+
+
+NO_CONTROL_CHARACTERS = ma.validate.Regexp(
+    r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed."
+)
+
+
+def name_field(**kwargs: Any) -> ma.fields.String:
+    """A human-readable name: 1–200 characters, no control characters."""
+    return ma.fields.String(
+        validate=[ma.validate.Length(min=1, max=200), NO_CONTROL_CHARACTERS], **kwargs
+    )
 
 
 class ListArgs(StrictSchema):

@@ -168,6 +168,8 @@ def init_auth(app: Flask, db: Database) -> None:
     keys = SigningKeys(app.config["SIGNING_KEY"], app.config["SIGNING_KEY_FILE"])
 
     def query_client(client_id: str) -> OAuthClient | None:
+        if not client_id or len(client_id) > 64 or "\x00" in client_id:
+            return None
         with db.session(read_only=True) as session:
             row = session.scalar(
                 select(ApiClient).where(
