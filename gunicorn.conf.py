@@ -23,6 +23,9 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Trust X-Forwarded-* only from the proxies named here (comma-separated addresses).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's control socket defaults to one path per user, shared by every instance on the
+# host; the broker does not use it.
+control_socket_disable = True
 # Workers are restarted now and then so slow leaks cannot build up.
 max_requests = 10_000
 max_requests_jitter = 1_000

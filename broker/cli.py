@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from broker.config import PROJECT_ROOT, load_config
 from broker.db import Database
@@ -28,11 +29,21 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+class OperationalProblem(click.ClickException):
+    """The command could not do its work (exit 2; exit 1 stays for a negative answer)."""
+
+    exit_code = 2
+
+
 def _require_migrated(db: Database) -> None:
     from broker.migrate import is_at_head
 
-    if not is_at_head(db.engine):
-        raise click.ClickException("The database is not migrated: run `broker db upgrade`.")
+    try:
+        at_head = is_at_head(db.engine)
+    except OperationalError as exc:
+        raise OperationalProblem(f"Cannot reach the database: {exc.orig}") from exc
+    if not at_head:
+        raise OperationalProblem("The database is not migrated: run `broker db upgrade`.")
 
 
 @click.group()
@@ -142,7 +153,9 @@ def audit_verify() -> None:
     """Check every link of the audit chain; exit 1 and name the first broken one."""
     from broker.services.audit import verify_chain
 
-    with _database().session(read_only=True) as session:
+    database = _database()
+    _require_migrated(database)
+    with database.session(read_only=True) as session:
         report = verify_chain(session)
     _echo_json(
         {
