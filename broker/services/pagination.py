@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, literal, tuple_
@@ -41,20 +41,26 @@ def _encode_value(value: Any) -> Any:
     return value
 
 
+_BIGINT = range(-(2**63), 2**63)
+
+
 def _decode_value(column: InstrumentedAttribute[Any], raw: Any) -> Any:
+    """Rebuild one sort-key value; anything a cursor of ours cannot hold raises ValueError."""
     python_type = column.type.python_type
+    if python_type is int:
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw not in _BIGINT:
+            raise ValueError("not a 64-bit integer")
+        return raw
+    if not isinstance(raw, str):
+        raise ValueError("not a string")
     if python_type is datetime:
         moment = datetime.fromisoformat(raw)
         if moment.tzinfo is None:
             raise ValueError("naive timestamp")
-        return moment
+        return moment.astimezone(UTC)  # OverflowError near year 1 or 9999
     if python_type is uuid.UUID:
         return uuid.UUID(raw)
-    if python_type is int:
-        if not isinstance(raw, int) or isinstance(raw, bool):
-            raise TypeError("not an integer")
-        return raw
-    return str(raw)
+    return raw
 
 
 def encode_cursor(values: Sequence[Any]) -> str:
@@ -69,7 +75,7 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
         if not isinstance(raw, list) or len(raw) != len(keys):
             raise ValueError("wrong shape")
         return [_decode_value(column, value) for column, value in zip(keys, raw, strict=True)]
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise ValidationFailed(
             "The cursor is not one this API returned.", errors={"cursor": ["Invalid cursor."]}
         ) from exc
