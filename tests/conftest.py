@@ -59,6 +59,11 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         _cluster = PostgresCluster()
         _cluster.start()
+        print(
+            f"throwaway PostgreSQL cluster started on 127.0.0.1:{_cluster.port} "
+            f"(initdb + pg_ctl in {_cluster.root})",
+            file=sys.stderr,
+        )
         config.broker_pg_url = _cluster.create_database("broker_test")  # type: ignore[attr-defined]
         config.broker_pg_note = (  # type: ignore[attr-defined]
             f"throwaway PostgreSQL cluster started on 127.0.0.1:{_cluster.port}"

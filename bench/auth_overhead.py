@@ -1,0 +1,108 @@
+"""What authentication and the API conventions cost per request.
+
+Seeds an embedded SQLite database with 200 organizations, then measures, in-process through
+the WSGI test client (no network), requests per second and p50/p99 latency for:
+
+- a bare Flask endpoint returning a small JSON document (the floor on this machine),
+- `GET /healthz` through the full broker app (logging, metrics, request ids),
+- `GET /v1/organizations?limit=50` with a bearer token (JWT verification, a keyset query,
+  serialization of 50 items),
+- `POST /oauth/token` (client lookup, secret check, RS256 signing).
+
+Prints figures only; nothing here is a test. Run: `.venv/bin/python bench/auth_overhead.py`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask, jsonify
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from broker import create_app  # noqa: E402
+from broker.db import Database  # noqa: E402
+from broker.migrate import upgrade  # noqa: E402
+from broker.models import OrganizationKind, Role  # noqa: E402
+from broker.services import organizations  # noqa: E402
+
+SECONDS = 3.0
+
+
+def measure(name: str, call: Callable[[], int]) -> float:
+    for _ in range(20):  # warm-up
+        call()
+    latencies: list[float] = []
+    deadline = time.perf_counter() + SECONDS
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        status = call()
+        latencies.append(time.perf_counter() - started)
+        assert status == 200, status
+    latencies.sort()
+    rate = len(latencies) / sum(latencies)
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    print(f"{name:<44} {rate:9.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+    return rate
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    url = f"sqlite:///{workdir / 'broker.db'}"
+    upgrade(url)
+    database = Database(url)
+    with database.transaction() as session:
+        for number in range(200):
+            organizations.create_organization(
+                session, None, name=f"Agency {number:03d}", kind=OrganizationKind.AGENCY
+            )
+        consortium = organizations.create_organization(
+            session, None, name="Consortium", kind=OrganizationKind.CONSORTIUM
+        )
+        issued = organizations.create_client(
+            session, None, consortium.id, name="bench", roles=[Role.ADMIN]
+        )
+        client_id, secret = issued.client.client_id, issued.secret
+    database.dispose()
+
+    bare = Flask("bare")
+
+    @bare.get("/ping")
+    def ping():  # type: ignore[no-untyped-def]
+        return jsonify({"status": "ok"})
+
+    bare_client = bare.test_client()
+    app = create_app(
+        {"DATABASE_URL": url, "INSTANCE_PATH": str(workdir), "LOG_LEVEL": "WARNING"}
+    )
+    client = app.test_client()
+    form = {"grant_type": "client_credentials"}
+    token = client.post("/oauth/token", data=form, auth=(client_id, secret)).json["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    print(f"python {sys.version.split()[0]}, SQLite, in-process, {SECONDS:.0f} s per line")
+    floor = measure("bare Flask JSON endpoint", lambda: bare_client.get("/ping").status_code)
+    rows = [
+        ("GET /healthz (broker app)", lambda: client.get("/healthz").status_code),
+        (
+            "GET /v1/organizations?limit=50 (token)",
+            lambda: client.get("/v1/organizations?limit=50", headers=headers).status_code,
+        ),
+        (
+            "POST /oauth/token",
+            lambda: client.post("/oauth/token", data=form, auth=(client_id, secret)).status_code,
+        ),
+    ]
+    for name, call in rows:
+        rate = measure(name, call)
+        print(f"{'':<44} {floor / rate:9.1f}x the bare endpoint's time")
+
+
+if __name__ == "__main__":
+    main()
