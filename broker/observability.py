@@ -44,16 +44,19 @@ def configure_logging(level: str, json_logs: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._broker = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
+    formatter: logging.Formatter
     if json_logs:
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
-            )
+        formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            datefmt="%Y-%m-%dT%H:%M:%SZ",
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        formatter = logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%Y-%m-%dT%H:%M:%SZ"
+        )
+    formatter.converter = time.gmtime  # log times in UTC, whatever the host's zone
+    handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(level)
 
