@@ -7,17 +7,13 @@ from typing import Any
 from flask import Flask, request
 
 from broker.config import load_config
-from broker.errors import BrokerError
+from broker.errors import UnsupportedMediaType
 
 __all__ = ["create_app"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON by protocol.
 _NON_JSON_ENDPOINTS = frozenset({"oauth.issue_token"})
-
-
-class UnsupportedMediaType(BrokerError):
-    status, code, title = 415, "unsupported_media_type", "Send JSON"
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

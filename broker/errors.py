@@ -54,6 +54,14 @@ class PreconditionRequired(BrokerError):
     status, code, title = 428, "precondition_required", "If-Match header required"
 
 
+class UnsupportedMediaType(BrokerError):
+    status, code, title = 415, "unsupported_media_type", "Send JSON"
+
+
+class NotReady(BrokerError):
+    status, code, title = 503, "not_ready", "Not ready to serve"
+
+
 class ValidationFailed(BrokerError):
     status, code, title = 422, "validation_failed", "The request is not valid"
 

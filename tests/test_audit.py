@@ -9,7 +9,6 @@ concurrent writers extend the chain one at a time without forking it.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from typing import Any
 
@@ -25,6 +24,7 @@ from broker.services import audit as audit_service
 from broker.services import organizations
 from broker.services.audit import GENESIS_HASH, HEAD_ID, ChainReport, verify_chain
 from tests.conftest import ApiUser
+from tests.helpers import run_concurrently
 
 
 def _events(db: Database) -> list[AuditEvent]:
@@ -434,30 +434,15 @@ def test_concurrent_audited_writes_do_not_fork_the_chain(
     app: Flask, admin: ApiUser, db: Database
 ) -> None:
     threads_count = 10
-    start = threading.Barrier(threads_count)
-    statuses: dict[int, int] = {}
-    errors: list[BaseException] = []
     names = [f"Concurrent Agency {i} {uuid.uuid4().hex[:6]}" for i in range(threads_count)]
 
-    def create(index: int) -> None:
-        try:
-            thread_client = app.test_client()
-            start.wait(timeout=30)
-            response = _create_org(
-                thread_client, admin, names[index], **{"X-Request-Id": f"concurrent-{index}"}
-            )
-            statuses[index] = response.status_code
-        except BaseException as error:  # reported by the main thread
-            errors.append(error)
+    def create(index: int) -> int:
+        response = _create_org(
+            app.test_client(), admin, names[index], **{"X-Request-Id": f"concurrent-{index}"}
+        )
+        return response.status_code
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a request never finished"
-    assert not errors, errors
-    assert statuses == dict.fromkeys(range(threads_count), 201)
+    assert run_concurrently(threads_count, create) == [201] * threads_count
 
     events = _events(db)
     seqs = [e.seq for e in events]

@@ -9,7 +9,6 @@ key answers 409 until its lease runs out; expired keys are free again.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,6 +25,7 @@ from broker.models import IdempotencyRecord, Organization
 from broker.models.base import utcnow
 from broker.services import idempotency
 from tests.conftest import ApiUser, MakeUser
+from tests.helpers import all_pages, run_concurrently
 
 PATH = "/v1/organizations"
 PROBLEM = "application/problem+json"
@@ -45,29 +45,14 @@ def _post(
     return client.post(PATH, data=body, content_type="application/json", headers=headers)
 
 
-def _all_pages(client: FlaskClient, user: ApiUser, path: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    separator = "&" if "?" in path else "?"
-    for _ in range(1000):
-        url = f"{path}{separator}limit=200" + (f"&cursor={cursor}" if cursor else "")
-        response = client.get(url, headers=user.headers)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        items.extend(response.json["items"])
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return items
-    raise AssertionError("pagination did not end")
-
-
 def _organizations_named(client: FlaskClient, admin: ApiUser, name: str) -> list[dict[str, Any]]:
-    return [o for o in _all_pages(client, admin, PATH) if o["name"] == name]
+    return [o for o in all_pages(client, admin, PATH) if o["name"] == name]
 
 
 def _created_events_named(client: FlaskClient, admin: ApiUser, name: str) -> list[dict[str, Any]]:
     return [
         event
-        for event in _all_pages(client, admin, "/v1/audit-events?object_type=organization")
+        for event in all_pages(client, admin, "/v1/audit-events?object_type=organization")
         if event["action"] == "organization.created" and event["after"]["name"] == name
     ]
 
@@ -286,28 +271,12 @@ def test_concurrent_duplicates_create_one_organization(
     threads_count = 20
     key = str(uuid.uuid4())
     body = _body("Concurrent Agency")
-    barrier = threading.Barrier(threads_count)
-    results: list[tuple[int, bytes, dict[str, str]] | None] = [None] * threads_count
-    errors: list[BaseException] = []
 
-    def worker(index: int) -> None:
-        try:
-            test_client = app.test_client()
-            barrier.wait(timeout=60)
-            response = _post(test_client, admin, body, key)
-            results[index] = (response.status_code, response.get_data(), dict(response.headers))
-        except BaseException as exc:  # reported by the main thread below
-            errors.append(exc)
+    def post(_index: int) -> tuple[int, bytes, dict[str, str]]:
+        response = _post(app.test_client(), admin, body, key)
+        return response.status_code, response.get_data(), dict(response.headers)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a request never finished"
-    assert errors == []
-    assert all(result is not None for result in results)
-    done = [result for result in results if result is not None]
+    done = run_concurrently(threads_count, post)
 
     statuses = [status for status, _, _ in done]
     assert statuses == [201] * threads_count, [

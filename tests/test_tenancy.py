@@ -18,6 +18,7 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.models import ApiClient, AuditEvent
 from tests.conftest import ApiUser, MakeUser
+from tests.helpers import all_pages
 
 PROBLEM = "application/problem+json"
 
@@ -27,22 +28,6 @@ def _problem_without_request_id(response: Any) -> dict[str, Any]:
     body = dict(response.json)
     body.pop("request_id", None)
     return body
-
-
-def _all_pages(client: FlaskClient, user: ApiUser, path: str, limit: int = 200) -> list[dict]:
-    """Every item of a paginated listing, following `next_cursor` to the end."""
-    items: list[dict] = []
-    cursor: str | None = None
-    separator = "&" if "?" in path else "?"
-    for _ in range(1000):
-        url = f"{path}{separator}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
-        response = client.get(url, headers=user.headers)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        items.extend(response.json["items"])
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return items
-    raise AssertionError("pagination did not end")
 
 
 def _create_org(client: FlaskClient, admin: ApiUser, name: str, kind: str) -> dict[str, Any]:
@@ -122,12 +107,12 @@ def test_listing_shows_only_own_organization(
     client: FlaskClient, world: dict[str, Any], who: str
 ) -> None:
     user: ApiUser = world[who]
-    items = _all_pages(client, user, "/v1/organizations")
+    items = all_pages(client, user, "/v1/organizations")
     assert [item["id"] for item in items] == [user.organization_id]
 
     # Filtering by another kind cannot reveal anything either.
     for kind in ("agency", "provider", "consortium"):
-        filtered = _all_pages(client, user, f"/v1/organizations?kind={kind}")
+        filtered = all_pages(client, user, f"/v1/organizations?kind={kind}")
         expected = [user.organization_id] if items[0]["kind"] == kind else []
         assert [item["id"] for item in filtered] == expected
 
@@ -141,7 +126,7 @@ def test_admin_lists_and_reads_every_organization(
         world["other_provider"]["id"],
         *(world[name].organization_id for name in NON_ADMINS),
     }
-    items = _all_pages(client, admin, "/v1/organizations")
+    items = all_pages(client, admin, "/v1/organizations")
     assert {item["id"] for item in items} == expected
     assert len(items) == len(expected)
     for organization_id in expected:
@@ -155,18 +140,18 @@ def test_audit_events_are_limited_to_own_organization(
     client: FlaskClient, admin: ApiUser, db: Database, world: dict[str, Any], who: str
 ) -> None:
     user: ApiUser = world[who]
-    everything = _all_pages(client, admin, "/v1/audit-events")
+    everything = all_pages(client, admin, "/v1/audit-events")
     own_expected = [e for e in everything if e["organization_id"] == user.organization_id]
     assert len(own_expected) < len(everything), "other tenants' events must exist"
 
-    mine = _all_pages(client, user, "/v1/audit-events")
+    mine = all_pages(client, user, "/v1/audit-events")
     assert mine, "the caller's own organization has events"
     assert all(event["organization_id"] == user.organization_id for event in mine)
     assert [e["id"] for e in mine] == [e["id"] for e in own_expected]
     assert {"organization.created", "api_client.created"} <= {e["action"] for e in mine}
 
     # Page by page with a small limit, the cursor does not leak other tenants' events.
-    paged = _all_pages(client, user, "/v1/audit-events", limit=1)
+    paged = all_pages(client, user, "/v1/audit-events", limit=1)
     assert [e["id"] for e in paged] == [e["id"] for e in mine]
 
     # Asking for another organization's object by id finds nothing.
@@ -182,7 +167,7 @@ def test_buyer_sees_admin_actions_on_its_own_organization(
     client: FlaskClient, admin: ApiUser, world: dict[str, Any]
 ) -> None:
     buyer: ApiUser = world["buyer"]
-    mine = _all_pages(client, buyer, "/v1/audit-events")
+    mine = all_pages(client, buyer, "/v1/audit-events")
     by_admin = [e for e in mine if e["actor_client_id"] == admin.client_id]
     assert [e["action"] for e in by_admin] == ["organization.updated"]
     assert by_admin[0]["after"]["name"] == "Renamed Agency"
@@ -191,7 +176,7 @@ def test_buyer_sees_admin_actions_on_its_own_organization(
 def test_admin_sees_every_audit_event(
     client: FlaskClient, admin: ApiUser, db: Database, world: dict[str, Any]
 ) -> None:
-    events = _all_pages(client, admin, "/v1/audit-events")
+    events = all_pages(client, admin, "/v1/audit-events")
     with db.transaction() as session:
         stored = list(session.scalars(select(AuditEvent.id).order_by(AuditEvent.seq)))
     assert [e["id"] for e in events] == [str(i) for i in stored]
@@ -264,7 +249,7 @@ def test_client_listing_never_returns_secrets(
 def test_audit_log_never_holds_client_secrets(
     client: FlaskClient, admin: ApiUser, db: Database, world: dict[str, Any]
 ) -> None:
-    events = _all_pages(client, admin, "/v1/audit-events?object_type=api_client")
+    events = all_pages(client, admin, "/v1/audit-events?object_type=api_client")
     assert len(events) >= 5
     users = [admin, *(world[name] for name in NON_ADMINS)]
     hashes = [h for user in users for h in _stored_secret_hashes(db, user.organization_id)]

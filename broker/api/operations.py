@@ -11,7 +11,7 @@ from flask import Response, current_app, send_from_directory
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.api.base import Blueprint, database
-from broker.errors import BrokerError
+from broker.errors import NotReady
 from broker.migrate import is_at_head
 
 blp = Blueprint("operations", __name__, description="Operations")
@@ -19,10 +19,6 @@ blp = Blueprint("operations", __name__, description="Operations")
 
 class HealthSchema(ma.Schema):
     status = ma.fields.String(required=True)
-
-
-class NotReady(BrokerError):
-    status, code, title = 503, "not_ready", "Not ready to serve"
 
 
 @blp.route("/healthz", methods=["GET"])

@@ -1,0 +1,56 @@
+"""Helpers shared by test modules: walking paginated lists, running requests concurrently."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask.testing import FlaskClient
+
+from tests.conftest import ApiUser
+
+T = TypeVar("T")
+
+
+def all_pages(client: FlaskClient, user: ApiUser, path: str, limit: int = 200) -> list[dict]:
+    """Every item of a paginated listing, following `next_cursor` to the end."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    separator = "&" if "?" in path else "?"
+    for _ in range(1000):
+        url = f"{path}{separator}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        response = client.get(url, headers=user.headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        items.extend(response.json["items"])
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("pagination did not end")
+
+
+def run_concurrently(count: int, task: Callable[[int], T], timeout: float = 120) -> list[T]:
+    """Run `task(0)` … `task(count - 1)` in threads released together; return their results.
+
+    An exception in any thread fails the caller; a thread still running after `timeout`
+    seconds fails it too (a hang must not block the suite).
+    """
+    barrier = threading.Barrier(count)
+    results: dict[int, T] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[index] = task(index)
+        except BaseException as error:  # reported by the calling thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in threads), "a request never finished"
+    assert errors == [], errors
+    return [results[i] for i in range(count)]
