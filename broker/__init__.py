@@ -18,7 +18,16 @@ _NON_JSON_ENDPOINTS = frozenset({"oauth.issue_token"})
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the API application. `config` overrides settings read from the environment."""
-    from broker.api import audit, oauth, operations, organizations
+    from broker.api import (
+        audit,
+        oauth,
+        offers,
+        operations,
+        organizations,
+        policies,
+        providers,
+        quotes,
+    )
     from broker.api.base import Api, close_request_session
     from broker.api.problems import register_error_handlers
     from broker.auth.server import init_auth
@@ -56,7 +65,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             )
 
     api = Api(app)
-    for blueprint in (oauth.blp, operations.blp, organizations.blp, audit.blp):
+    for blueprint in (
+        oauth.blp,
+        operations.blp,
+        organizations.blp,
+        policies.blp,
+        providers.blp,
+        offers.blp,
+        quotes.blp,
+        audit.blp,
+    ):
         api.register_blueprint(blueprint)
     app.add_url_rule("/docs/assets/<path:filename>", view_func=operations.docs_assets)
     return app

@@ -206,8 +206,11 @@ def serve(demo: bool) -> None:
         subprocess.Popen([sys.executable, "-m", "broker.cli", "worker"], env=env),
         subprocess.Popen(
             [
-                sys.executable, "-m", "gunicorn",
-                "-c", str(PROJECT_ROOT / "gunicorn.conf.py"),
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(PROJECT_ROOT / "gunicorn.conf.py"),
                 "broker.wsgi:app",
             ],
             env=env,

@@ -20,8 +20,11 @@ from broker.services import organizations
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
     ("Sovereign Cloud Consortium", OrganizationKind.CONSORTIUM, [[Role.ADMIN], [Role.FINANCE]]),
-    ("Agence nationale des données de santé", OrganizationKind.AGENCY,
-     [[Role.BUYER], [Role.APPROVER]]),
+    (
+        "Agence nationale des données de santé",
+        OrganizationKind.AGENCY,
+        [[Role.BUYER], [Role.APPROVER]],
+    ),
     ("Ville de Québec", OrganizationKind.AGENCY, [[Role.BUYER], [Role.APPROVER]]),
     ("Hexagone Cloud", OrganizationKind.PROVIDER, [[Role.PROVIDER]]),
     ("Nordet Nuagique", OrganizationKind.PROVIDER, [[Role.PROVIDER]]),
@@ -65,7 +68,10 @@ def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
                 if (name, tuple(r.value for r in roles)) in have:
                     continue
                 client = organizations.create_client(
-                    session, None, organization.id, name=f"demo {name} {'/'.join(roles)}",
+                    session,
+                    None,
+                    organization.id,
+                    name=f"demo {name} {'/'.join(roles)}",
                     roles=roles,
                 )
                 issued.append(

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import flask_smorest
 from authlib.oauth2 import OAuth2Error
-from flask import current_app, g, request
+from flask import Request, current_app, g, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, abort
 
 from broker.api.problems import PROBLEM_CONTENT_TYPE, ProblemSchema
+from broker.api.schemas import Money
 from broker.auth.identity import Caller
 from broker.auth.server import caller_from_claims, protector
 from broker.db import Database
 from broker.models import Role
+from broker.models.base import utcnow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +53,12 @@ def close_request_session(_exc: BaseException | None = None) -> None:
         session.close()  # rolls back whatever was not committed
 
 
+def now() -> datetime:
+    """The current instant; tests move the clock by setting `app.config["CLOCK"]`."""
+    clock: Callable[[], datetime] = current_app.config.get("CLOCK", utcnow)
+    return clock()
+
+
 def current_caller() -> Caller:
     caller: Caller = g.caller
     return caller
@@ -75,6 +84,11 @@ class Api(flask_smorest.Api):
     """flask-smorest's Api with problem+json documented as every operation's default error."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    def _init_spec(self, *args: Any, **kwargs: Any) -> None:
+        super()._init_spec(*args, **kwargs)
+        # Money travels as a decimal string, never as a JSON number.
+        self.register_field(Money, "string", "decimal")
 
     def _register_error_handlers(self) -> None:
         """Errors are handled by `broker.api.problems.register_error_handlers`."""
@@ -108,6 +122,13 @@ class _Parser(FlaskParser):
         "query": None,
         "querystring": None,
     }
+
+    def _raw_load_json(self, req: Request) -> Any:
+        # Only endpoints that take a body parse one, so an empty body is a malformed request
+        # (webargs would read it as `{}` and an all-optional PATCH would pass).
+        if not req.get_data(cache=True):
+            abort(400, messages={"json": ["A JSON body is required."]})
+        return super()._raw_load_json(req)
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -139,7 +139,7 @@ def http_exception_problem(error: HTTPException) -> Response:
         detail = "Some fields are missing or invalid; see `errors`."
     elif errors and status == 400:
         # webargs answers 400 only when the body cannot be parsed at all.
-        code, detail, errors = "malformed_body", "The body is not valid JSON.", None
+        code, detail, errors = "malformed_body", "The body is missing or not valid JSON.", None
     return problem(status, code, detail=detail, errors=errors, headers=headers)
 
 
@@ -174,7 +174,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StaleDataError)
     def _stale(error: StaleDataError) -> Response:
         return problem(
-            412, "precondition_failed", "The resource has changed",
+            412,
+            "precondition_failed",
+            "The resource has changed",
             "Someone changed this resource while you did; read it again and retry.",
         )
 
@@ -182,7 +184,9 @@ def register_error_handlers(app: Flask) -> None:
     def _operational_error(error: OperationalError) -> Response:
         log.exception("database unavailable")
         return problem(
-            503, "unavailable", detail="The database is busy or unreachable; retry shortly.",
+            503,
+            "unavailable",
+            detail="The database is busy or unreachable; retry shortly.",
             headers={"Retry-After": "1"},
         )
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow as ma
 
+from billing.money import MINOR_UNITS
 from broker.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 
@@ -22,16 +24,6 @@ class Timestamp(ma.fields.AwareDateTime):
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _nul_fields(value: Any, path: str = "") -> list[str]:
-    """Paths (`a.0.b`) of the strings in `value` that contain a NUL character."""
-    if isinstance(value, str):
-        return [path or "_schema"] if "\x00" in value else []
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
-        value, list
-    ) else ()
-    return [found for k, v in items for found in _nul_fields(v, f"{path}.{k}" if path else str(k))]
-
-
 class StrictSchema(ma.Schema):
     """Request schema: unknown fields are rejected (and documented as such), and no text may
     carry a NUL character (PostgreSQL cannot store one; no legitimate input has one)."""
@@ -41,15 +33,91 @@ class StrictSchema(ma.Schema):
 
     @ma.pre_load
     def _refuse_nul(self, data: Any, **_kwargs: Any) -> Any:
-        fields = _nul_fields(data)
-        if fields:
-            raise ma.ValidationError({f: ["NUL characters are not allowed."] for f in fields})
+        # Nested objects are checked by their own (strict) schemas; free-form objects
+        # (`Dict` fields) are stored as JSON, where a NUL is just an escape.
+        if not isinstance(data, dict):
+            return data
+        refused: dict[str, list[str]] = {}
+        for name, value in data.items():
+            if isinstance(self.fields.get(name), ma.fields.Dict):
+                continue
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, str) and "\x00" in item for item in items):
+                refused[name] = ["NUL characters are not allowed."]
+        if refused:
+            raise ma.ValidationError(refused)
         return data
 
 
 NO_CONTROL_CHARACTERS = ma.validate.Regexp(
     r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed."
 )
+
+
+class Money(ma.fields.Decimal):
+    """An exact amount as a JSON string (`"12.40"`), never a float; up to 6 decimals."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            as_string=True,
+            metadata={"pattern": MONEY_PATTERN, **kwargs.pop("metadata", {})},
+            **kwargs,
+        )
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not re.fullmatch(MONEY_PATTERN, value):
+            raise ma.ValidationError('An amount as a string, e.g. "12.40" (≤ 6 decimals).')
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
+
+
+def country_field(**kwargs: Any) -> ma.fields.String:
+    """An ISO 3166-1 alpha-2 country code (`FR`, `CA`)."""
+    return ma.fields.String(validate=ma.validate.Regexp(r"^[A-Z]{2}$"), **kwargs)
+
+
+def currency_field(**kwargs: Any) -> ma.fields.String:
+    """An ISO 4217 currency the broker bills in."""
+    return ma.fields.String(validate=ma.validate.OneOf(sorted(MINOR_UNITS)), **kwargs)
+
+
+def slug_field(max_length: int = 40, **kwargs: Any) -> ma.fields.String:
+    """A machine name: lower-case letters, digits and dashes (`secnumcloud`, `bsi-c5`)."""
+    return ma.fields.String(
+        validate=ma.validate.Regexp(rf"^[a-z0-9][a-z0-9-]{{0,{max_length - 1}}}$"), **kwargs
+    )
+
+
+class WholeNumber(ma.fields.Integer):
+    """A JSON integer: `2` or `2.0` (JSON Schema agrees), never `2.5`, `"2"` or `true`."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral:
+            raise ma.ValidationError("Not a whole number.")
+        return int(value)
+
+
+class JsonBool(ma.fields.Boolean):
+    """A JSON `true`/`false` (not 0, 1 or "yes", which marshmallow would otherwise accept)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ma.ValidationError("Not a boolean (true or false).")
+        return value
+
+
+def https_url_field(**kwargs: Any) -> ma.fields.String:
+    """An https URL (evidence, endpoints): no other scheme, no spaces."""
+    return ma.fields.String(
+        validate=[
+            ma.validate.Length(max=500),
+            ma.validate.Regexp(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\x00-\x20\x7f]*)?$"),
+        ],
+        **kwargs,
+    )
 
 
 def name_field(**kwargs: Any) -> ma.fields.String:

@@ -2,11 +2,27 @@
 
 from broker.models.audit import AuditChainHead, AuditEvent
 from broker.models.base import Base
+from broker.models.catalogue import (
+    Certification,
+    Offer,
+    OfferCompliance,
+    OfferState,
+    Provider,
+    ProviderState,
+)
 from broker.models.idempotency import IdempotencyRecord
 from broker.models.organizations import ApiClient, Organization, OrganizationKind, Role
+from broker.models.policies import AgencyPolicy
 
 __all__ = [
+    "AgencyPolicy",
     "ApiClient",
+    "Certification",
+    "Offer",
+    "OfferCompliance",
+    "OfferState",
+    "Provider",
+    "ProviderState",
     "AuditChainHead",
     "AuditEvent",
     "Base",

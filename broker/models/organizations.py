@@ -6,10 +6,10 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, Enum, ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from broker.models.base import Base, IdMixin, TimestampMixin
+from broker.models.base import Base, IdMixin, TimestampMixin, enum_column
 
 
 class OrganizationKind(enum.StrEnum):
@@ -38,14 +38,7 @@ class Organization(IdMixin, TimestampMixin, Base):
     __tablename__ = "organizations"
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[OrganizationKind] = mapped_column(
-        Enum(
-            OrganizationKind,
-            native_enum=False,
-            length=20,
-            values_callable=lambda kinds: [kind.value for kind in kinds],
-        )
-    )
+    kind: Mapped[OrganizationKind] = mapped_column(enum_column(OrganizationKind))
     version: Mapped[int] = mapped_column(default=1)
 
     clients: Mapped[list[ApiClient]] = relationship(back_populates="organization")

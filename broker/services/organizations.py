@@ -36,8 +36,13 @@ def create_organization(
     session.add(organization)
     session.flush()
     audit.record(
-        session, actor, "organization.created", "organization", organization.id,
-        organization_id=organization.id, after=audit.snapshot(organization),
+        session,
+        actor,
+        "organization.created",
+        "organization",
+        organization.id,
+        organization_id=organization.id,
+        after=audit.snapshot(organization),
     )
     return organization
 
@@ -92,8 +97,14 @@ def rename_organization(
     organization.name = name
     session.flush()  # bumps `version` with a compare-and-swap on the old one
     audit.record(
-        session, caller, "organization.updated", "organization", organization.id,
-        organization_id=organization.id, before=before, after=audit.snapshot(organization),
+        session,
+        caller,
+        "organization.updated",
+        "organization",
+        organization.id,
+        organization_id=organization.id,
+        before=before,
+        after=audit.snapshot(organization),
     )
     return organization
 
@@ -142,7 +153,11 @@ def create_client(
     session.add(client)
     session.flush()
     audit.record(
-        session, actor, "api_client.created", "api_client", client.id,
+        session,
+        actor,
+        "api_client.created",
+        "api_client",
+        client.id,
         organization_id=organization.id,
         after=audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE),
     )

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, literal, tuple_
@@ -36,7 +37,7 @@ class Page(Generic[T]):
 def _encode_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, uuid.UUID):
+    if isinstance(value, uuid.UUID | Decimal):
         return str(value)
     return value
 
@@ -60,6 +61,11 @@ def _decode_value(column: InstrumentedAttribute[Any], raw: Any) -> Any:
         return moment.astimezone(UTC)  # OverflowError near year 1 or 9999
     if python_type is uuid.UUID:
         return uuid.UUID(raw)
+    if python_type is Decimal:
+        number = Decimal(raw)
+        if not number.is_finite() or abs(number) >= 10**12:
+            raise ValueError("not a plausible amount")
+        return number
     return raw
 
 
@@ -75,7 +81,14 @@ def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> li
         if not isinstance(raw, list) or len(raw) != len(keys):
             raise ValueError("wrong shape")
         return [_decode_value(column, value) for column, value in zip(keys, raw, strict=True)]
-    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        InvalidOperation,
+        binascii.Error,
+        UnicodeDecodeError,
+    ) as exc:
         raise ValidationFailed(
             "The cursor is not one this API returned.", errors={"cursor": ["Invalid cursor."]}
         ) from exc
@@ -88,15 +101,19 @@ def paginate(
     *,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    descending: bool = False,
 ) -> Page[T]:
-    """Run `statement` ordered by `keys` (unique together, ascending) from `cursor` on."""
+    """Run `statement` ordered by `keys` (unique together) from `cursor` on."""
     if cursor:
-        after = [
-            literal(value, column.type)
-            for column, value in zip(keys, decode_cursor(cursor, keys), strict=True)
-        ]
-        statement = statement.where(tuple_(*keys) > tuple_(*after))
-    rows = list(session.scalars(statement.order_by(*keys).limit(limit + 1)))
+        after = tuple_(
+            *[
+                literal(value, column.type)
+                for column, value in zip(keys, decode_cursor(cursor, keys), strict=True)
+            ]
+        )
+        statement = statement.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
+    order = [key.desc() for key in keys] if descending else list(keys)
+    rows = list(session.scalars(statement.order_by(*order).limit(limit + 1)))
     if len(rows) <= limit:
         return Page(rows, None)
     rows = rows[:limit]

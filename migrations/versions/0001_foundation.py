@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import broker.models.base
 
 revision: str = '0001'
 down_revision: str | None = None
@@ -30,7 +29,7 @@ def upgrade() -> None:
     op.bulk_insert(audit_chain_head, [{"id": 1, "seq": 0, "hash": "0" * 64}])
     op.create_table('audit_events',
     sa.Column('seq', sa.BigInteger(), nullable=False),
-    sa.Column('occurred_at', broker.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('actor_client_id', sa.String(length=64), nullable=True),
     sa.Column('actor_organization_id', sa.Uuid(), nullable=True),
     sa.Column('organization_id', sa.Uuid(), nullable=True),
@@ -54,13 +53,13 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('request_hash', sa.String(length=64), nullable=False),
     sa.Column('state', sa.String(length=20), nullable=False),
-    sa.Column('locked_until', broker.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('response_status', sa.Integer(), nullable=True),
     sa.Column('response_headers', sa.JSON(), nullable=True),
     sa.Column('response_body', sa.LargeBinary(), nullable=True),
-    sa.Column('expires_at', broker.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('id', sa.Uuid(), nullable=False),
-    sa.Column('created_at', broker.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_idempotency_records')),
     sa.UniqueConstraint('organization_id', 'key', name=op.f('uq_idempotency_records_organization_id_key'))
     )
@@ -73,7 +72,7 @@ def upgrade() -> None:
     sa.Column('kind', sa.Enum('agency', 'provider', 'consortium', name='organizationkind', native_enum=False, length=20), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('id', sa.Uuid(), nullable=False),
-    sa.Column('created_at', broker.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_organizations')),
     sa.UniqueConstraint('name', name=op.f('uq_organizations_name'))
     )
@@ -86,9 +85,9 @@ def upgrade() -> None:
     sa.Column('organization_id', sa.Uuid(), nullable=False),
     sa.Column('roles', sa.JSON(), nullable=False),
     sa.Column('secret_hash', sa.String(length=128), nullable=False),
-    sa.Column('revoked_at', broker.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('id', sa.Uuid(), nullable=False),
-    sa.Column('created_at', broker.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['organization_id'], ['organizations.id'], name=op.f('fk_api_clients_organization_id_organizations'), ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_api_clients')),
     sa.UniqueConstraint('client_id', name=op.f('uq_api_clients_client_id'))

@@ -1,0 +1,247 @@
+"""`/v1/offers`: the catalogue. Providers publish and version their offers; everyone searches."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, jsonify, url_for
+
+from billing.rating import METRICS
+from broker.api.base import Blueprint, current_caller, now, request_session
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.schemas import (
+    NO_CONTROL_CHARACTERS,
+    ListArgs,
+    Money,
+    StrictSchema,
+    Timestamp,
+    WholeNumber,
+    currency_field,
+    name_field,
+    page_of,
+    slug_field,
+)
+from broker.models import Offer, OfferState, Role
+from broker.services import offers as service
+
+blp = Blueprint("offers", __name__, url_prefix="/v1/offers", description="Catalogue")
+
+_ETAG = {"ETag": {"schema": {"type": "string"}}}
+KINDS = ["vm"]
+
+
+class SpecsSchema(StrictSchema):
+    vcpu = WholeNumber(required=True, validate=ma.validate.Range(min=1, max=1024))
+    ram_gib = ma.fields.Float(required=True, validate=ma.validate.Range(min=0.25, max=65536))
+    disk_gib = WholeNumber(load_default=0, validate=ma.validate.Range(min=0, max=1_000_000))
+    gpu = WholeNumber(load_default=0, validate=ma.validate.Range(min=0, max=64))
+
+
+class TierSchema(StrictSchema):
+    up_to = Money(
+        required=True, allow_none=True, metadata={"description": "null for the last tier"}
+    )
+    unit_price = Money(required=True)
+
+
+class PriceSchema(StrictSchema):
+    metric = ma.fields.String(required=True, validate=ma.validate.OneOf(sorted(METRICS)))
+    unit_price = Money(required=True, metadata={"description": "Up to 6 decimals."})
+    currency = currency_field(required=True)
+    tiers = ma.fields.List(
+        ma.fields.Nested(TierSchema),
+        validate=ma.validate.Length(min=1, max=20),
+        metadata={"description": "Graduated: each band of the quantity at its own price."},
+    )
+
+
+class OfferPatchSchema(StrictSchema):
+    name = name_field()
+    region = slug_field(max_length=50, metadata={"description": "A region code of the provider"})
+    specs = ma.fields.Nested(SpecsSchema)
+    prices = ma.fields.List(
+        ma.fields.Nested(PriceSchema), validate=ma.validate.Length(min=1, max=len(METRICS))
+    )
+    compliance = ma.fields.List(
+        slug_field(),
+        validate=ma.validate.Length(max=50),
+        metadata={"description": "Schemes claimed: a subset of the provider's evidence."},
+    )
+
+
+class OfferCreateSchema(OfferPatchSchema):
+    provider_id = ma.fields.UUID(required=True)
+    sku = ma.fields.String(
+        required=True, validate=ma.validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    )
+    name = name_field(required=True)
+    kind = ma.fields.String(load_default="vm", validate=ma.validate.OneOf(KINDS))
+    region = slug_field(max_length=50, required=True)
+    specs = ma.fields.Nested(SpecsSchema, required=True)
+    prices = ma.fields.List(
+        ma.fields.Nested(PriceSchema),
+        required=True,
+        validate=ma.validate.Length(min=1, max=len(METRICS)),
+    )
+
+
+class EvidenceSchema(ma.Schema):
+    scheme = ma.fields.String()
+    level = ma.fields.String(allow_none=True)
+    valid_until = Timestamp(allow_none=True)
+    evidence_url = ma.fields.String(allow_none=True)
+    valid_now = ma.fields.Boolean()
+
+
+class OfferSchema(ma.Schema):
+    id = ma.fields.UUID()
+    provider_id = ma.fields.UUID()
+    provider_name = ma.fields.String(attribute="provider.name")
+    sku = ma.fields.String()
+    name = ma.fields.String()
+    kind = ma.fields.String()
+    state = ma.fields.Enum(OfferState, by_value=True)
+    version = ma.fields.Integer()
+    region = ma.fields.Method("_region")
+    datacenter_tier = ma.fields.Integer(allow_none=True)
+    specs = ma.fields.Method("_specs")
+    prices = ma.fields.List(ma.fields.Dict())
+    currency = ma.fields.String()
+    monthly_price = Money(metadata={"description": "730 hours of one machine, for comparison."})
+    compliance = ma.fields.Method("_compliance")
+    jurisdiction = ma.fields.Method("_jurisdiction")
+    published_at = Timestamp(allow_none=True)
+    retired_at = Timestamp(allow_none=True)
+    superseded_by_id = ma.fields.UUID(allow_none=True)
+    created_at = Timestamp()
+
+    def _region(self, offer: Offer) -> dict[str, Any]:
+        return {
+            "code": offer.region_code,
+            "country": offer.region_country,
+            "city": offer.region_city,
+        }
+
+    def _specs(self, offer: Offer) -> dict[str, Any]:
+        return {
+            "vcpu": offer.vcpu,
+            "ram_gib": float(offer.ram_gib),
+            "disk_gib": offer.disk_gib,
+            "gpu": offer.gpu,
+        }
+
+    def _compliance(self, offer: Offer) -> list[dict[str, Any]]:
+        evidence = service.evidence(offer, now())
+        return EvidenceSchema(many=True).dump(evidence)
+
+    def _jurisdiction(self, offer: Offer) -> dict[str, Any]:
+        return {
+            "operator_country": offer.provider.operator_country,
+            "parent_country": offer.provider.parent_country,
+            "extraterritorial_exposure": offer.provider.extraterritorial_exposure,
+        }
+
+
+class SearchArgs(ListArgs):
+    provider = ma.fields.UUID(load_default=None)
+    region = slug_field(max_length=50, load_default=None)
+    country = ma.fields.String(load_default=None, validate=ma.validate.Regexp(r"^[A-Za-z]{2}$"))
+    kind = ma.fields.String(load_default=None, validate=ma.validate.OneOf(KINDS))
+    min_vcpu = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=0, max=1024))
+    min_ram_gib = ma.fields.Float(load_default=None, validate=ma.validate.Range(min=0, max=65536))
+    max_monthly_price = Money(load_default=None)
+    currency = currency_field(load_default=None)
+    certification = slug_field(load_default=None)
+    sovereign_only = ma.fields.Boolean(load_default=False)
+    q = ma.fields.String(
+        load_default=None, validate=[ma.validate.Length(max=100), NO_CONTROL_CHARACTERS]
+    )
+    sort = ma.fields.String(
+        load_default="monthly_price",
+        validate=ma.validate.OneOf([f"{d}{k}" for k in service.SORTS for d in ("", "-")]),
+        metadata={"description": "Field to sort by; prefix `-` for descending."},
+    )
+
+
+def _offer_response(offer: Offer, status: int = 200) -> Response:
+    response = jsonify(OfferSchema().dump(offer))
+    response.status_code = status
+    return with_etag(response, offer.revision)
+
+
+@blp.route("", methods=["GET"])
+@blp.auth()
+@blp.arguments(SearchArgs, location="query")
+@blp.response(200, page_of(OfferSchema))
+def search_offers(args: dict[str, Any]) -> Any:
+    """Search the catalogue. `certification` matches evidence valid now; `sovereign_only`
+    leaves out operators exposed to foreign law. Providers also see their own drafts."""
+    limit, cursor = args.pop("limit"), args.pop("cursor")
+    return service.search_offers(
+        request_session(),
+        current_caller(),
+        service.Search(**args),
+        now=now(),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+@blp.route("", methods=["POST"])
+@blp.auth(Role.PROVIDER)
+@blp.arguments(OfferCreateSchema)
+@blp.response(201, OfferSchema, headers=_ETAG)
+def create_offer(data: dict[str, Any]) -> Response:
+    """Create an offer, as a draft, for a provider you operate."""
+    offer = service.create_offer(request_session(), current_caller(), data)
+    response = _offer_response(offer, 201)
+    response.headers["Location"] = url_for("offers.get_offer", offer_id=offer.id)
+    return response
+
+
+@blp.route("/<uuid:offer_id>", methods=["GET"])
+@blp.auth()
+@blp.response(200, OfferSchema, headers=_ETAG)
+def get_offer(offer_id: uuid.UUID) -> Response:
+    """Read one version of an offer (drafts: their provider's operators only)."""
+    return _offer_response(service.get_offer(request_session(), current_caller(), offer_id))
+
+
+@blp.route("/<uuid:offer_id>", methods=["PATCH"])
+@blp.auth(Role.PROVIDER)
+@blp.arguments(OfferPatchSchema)
+@blp.response(200, OfferSchema, headers=_ETAG)
+@blp.alt_response(201, schema=OfferSchema, description="A new version (draft) was created")
+@blp.doc(parameters=[IF_MATCH_PARAMETER])
+def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
+    """Edit a draft (200), or make the next version of a published offer as a draft (201)."""
+    edit = service.edit_offer(
+        request_session(),
+        current_caller(),
+        offer_id,
+        expected_revision=if_match_version(),
+        changes=data,
+    )
+    if not edit.created:
+        return _offer_response(edit.offer)
+    response = _offer_response(edit.offer, 201)
+    response.headers["Location"] = url_for("offers.get_offer", offer_id=edit.offer.id)
+    return response
+
+
+@blp.route("/<uuid:offer_id>/publish", methods=["POST"])
+@blp.auth(Role.PROVIDER)
+@blp.response(200, OfferSchema, headers=_ETAG)
+def publish_offer(offer_id: uuid.UUID) -> Response:
+    """Publish a draft; the version it replaces is retired."""
+    return _offer_response(service.publish_offer(request_session(), current_caller(), offer_id))
+
+
+@blp.route("/<uuid:offer_id>/retire", methods=["POST"])
+@blp.auth(Role.PROVIDER)
+@blp.response(200, OfferSchema, headers=_ETAG)
+def retire_offer(offer_id: uuid.UUID) -> Response:
+    """Withdraw an offer from the catalogue (orders placed keep their version)."""
+    return _offer_response(service.retire_offer(request_session(), current_caller(), offer_id))

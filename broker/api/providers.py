@@ -1,0 +1,186 @@
+"""`/v1/providers`: who sells through the broker, where, under which law, with what evidence."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, jsonify, url_for
+
+from broker.api.base import Blueprint, current_caller, request_session
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.schemas import (
+    ListArgs,
+    StrictSchema,
+    Timestamp,
+    WholeNumber,
+    country_field,
+    https_url_field,
+    name_field,
+    page_of,
+    slug_field,
+)
+from broker.models import Provider, ProviderState, Role
+from broker.services import providers as service
+
+blp = Blueprint("providers", __name__, url_prefix="/v1/providers", description="Providers")
+
+_ETAG = {"ETag": {"schema": {"type": "string"}}}
+
+
+class RegionSchema(StrictSchema):
+    code = slug_field(max_length=50, required=True)
+    country = country_field(required=True)
+    city = name_field(load_default=None, allow_none=True)
+    datacenter_tier = WholeNumber(
+        load_default=None, allow_none=True, validate=ma.validate.Range(min=1, max=4)
+    )
+
+
+class CertificationSchema(StrictSchema):
+    scheme = slug_field(required=True, metadata={"description": "secnumcloud, hds, bsi-c5, …"})
+    level = name_field(load_default=None, allow_none=True)
+    valid_from = Timestamp(required=True)
+    valid_until = Timestamp(required=True)
+    evidence_url = https_url_field(load_default=None, allow_none=True)
+
+
+class JurisdictionSchema(StrictSchema):
+    operator_country = country_field(required=True)
+    parent_country = country_field(load_default=None, allow_none=True)
+    extraterritorial_exposure = ma.fields.List(
+        ma.fields.String(validate=ma.validate.Regexp(r"^[A-Z][A-Z0-9_]{1,39}$")),
+        load_default=list,
+        validate=ma.validate.Length(max=20),
+        metadata={"description": "Foreign laws reaching the operator, e.g. `US_CLOUD_ACT`."},
+    )
+
+
+class ProviderPatchSchema(StrictSchema):
+    name = name_field()
+    adapter = ma.fields.String(validate=ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,49}$"))
+    adapter_config = ma.fields.Dict(keys=ma.fields.String(validate=ma.validate.Length(max=100)))
+    regions = ma.fields.List(
+        ma.fields.Nested(RegionSchema), validate=ma.validate.Length(min=1, max=100)
+    )
+    compliance = ma.fields.List(
+        ma.fields.Nested(CertificationSchema), validate=ma.validate.Length(max=50)
+    )
+    jurisdiction = ma.fields.Nested(JurisdictionSchema)
+    state = ma.fields.Enum(ProviderState, by_value=True, metadata={"description": "Admins only."})
+
+
+class ProviderCreateSchema(ProviderPatchSchema):
+    name = name_field(required=True)
+    organization_id = ma.fields.UUID(required=True)
+    adapter = ma.fields.String(
+        required=True, validate=ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,49}$")
+    )
+    adapter_config = ma.fields.Dict(
+        keys=ma.fields.String(validate=ma.validate.Length(max=100)), load_default=dict
+    )
+    regions = ma.fields.List(
+        ma.fields.Nested(RegionSchema), required=True, validate=ma.validate.Length(min=1, max=100)
+    )
+    compliance = ma.fields.List(
+        ma.fields.Nested(CertificationSchema),
+        load_default=list,
+        validate=ma.validate.Length(max=50),
+    )
+    jurisdiction = ma.fields.Nested(JurisdictionSchema, required=True)
+
+
+class RegionOutSchema(ma.Schema):
+    code = ma.fields.String()
+    country = ma.fields.String()
+    city = ma.fields.String(allow_none=True)
+    datacenter_tier = ma.fields.Integer(allow_none=True)
+
+
+class CertificationOutSchema(ma.Schema):
+    scheme = ma.fields.String()
+    level = ma.fields.String(allow_none=True)
+    valid_from = Timestamp()
+    valid_until = Timestamp()
+    evidence_url = ma.fields.String(allow_none=True)
+
+
+class JurisdictionOutSchema(ma.Schema):
+    operator_country = ma.fields.String()
+    parent_country = ma.fields.String(allow_none=True)
+    extraterritorial_exposure = ma.fields.List(ma.fields.String())
+
+
+class ProviderSchema(ma.Schema):
+    id = ma.fields.UUID()
+    name = ma.fields.String()
+    organization_id = ma.fields.UUID()
+    adapter = ma.fields.String()
+    adapter_config = ma.fields.Dict()
+    regions = ma.fields.List(ma.fields.Nested(RegionOutSchema))
+    compliance = ma.fields.List(
+        ma.fields.Nested(CertificationOutSchema), attribute="certifications"
+    )
+    jurisdiction = ma.fields.Method("_jurisdiction")
+    state = ma.fields.Enum(ProviderState, by_value=True)
+    created_at = Timestamp()
+
+    def _jurisdiction(self, provider: Provider) -> dict[str, Any]:
+        return {
+            "operator_country": provider.operator_country,
+            "parent_country": provider.parent_country,
+            "extraterritorial_exposure": provider.extraterritorial_exposure,
+        }
+
+
+def _provider_response(provider: Provider, status: int = 200) -> Response:
+    response = jsonify(ProviderSchema().dump(provider))
+    response.status_code = status
+    return with_etag(response, provider.version)
+
+
+@blp.route("", methods=["GET"])
+@blp.auth()
+@blp.arguments(ListArgs, location="query")
+@blp.response(200, page_of(ProviderSchema))
+def list_providers(args: dict[str, Any]) -> Any:
+    """List the consortium's providers."""
+    return service.list_providers(request_session(), **args)
+
+
+@blp.route("", methods=["POST"])
+@blp.auth(Role.ADMIN)
+@blp.arguments(ProviderCreateSchema)
+@blp.response(201, ProviderSchema, headers=_ETAG)
+def create_provider(data: dict[str, Any]) -> Response:
+    """Register a provider (operated by an organization of kind provider)."""
+    provider = service.create_provider(request_session(), current_caller(), data)
+    response = _provider_response(provider, 201)
+    response.headers["Location"] = url_for("providers.get_provider", provider_id=provider.id)
+    return response
+
+
+@blp.route("/<uuid:provider_id>", methods=["GET"])
+@blp.auth()
+@blp.response(200, ProviderSchema, headers=_ETAG)
+def get_provider(provider_id: uuid.UUID) -> Response:
+    """Read a provider, its regions, jurisdiction and compliance evidence."""
+    return _provider_response(service.get_provider(request_session(), provider_id))
+
+
+@blp.route("/<uuid:provider_id>", methods=["PATCH"])
+@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.arguments(ProviderPatchSchema)
+@blp.response(200, ProviderSchema, headers=_ETAG)
+@blp.doc(parameters=[IF_MATCH_PARAMETER])
+def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
+    """Change a provider (admins; its own operators, except `state`). Needs `If-Match`."""
+    provider = service.update_provider(
+        request_session(),
+        current_caller(),
+        provider_id,
+        expected_version=if_match_version(),
+        changes=data,
+    )
+    return _provider_response(provider)

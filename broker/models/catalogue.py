@@ -1,0 +1,178 @@
+"""The catalogue: providers with their sovereignty evidence, and versioned offers."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Numeric,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from billing.money import from_micros, to_micros
+from broker.models.base import Base, IdMixin, TimestampMixin, enum_column
+
+
+class Micros(TypeDecorator[Decimal]):
+    """An exact decimal with up to 6 places, stored as an integer of millionths.
+
+    SQLite has no decimal type (NUMERIC goes through floating point), and integers sort and
+    compare exactly on every backend, so money never round-trips through REAL.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type[Decimal]:
+        return Decimal
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> int | None:
+        return None if value is None else to_micros(Decimal(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return None if value is None else from_micros(int(value))
+
+
+class ProviderState(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class OfferState(enum.StrEnum):
+    DRAFT = "draft"
+    PUBLISHED = "published"
+    RETIRED = "retired"
+
+
+class Provider(IdMixin, TimestampMixin, Base):
+    """A sovereign cloud provider of the consortium, operated by one provider organization."""
+
+    __tablename__ = "providers"
+
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
+    adapter: Mapped[str] = mapped_column(String(50))
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # [{code, country, city, datacenter_tier}]
+    regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    operator_country: Mapped[str] = mapped_column(String(2))
+    parent_country: Mapped[str | None] = mapped_column(String(2))
+    extraterritorial_exposure: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Derived from `extraterritorial_exposure` on every write; indexed for `sovereign_only`.
+    exposed: Mapped[bool] = mapped_column(default=False, index=True)
+    state: Mapped[ProviderState] = mapped_column(
+        enum_column(ProviderState), default=ProviderState.ACTIVE
+    )
+    version: Mapped[int] = mapped_column(default=1)
+
+    certifications: Mapped[list[Certification]] = relationship(
+        back_populates="provider",
+        cascade="all, delete-orphan",
+        order_by="Certification.scheme",
+        lazy="selectin",
+    )
+
+    # Bumped by the service on every change (evidence lives in child rows, so the provider
+    # row must be touched too); the UPDATE still checks the version it read (412 if stale).
+    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
+
+    def region(self, code: str) -> dict[str, Any] | None:
+        return next((r for r in self.regions if r["code"] == code), None)
+
+
+class Certification(IdMixin, Base):
+    """Compliance evidence of a provider: a scheme, a level, and when it is valid."""
+
+    __tablename__ = "provider_certifications"
+    __table_args__ = (Index("ix_provider_certifications_lookup", "provider_id", "scheme"),)
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
+    scheme: Mapped[str] = mapped_column(String(40))
+    level: Mapped[str | None] = mapped_column(String(60))
+    valid_from: Mapped[datetime]
+    valid_until: Mapped[datetime]
+    evidence_url: Mapped[str | None] = mapped_column(String(500))
+
+    provider: Mapped[Provider] = relationship(back_populates="certifications")
+
+
+class Offer(IdMixin, TimestampMixin, Base):
+    """One version of a provider's offer. The versions of an offer share `(provider, sku)`.
+
+    A draft can be edited; a published version never changes: editing it makes the next
+    version as a draft, and publishing that one retires its predecessor. Orders pin a version.
+    """
+
+    __tablename__ = "offers"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "sku", "version"),
+        Index("ix_offers_search_price", "state", "currency", "monthly_price", "id"),
+        Index("ix_offers_search_vcpu", "state", "vcpu", "id"),
+        Index("ix_offers_search_ram", "state", "ram_gib", "id"),
+        Index("ix_offers_search_name", "state", "name", "id"),
+        Index("ix_offers_region_country", "region_country"),
+    )
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("providers.id", ondelete="RESTRICT"), index=True
+    )
+    sku: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int]
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20), default="vm")
+    state: Mapped[OfferState] = mapped_column(enum_column(OfferState), default=OfferState.DRAFT)
+    region_code: Mapped[str] = mapped_column(String(50))
+    region_country: Mapped[str] = mapped_column(String(2))
+    region_city: Mapped[str | None] = mapped_column(String(100))
+    datacenter_tier: Mapped[int | None]
+    vcpu: Mapped[int]
+    ram_gib: Mapped[Decimal] = mapped_column(Numeric(10, 3))
+    disk_gib: Mapped[int]
+    gpu: Mapped[int] = mapped_column(default=0)
+    # [{metric, unit_price, currency, tiers?}] with decimals as strings.
+    prices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    currency: Mapped[str] = mapped_column(String(3))
+    monthly_price: Mapped[Decimal] = mapped_column(Micros())
+    published_at: Mapped[datetime | None]
+    retired_at: Mapped[datetime | None]
+    superseded_by_id: Mapped[uuid.UUID | None]
+    # Optimistic-concurrency counter of edits (the ETag), not the offer's version number.
+    revision: Mapped[int] = mapped_column(default=1)
+
+    provider: Mapped[Provider] = relationship(lazy="joined", innerjoin=True)
+    # The compliance schemes this offer claims: a subset of its provider's evidence.
+    compliance: Mapped[list[OfferCompliance]] = relationship(
+        cascade="all, delete-orphan", order_by="OfferCompliance.scheme", lazy="selectin"
+    )
+
+    __mapper_args__ = {"version_id_col": revision}
+
+    @property
+    def compliance_schemes(self) -> list[str]:
+        return [claim.scheme for claim in self.compliance]
+
+
+class OfferCompliance(Base):
+    """A compliance scheme an offer claims (its evidence lives on the provider)."""
+
+    __tablename__ = "offer_compliance"
+
+    offer_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("offers.id", ondelete="CASCADE"), primary_key=True
+    )
+    scheme: Mapped[str] = mapped_column(String(40), primary_key=True, index=True)

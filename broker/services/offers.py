@@ -1,0 +1,489 @@
+"""Offers: a provider's versioned catalogue entries, and the search agencies run over them.
+
+Lifecycle: draft → published → retired. A draft may be edited; a published version never
+changes — editing it creates the next version as a draft, and publishing that draft retires
+the version it replaces. Only the provider's own operators see its drafts or change its offers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from billing.money import MoneyError, parse_unit_price
+from billing.rating import METRICS, Price, Specs, Tier, monthly_price
+from broker.auth.identity import Caller
+from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.models import (
+    Certification,
+    Offer,
+    OfferCompliance,
+    OfferState,
+    Provider,
+    ProviderState,
+    Role,
+)
+from broker.models.base import utcnow
+from broker.services import audit
+from broker.services.pagination import Page, paginate
+
+SORTS: dict[str, InstrumentedAttribute[Any]] = {
+    "monthly_price": Offer.monthly_price,
+    "vcpu": Offer.vcpu,
+    "ram_gib": Offer.ram_gib,
+    "name": Offer.name,
+}
+
+
+# --- prices -----------------------------------------------------------------------------------
+
+
+def _tiers_rise(tiers: tuple[Tier, ...]) -> bool:
+    """Bounds rise strictly from above zero, and only the last tier is unbounded."""
+    bounds = [tier.up_to for tier in tiers]
+    if bounds[-1] is not None:
+        return False
+    finite = [bound for bound in bounds[:-1] if bound is not None]
+    return len(finite) == len(bounds) - 1 and all(
+        low < high for low, high in zip([Decimal(0), *finite], finite, strict=False)
+    )
+
+
+def parse_prices(raw: list[dict[str, Any]]) -> list[Price]:
+    """Validate an offer's price list: known metrics, once each, one currency, tiers rising."""
+    errors: dict[str, list[str]] = {}
+    prices: list[Price] = []
+    for index, item in enumerate(raw):
+        try:
+            tiers = tuple(
+                Tier(
+                    None if tier.get("up_to") is None else Decimal(tier["up_to"]),
+                    parse_unit_price(tier["unit_price"]),
+                )
+                for tier in item.get("tiers") or ()
+            )
+            prices.append(
+                Price(item["metric"], parse_unit_price(item["unit_price"]), item["currency"], tiers)
+            )
+        except MoneyError as error:
+            errors[f"prices.{index}"] = [str(error)]
+            continue
+        if tiers and not _tiers_rise(tiers):
+            errors[f"prices.{index}.tiers"] = [
+                "Tiers need rising positive `up_to` bounds and a last tier without one."
+            ]
+    metrics = [price.metric for price in prices]
+    if len(set(metrics)) != len(metrics):
+        errors["prices"] = ["Each metric may be priced once."]
+    if len({price.currency for price in prices}) > 1:
+        errors["prices"] = ["All prices of an offer are in one currency."]
+    if "instance_hour" not in metrics and not errors:
+        errors["prices"] = ["An offer needs an `instance_hour` price."]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    return prices
+
+
+def price_documents(prices: list[Price]) -> list[dict[str, Any]]:
+    """How prices are stored and shown: decimals as strings, with the metric's unit."""
+    documents = []
+    for price in prices:
+        document: dict[str, Any] = {
+            "metric": price.metric,
+            "unit": METRICS[price.metric],
+            "unit_price": str(price.unit_price),
+            "currency": price.currency,
+        }
+        if price.tiers:
+            document["tiers"] = [
+                {
+                    "up_to": None if tier.up_to is None else str(tier.up_to),
+                    "unit_price": str(tier.unit_price),
+                }
+                for tier in price.tiers
+            ]
+        documents.append(document)
+    return documents
+
+
+def gib(value: float | Decimal) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal("0.001"))
+
+
+def prices_of(offer: Offer) -> list[Price]:
+    return parse_prices(offer.prices)
+
+
+def specs_of(offer: Offer) -> Specs:
+    return Specs(offer.vcpu, Decimal(offer.ram_gib), offer.disk_gib)
+
+
+# --- visibility ------------------------------------------------------------------------------
+
+
+def _operates(caller: Caller, provider: Provider) -> bool:
+    return Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
+
+
+def _visible(caller: Caller) -> ColumnElement[bool]:
+    """Published offers of active providers for all; drafts too for their own operators."""
+    public = and_(Offer.state == OfferState.PUBLISHED, Provider.state == ProviderState.ACTIVE)
+    if Role.PROVIDER not in caller.roles:
+        return public
+    return or_(
+        public,
+        and_(Offer.state == OfferState.DRAFT, Provider.organization_id == caller.organization_id),
+    )
+
+
+def get_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
+    """Any published or retired version; drafts only for their provider's operators."""
+    offer = session.get(Offer, offer_id)
+    if offer is None or (offer.state is OfferState.DRAFT and not _operates(caller, offer.provider)):
+        raise NotFound("No such offer.")
+    return offer
+
+
+def _own_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
+    offer = session.get(Offer, offer_id)
+    if offer is None or not _operates(caller, offer.provider):
+        raise NotFound("No such offer.")
+    return offer
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def _apply(offer: Offer, provider: Provider, data: dict[str, Any]) -> None:
+    """Set the editable fields of a draft from `data` and derive the rest."""
+    for name in ("name", "kind"):
+        if name in data:
+            setattr(offer, name, data[name])
+    if "region" in data:
+        region = provider.region(data["region"])
+        if region is None:
+            codes = ", ".join(r["code"] for r in provider.regions) or "none"
+            raise ValidationFailed(
+                errors={"region": [f"Not a region of this provider (its regions: {codes})."]}
+            )
+        offer.region_code = region["code"]
+        offer.region_country = region["country"]
+        offer.region_city = region.get("city")
+        offer.datacenter_tier = region.get("datacenter_tier")
+    if "specs" in data:
+        specs = data["specs"]
+        # RAM is a size, not money: a JSON number, kept to the MiB-ish precision of 3 places.
+        offer.vcpu, offer.ram_gib = specs["vcpu"], gib(specs["ram_gib"])
+        offer.disk_gib, offer.gpu = specs.get("disk_gib", 0), specs.get("gpu", 0)
+    if "prices" in data:
+        offer.prices = price_documents(parse_prices(data["prices"]))
+        offer.currency = offer.prices[0]["currency"]
+    if "compliance" in data or not offer.compliance:
+        held = {c.scheme for c in provider.certifications}
+        claimed = set(data.get("compliance", held))
+        beyond = sorted(claimed - held)
+        if beyond:
+            raise ValidationFailed(
+                errors={"compliance": [f"The provider holds no evidence for: {', '.join(beyond)}."]}
+            )
+        offer.compliance = [OfferCompliance(scheme=scheme) for scheme in sorted(claimed)]
+    offer.monthly_price = monthly_price(prices_of(offer), specs_of(offer))
+
+
+def create_offer(session: Session, caller: Caller, data: dict[str, Any]) -> Offer:
+    """A new offer, as a draft, for a provider the caller operates."""
+    provider = session.get(Provider, data["provider_id"])
+    if provider is None or not _operates(caller, provider):
+        raise NotFound("No such provider among those you operate.")
+    taken = session.scalar(
+        select(Offer.id).where(Offer.provider_id == provider.id, Offer.sku == data["sku"])
+    )
+    if taken is not None:
+        raise Conflict(
+            f"SKU {data['sku']!r} exists already: edit that offer to make a new version.",
+            code="sku_taken",
+        )
+    offer = Offer(
+        id=uuid.uuid4(), provider_id=provider.id, provider=provider, sku=data["sku"], version=1
+    )
+    _apply(offer, provider, data)
+    session.add(offer)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "offer.created",
+        "offer",
+        offer.id,
+        organization_id=provider.organization_id,
+        after=snapshot(offer),
+    )
+    return offer
+
+
+@dataclass(frozen=True)
+class Edit:
+    offer: Offer
+    created: bool  # True when the edit made a new version
+
+
+def edit_offer(
+    session: Session,
+    caller: Caller,
+    offer_id: uuid.UUID,
+    *,
+    expected_revision: int,
+    changes: dict[str, Any],
+) -> Edit:
+    """Edit a draft in place, or make the next version (a draft) of a published offer."""
+    offer = _own_offer(session, caller, offer_id)
+    if offer.revision != expected_revision:
+        raise PreconditionFailed("The offer changed since you read it; read it again.")
+    if offer.state is OfferState.RETIRED:
+        raise Conflict("A retired offer cannot change.", code="offer_retired")
+    if offer.state is OfferState.DRAFT:
+        before = snapshot(offer)
+        _apply(offer, offer.provider, changes)
+        session.flush()
+        audit.record(
+            session,
+            caller,
+            "offer.updated",
+            "offer",
+            offer.id,
+            organization_id=offer.provider.organization_id,
+            before=before,
+            after=snapshot(offer),
+        )
+        return Edit(offer, created=False)
+    newer = session.scalar(
+        select(Offer).where(
+            Offer.provider_id == offer.provider_id,
+            Offer.sku == offer.sku,
+            Offer.version > offer.version,
+        )
+    )
+    if newer is not None:
+        raise Conflict(
+            f"Version {newer.version} of this offer exists already ({newer.id}); edit it.",
+            code="newer_version_exists",
+        )
+    successor = Offer(
+        id=uuid.uuid4(),
+        provider_id=offer.provider_id,
+        provider=offer.provider,
+        sku=offer.sku,
+        version=offer.version + 1,
+        name=offer.name,
+        kind=offer.kind,
+        region_code=offer.region_code,
+        region_country=offer.region_country,
+        region_city=offer.region_city,
+        datacenter_tier=offer.datacenter_tier,
+        vcpu=offer.vcpu,
+        ram_gib=offer.ram_gib,
+        disk_gib=offer.disk_gib,
+        gpu=offer.gpu,
+        prices=offer.prices,
+        currency=offer.currency,
+        compliance=[OfferCompliance(scheme=s) for s in offer.compliance_schemes],
+    )
+    _apply(successor, offer.provider, changes)
+    session.add(successor)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "offer.versioned",
+        "offer",
+        successor.id,
+        organization_id=offer.provider.organization_id,
+        after=snapshot(successor),
+    )
+    return Edit(successor, created=True)
+
+
+def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
+    """Put a draft in the catalogue; the version it replaces (if any) is retired."""
+    offer = _own_offer(session, caller, offer_id)
+    if offer.state is not OfferState.DRAFT:
+        raise Conflict(
+            f"Only a draft can be published; this offer is {offer.state}.", code="not_a_draft"
+        )
+    now = utcnow()
+    for previous in session.scalars(
+        select(Offer).where(
+            Offer.provider_id == offer.provider_id,
+            Offer.sku == offer.sku,
+            Offer.state == OfferState.PUBLISHED,
+        )
+    ):
+        previous.state, previous.retired_at = OfferState.RETIRED, now
+        previous.superseded_by_id = offer.id
+    before = snapshot(offer)
+    offer.state, offer.published_at = OfferState.PUBLISHED, now
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "offer.published",
+        "offer",
+        offer.id,
+        organization_id=offer.provider.organization_id,
+        before=before,
+        after=snapshot(offer),
+    )
+    return offer
+
+
+def retire_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
+    """Take an offer out of the catalogue (a draft is simply abandoned). Orders already
+    placed keep the version they pinned."""
+    offer = _own_offer(session, caller, offer_id)
+    if offer.state is OfferState.RETIRED:
+        raise Conflict("This offer is retired already.", code="offer_retired")
+    before = snapshot(offer)
+    offer.state, offer.retired_at = OfferState.RETIRED, utcnow()
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "offer.retired",
+        "offer",
+        offer.id,
+        organization_id=offer.provider.organization_id,
+        before=before,
+        after=snapshot(offer),
+    )
+    return offer
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A scheme an offer claims, with the provider's proof of it as of some instant."""
+
+    scheme: str
+    level: str | None
+    valid_until: datetime | None
+    evidence_url: str | None
+    valid_now: bool
+
+
+def evidence(offer: Offer, now: datetime) -> list[Evidence]:
+    """For each claimed scheme, the proof valid at `now` (else the most recent one)."""
+    shown = []
+    for scheme in offer.compliance_schemes:
+        proofs = sorted(
+            (c for c in offer.provider.certifications if c.scheme == scheme),
+            key=lambda c: (c.valid_from <= now < c.valid_until, c.valid_until),
+        )
+        proof = proofs[-1] if proofs else None
+        shown.append(
+            Evidence(
+                scheme,
+                proof.level if proof else None,
+                proof.valid_until if proof else None,
+                proof.evidence_url if proof else None,
+                proof is not None and proof.valid_from <= now < proof.valid_until,
+            )
+        )
+    return shown
+
+
+def snapshot(offer: Offer) -> dict[str, Any]:
+    return {**audit.snapshot(offer), "compliance": offer.compliance_schemes}
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Search:
+    provider: uuid.UUID | None = None
+    region: str | None = None
+    country: str | None = None
+    kind: str | None = None
+    min_vcpu: int | None = None
+    min_ram_gib: float | None = None
+    max_monthly_price: Decimal | None = None
+    currency: str | None = None
+    certification: str | None = None
+    sovereign_only: bool = False
+    q: str | None = None
+    sort: str = "monthly_price"
+
+
+def certified_now(scheme: str, now: datetime) -> ColumnElement[bool]:
+    """The offer claims `scheme` and its provider's evidence for it is valid at `now`."""
+    return exists().where(
+        OfferCompliance.offer_id == Offer.id,
+        OfferCompliance.scheme == scheme,
+        Certification.provider_id == Offer.provider_id,
+        Certification.scheme == scheme,
+        Certification.valid_from <= now,
+        Certification.valid_until > now,
+    )
+
+
+def search_offers(
+    session: Session,
+    caller: Caller,
+    search: Search,
+    *,
+    now: datetime,
+    limit: int,
+    cursor: str | None,
+) -> Page[Offer]:
+    """The catalogue seen by `caller`, filtered and sorted, one page at a time."""
+    if search.max_monthly_price is not None and search.currency is None:
+        raise ValidationFailed(
+            "Prices in different currencies do not compare: name the currency.",
+            errors={"currency": ["Required with max_monthly_price."]},
+        )
+    statement = select(Offer).join(Offer.provider).where(_visible(caller))
+    conditions: list[ColumnElement[bool]] = []
+    if search.provider is not None:
+        conditions.append(Offer.provider_id == search.provider)
+    if search.region is not None:
+        conditions.append(Offer.region_code == search.region)
+    if search.country is not None:
+        conditions.append(Offer.region_country == search.country.upper())
+    if search.kind is not None:
+        conditions.append(Offer.kind == search.kind)
+    if search.min_vcpu is not None:
+        conditions.append(Offer.vcpu >= search.min_vcpu)
+    if search.min_ram_gib is not None:
+        conditions.append(Offer.ram_gib >= gib(search.min_ram_gib))
+    if search.currency is not None:
+        conditions.append(Offer.currency == search.currency.upper())
+    if search.max_monthly_price is not None:
+        conditions.append(Offer.monthly_price <= search.max_monthly_price)
+    if search.certification is not None:
+        conditions.append(certified_now(search.certification, now))
+    if search.sovereign_only:
+        conditions.append(Provider.exposed.is_(False))
+    if search.q:
+        needle = search.q.lower()
+        conditions.append(
+            or_(
+                func.lower(Offer.name).contains(needle, autoescape=True),
+                func.lower(Offer.sku).contains(needle, autoescape=True),
+                func.lower(Provider.name).contains(needle, autoescape=True),
+            )
+        )
+    descending = search.sort.startswith("-")
+    key = SORTS[search.sort.removeprefix("-")]
+    return paginate(
+        session,
+        statement.where(*conditions),
+        [key, Offer.id],
+        limit=limit,
+        cursor=cursor,
+        descending=descending,
+    )
