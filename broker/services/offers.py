@@ -7,6 +7,9 @@ the version it replaces. Only the provider's own operators see its drafts or cha
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -486,4 +489,11 @@ def search_offers(
         limit=limit,
         cursor=cursor,
         descending=descending,
+        scope=_fingerprint(search),
     )
+
+
+def _fingerprint(search: Search) -> str:
+    """A short digest of the filters and sort, bound into the search's cursors."""
+    canonical = json.dumps(dataclasses.asdict(search), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

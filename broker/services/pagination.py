@@ -69,16 +69,25 @@ def _decode_value(column: InstrumentedAttribute[Any], raw: Any) -> Any:
     return raw
 
 
-def encode_cursor(values: Sequence[Any]) -> str:
-    payload = json.dumps([_encode_value(v) for v in values], separators=(",", ":"))
+def encode_cursor(values: Sequence[Any], scope: str | None = None) -> str:
+    encoded = [_encode_value(v) for v in values]
+    payload = json.dumps([scope, *encoded] if scope else encoded, separators=(",", ":"))
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, keys: Sequence[InstrumentedAttribute[Any]]) -> list[Any]:
+def decode_cursor(
+    cursor: str, keys: Sequence[InstrumentedAttribute[Any]], scope: str | None = None
+) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         raw = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(raw, list) or len(raw) != len(keys):
+        if not isinstance(raw, list):
+            raise ValueError("wrong shape")
+        if scope:
+            if not raw or raw[0] != scope:
+                raise ValueError("a cursor of another query")
+            raw = raw[1:]
+        if len(raw) != len(keys):
             raise ValueError("wrong shape")
         return [_decode_value(column, value) for column, value in zip(keys, raw, strict=True)]
     except (
@@ -102,13 +111,18 @@ def paginate(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
     descending: bool = False,
+    scope: str | None = None,
 ) -> Page[T]:
-    """Run `statement` ordered by `keys` (unique together) from `cursor` on."""
+    """Run `statement` ordered by `keys` (unique together) from `cursor` on.
+
+    `scope` names the query (its filters and order): a cursor from another query is refused
+    rather than silently continuing somewhere meaningless.
+    """
     if cursor:
         after = tuple_(
             *[
                 literal(value, column.type)
-                for column, value in zip(keys, decode_cursor(cursor, keys), strict=True)
+                for column, value in zip(keys, decode_cursor(cursor, keys, scope), strict=True)
             ]
         )
         statement = statement.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
@@ -118,4 +132,4 @@ def paginate(
         return Page(rows, None)
     rows = rows[:limit]
     last = rows[-1]
-    return Page(rows, encode_cursor([getattr(last, column.key) for column in keys]))
+    return Page(rows, encode_cursor([getattr(last, column.key) for column in keys], scope))
