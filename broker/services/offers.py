@@ -163,8 +163,11 @@ def _own_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
 # --- lifecycle -------------------------------------------------------------------------------
 
 
-def _apply(offer: Offer, provider: Provider, data: dict[str, Any]) -> None:
-    """Set the editable fields of a draft from `data` and derive the rest."""
+def _apply(
+    offer: Offer, provider: Provider, data: dict[str, Any], *, creating: bool = False
+) -> None:
+    """Set the editable fields of a draft from `data` and derive the rest. A new offer that
+    names no compliance claims every scheme its provider holds evidence for."""
     for name in ("name", "kind"):
         if name in data:
             setattr(offer, name, data[name])
@@ -187,7 +190,7 @@ def _apply(offer: Offer, provider: Provider, data: dict[str, Any]) -> None:
     if "prices" in data:
         offer.prices = price_documents(parse_prices(data["prices"]))
         offer.currency = offer.prices[0]["currency"]
-    if "compliance" in data or not offer.compliance:
+    if "compliance" in data or creating:
         held = {c.scheme for c in provider.certifications}
         claimed = set(data.get("compliance", held))
         beyond = sorted(claimed - held)
@@ -215,7 +218,7 @@ def create_offer(session: Session, caller: Caller, data: dict[str, Any]) -> Offe
     offer = Offer(
         id=uuid.uuid4(), provider_id=provider.id, provider=provider, sku=data["sku"], version=1
     )
-    _apply(offer, provider, data)
+    _apply(offer, provider, data, creating=True)
     session.add(offer)
     session.flush()
     audit.record(

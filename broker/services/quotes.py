@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from billing.rating import Estimate, estimate
 from broker.auth.identity import Caller
 from broker.errors import Conflict
-from broker.models import Offer, OfferState
+from broker.models import Offer, OfferState, ProviderState
 from broker.services import offers, policies
 from broker.services.policies import OfferFacts, Reason
 from broker.services.providers import valid_schemes
@@ -55,6 +55,8 @@ def quote(
     offer = offers.get_offer(session, caller, offer_id)
     if offer.state is not OfferState.PUBLISHED:
         raise Conflict(f"This offer is {offer.state}: it cannot be ordered.", code="not_orderable")
+    if offer.provider.state is not ProviderState.ACTIVE:
+        raise Conflict("This offer's provider is suspended.", code="not_orderable")
     cost = estimate(offers.prices_of(offer), offers.specs_of(offer), quantity=quantity, hours=hours)
     policy = policies.policy_of(session, caller.organization_id)
     reasons = policies.evaluate(
