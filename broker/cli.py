@@ -195,11 +195,12 @@ def serve(demo: bool) -> None:
     # Create the signing key once, before several processes would race to create it.
     _ = SigningKeys(config["SIGNING_KEY"], config["SIGNING_KEY_FILE"]).private_key
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
+    database = _database()
     if demo:
-        credentials = seed_demo(
-            _database(), Path(config["INSTANCE_PATH"]) / "demo-credentials.json"
-        )
+        credentials = seed_demo(database, Path(config["INSTANCE_PATH"]) / "demo-credentials.json")
         _print_demo(credentials, f"http://{host}:{port}")
+    database.refresh_statistics()
+    database.dispose()
 
     env = {**os.environ, "HOST": host, "PORT": port}
     children = [

@@ -97,5 +97,12 @@ class Database:
         finally:
             session.close()
 
+    def refresh_statistics(self) -> None:
+        """Give SQLite's planner table statistics (PostgreSQL's autovacuum keeps its own):
+        without them it may walk the wrong index of the catalogue's search."""
+        if is_sqlite(self.engine):
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("ANALYZE")
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,22 +1,35 @@
-"""The demo consortium seeded by `make run`: one consortium, two agencies, three providers.
+"""The demo consortium seeded by `make run`: one consortium, two agencies, three providers,
+and a catalogue of published offers for the agencies to search.
 
 Client secrets are stored hashed, so the demo credentials are also written (mode 0600) to
 `instance/demo-credentials.json` on first seed, to be printed again on every start. Seeding is
-idempotent: an existing database is completed, never wiped.
+idempotent: an existing database is completed, never wiped (a provider that exists by name, an
+offer whose provider and SKU exist are left as they are).
+
+The three fictional providers show what the catalogue's filters are about: a French operator
+with SecNumCloud evidence, a Québec operator whose SOC 2 report has expired, and the EU
+subsidiary of a US group (cheapest, but reached by the US CLOUD Act, so `sovereign_only`
+leaves it out). Certificates are dated relative to the seeding, so the demo stays current.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from broker.auth.identity import Caller
 from broker.db import Database
-from broker.models import ApiClient, Organization, OrganizationKind, Role
-from broker.services import organizations
+from broker.models import ApiClient, Offer, Organization, OrganizationKind, Provider, Role
+from broker.models.base import utcnow
+from broker.services import offers, organizations, providers
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
     ("Sovereign Cloud Consortium", OrganizationKind.CONSORTIUM, [[Role.ADMIN], [Role.FINANCE]]),
@@ -43,7 +56,8 @@ class DemoCredential:
 
 
 def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
-    """Create what is missing of the demo consortium and return every demo credential."""
+    """Create what is missing of the demo consortium and its catalogue; return every demo
+    credential."""
     issued: list[DemoCredential] = []
     with db.transaction() as session:
         # Keep only remembered credentials whose client still exists in this database.
@@ -84,10 +98,287 @@ def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
                         client_secret=client.secret,
                     )
                 )
+        _seed_catalogue(session)
     credentials = known + issued
     if credentials != remembered:
         _write(credentials_file, credentials)
     return credentials
+
+
+# --- the demo catalogue ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoOffer:
+    """One VM offer; prices not given here come from its provider's rate card."""
+
+    sku: str
+    name: str
+    region: str
+    vcpu: int
+    ram_gib: float
+    disk_gib: int
+    gpu: int = 0
+    instance_hour: str | None = None  # overrides the rate card (GPU machines)
+    compliance: tuple[str, ...] | None = None  # None: every scheme the provider holds
+    egress_tiers: tuple[tuple[str | None, str], ...] = ()  # graduated: (up_to GiB, price)
+
+
+@dataclass(frozen=True)
+class DemoProvider:
+    name: str  # also the name of the provider organization operating it
+    domain: str  # where its (fictional) evidence is published
+    operator_country: str
+    parent_country: str | None
+    exposure: tuple[str, ...]
+    regions: tuple[tuple[str, str, str, int], ...]  # (code, country, city, datacenter tier)
+    # (scheme, level, valid from, valid until): days relative to the seeding
+    evidence: tuple[tuple[str, str | None, int, int], ...]
+    currency: str
+    rates: dict[str, str]  # metric → unit price, for every metric
+    offers: tuple[DemoOffer, ...]
+
+
+DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
+    DemoProvider(
+        name="Hexagone Cloud",
+        domain="trust.hexagone-cloud.example",
+        operator_country="FR",
+        parent_country=None,
+        exposure=(),
+        regions=(
+            ("fr-par-1", "FR", "Paris", 3),
+            ("fr-lyo-1", "FR", "Lyon", 3),
+            ("fr-mrs-1", "FR", "Marseille", 4),
+        ),
+        evidence=(
+            ("secnumcloud", "3.2", -400, 700),
+            ("hds", "2.0", -250, 850),
+            ("iso27001", "2022", -500, 600),
+        ),
+        currency="EUR",
+        rates={
+            "instance_hour": "0.004",
+            "vcpu_hour": "0.0165",
+            "ram_gib_hour": "0.0055",
+            "storage_gib_month": "0.06",
+            "egress_gib": "0.02",
+        },
+        offers=(
+            DemoOffer("hc-std-s-par", "Standard S — Paris", "fr-par-1", 2, 4, 50),
+            DemoOffer("hc-std-m-par", "Standard M — Paris", "fr-par-1", 4, 16, 100),
+            DemoOffer("hc-std-l-par", "Standard L — Paris", "fr-par-1", 8, 32, 200),
+            DemoOffer("hc-mem-xl-par", "Mémoire XL — Paris", "fr-par-1", 16, 128, 400),
+            DemoOffer("hc-std-m-lyo", "Standard M — Lyon", "fr-lyo-1", 4, 16, 100),
+            DemoOffer(
+                "hc-dev-s-lyo",
+                "Développement S — Lyon (hors SecNumCloud)",
+                "fr-lyo-1",
+                2,
+                4,
+                40,
+                compliance=("iso27001",),
+            ),
+            DemoOffer("hc-std-l-mrs", "Standard L — Marseille", "fr-mrs-1", 8, 32, 200),
+            DemoOffer(
+                "hc-gpu-l40s-mrs",
+                "GPU L40S — Marseille",
+                "fr-mrs-1",
+                16,
+                96,
+                800,
+                gpu=1,
+                instance_hour="1.95",
+            ),
+        ),
+    ),
+    DemoProvider(
+        name="Nordet Nuagique",
+        domain="conformite.nordet-nuagique.example",
+        operator_country="CA",
+        parent_country=None,
+        exposure=(),
+        regions=(("ca-qc-1", "CA", "Montréal", 4), ("ca-qc-2", "CA", "Québec City", 3)),
+        evidence=(
+            ("cccs-medium", "Protected B", -300, 800),
+            ("iso27001", "2022", -150, 950),
+            ("soc2-type2", None, -420, -55),  # expired: shown, but matches no search
+        ),
+        currency="CAD",
+        rates={
+            "instance_hour": "0.005",
+            "vcpu_hour": "0.0215",
+            "ram_gib_hour": "0.0072",
+            "storage_gib_month": "0.08",
+            "egress_gib": "0.025",
+        },
+        offers=(
+            DemoOffer("nn-s-mtl", "Boréal S — Montréal", "ca-qc-1", 2, 4, 50),
+            DemoOffer("nn-m-mtl", "Boréal M — Montréal", "ca-qc-1", 4, 16, 100),
+            DemoOffer("nn-l-mtl", "Boréal L — Montréal", "ca-qc-1", 8, 32, 250),
+            DemoOffer("nn-mem-xl-mtl", "Boréal Mémoire XL — Montréal", "ca-qc-1", 16, 128, 500),
+            DemoOffer(
+                "nn-gpu-a100-mtl",
+                "Boréal GPU A100 — Montréal",
+                "ca-qc-1",
+                24,
+                192,
+                1000,
+                gpu=2,
+                instance_hour="5.40",
+            ),
+            DemoOffer("nn-m-qc", "Boréal M — Québec", "ca-qc-2", 4, 16, 100),
+            DemoOffer("nn-l-qc", "Boréal L — Québec", "ca-qc-2", 8, 32, 250),
+        ),
+    ),
+    DemoProvider(
+        name="Atlantic Compute Europe",
+        domain="compliance.atlantic-compute.example",
+        operator_country="IE",
+        parent_country="US",
+        exposure=("US_CLOUD_ACT",),
+        regions=(
+            ("ie-dub-1", "IE", "Dublin", 3),
+            ("de-fra-1", "DE", "Frankfurt", 4),
+            ("nl-ams-1", "NL", "Amsterdam", 3),
+        ),
+        evidence=(
+            ("iso27001", "2022", -350, 750),
+            ("bsi-c5", "Type 2", -200, 530),
+            ("eucs", "substantial", -90, 1000),
+        ),
+        currency="EUR",
+        rates={
+            "instance_hour": "0.003",
+            "vcpu_hour": "0.0118",
+            "ram_gib_hour": "0.0039",
+            "storage_gib_month": "0.045",
+            "egress_gib": "0.0085",
+        },
+        offers=(
+            DemoOffer("ace-gp-s-dub", "General Purpose S — Dublin", "ie-dub-1", 2, 4, 50),
+            DemoOffer(
+                "ace-gp-m-dub",
+                "General Purpose M — Dublin",
+                "ie-dub-1",
+                4,
+                16,
+                100,
+                egress_tiers=(("100", "0"), ("10240", "0.0085"), (None, "0.006")),
+            ),
+            DemoOffer("ace-gp-m-fra", "General Purpose M — Frankfurt", "de-fra-1", 4, 16, 100),
+            DemoOffer("ace-gp-l-fra", "General Purpose L — Frankfurt", "de-fra-1", 8, 32, 200),
+            DemoOffer("ace-mem-xl-fra", "Memory XL — Frankfurt", "de-fra-1", 16, 128, 400),
+            DemoOffer(
+                "ace-gpu-h100-fra",
+                "GPU H100 — Frankfurt",
+                "de-fra-1",
+                32,
+                256,
+                1600,
+                gpu=1,
+                instance_hour="2.85",
+            ),
+            DemoOffer("ace-gp-s-ams", "General Purpose S — Amsterdam", "nl-ams-1", 2, 4, 50),
+            DemoOffer("ace-gp-xl-ams", "General Purpose XL — Amsterdam", "nl-ams-1", 16, 64, 400),
+            DemoOffer("ace-mem-2xl-ams", "Memory 2XL — Amsterdam", "nl-ams-1", 32, 256, 800),
+        ),
+    ),
+)
+
+
+def provider_payload(
+    demo: DemoProvider, organization_id: uuid.UUID, now: datetime
+) -> dict[str, Any]:
+    """The provider as `POST /v1/providers` would hand it to the service."""
+    return {
+        "name": demo.name,
+        "organization_id": organization_id,
+        "adapter": "simulated",
+        "adapter_config": {},
+        "regions": [
+            {"code": code, "country": country, "city": city, "datacenter_tier": tier}
+            for code, country, city, tier in demo.regions
+        ],
+        "compliance": [
+            {
+                "scheme": scheme,
+                "level": level,
+                "valid_from": now + timedelta(days=start),
+                "valid_until": now + timedelta(days=end),
+                "evidence_url": f"https://{demo.domain}/evidence/{scheme}.pdf",
+            }
+            for scheme, level, start, end in demo.evidence
+        ],
+        "jurisdiction": {
+            "operator_country": demo.operator_country,
+            "parent_country": demo.parent_country,
+            "extraterritorial_exposure": list(demo.exposure),
+        },
+    }
+
+
+def offer_payload(demo: DemoProvider, offer: DemoOffer, provider_id: uuid.UUID) -> dict[str, Any]:
+    """The offer as `POST /v1/offers` would hand it to the service."""
+    rates = {
+        **demo.rates,
+        **({"instance_hour": offer.instance_hour} if offer.instance_hour else {}),
+    }
+    prices: list[dict[str, Any]] = []
+    for metric, unit_price in rates.items():
+        price: dict[str, Any] = {
+            "metric": metric,
+            "unit_price": unit_price,
+            "currency": demo.currency,
+        }
+        if metric == "egress_gib" and offer.egress_tiers:
+            price["tiers"] = [{"up_to": up_to, "unit_price": p} for up_to, p in offer.egress_tiers]
+        prices.append(price)
+    data: dict[str, Any] = {
+        "provider_id": provider_id,
+        "sku": offer.sku,
+        "name": offer.name,
+        "kind": "vm",
+        "region": offer.region,
+        "specs": {
+            "vcpu": offer.vcpu,
+            "ram_gib": offer.ram_gib,
+            "disk_gib": offer.disk_gib,
+            "gpu": offer.gpu,
+        },
+        "prices": prices,
+    }
+    if offer.compliance is not None:
+        data["compliance"] = list(offer.compliance)
+    return data
+
+
+def _seed_catalogue(session: Session) -> None:
+    """Create the demo providers and publish their offers, skipping what exists already."""
+    now = utcnow()
+    for demo in DEMO_PROVIDERS:
+        provider = session.scalar(select(Provider).where(Provider.name == demo.name))
+        if provider is None:
+            # The operating organization was created above, if it was missing.
+            operator = session.scalars(
+                select(Organization).where(Organization.name == demo.name)
+            ).one()
+            provider = providers.create_provider(
+                session, None, provider_payload(demo, operator.id, now)
+            )
+        # Offers are created and published by the operator, as through the API.
+        caller = Caller(
+            client_id="seed",
+            organization_id=provider.organization_id,
+            organization_kind=OrganizationKind.PROVIDER,
+            roles=frozenset({Role.PROVIDER}),
+        )
+        existing = set(session.scalars(select(Offer.sku).where(Offer.provider_id == provider.id)))
+        for offer in demo.offers:
+            if offer.sku in existing:
+                continue
+            draft = offers.create_offer(session, caller, offer_payload(demo, offer, provider.id))
+            offers.publish_offer(session, caller, draft.id)
 
 
 def _read(path: Path) -> list[DemoCredential]:

@@ -95,6 +95,9 @@ class EvidenceSchema(ma.Schema):
     valid_now = ma.fields.Boolean()
 
 
+_EVIDENCE = EvidenceSchema(many=True)
+
+
 class OfferSchema(ma.Schema):
     id = ma.fields.UUID()
     provider_id = ma.fields.UUID()
@@ -133,8 +136,7 @@ class OfferSchema(ma.Schema):
         }
 
     def _compliance(self, offer: Offer) -> list[dict[str, Any]]:
-        evidence = service.evidence(offer, now())
-        return EvidenceSchema(many=True).dump(evidence)
+        return _EVIDENCE.dump(service.evidence(offer, now()))
 
     def _jurisdiction(self, offer: Offer) -> dict[str, Any]:
         return {

@@ -117,7 +117,13 @@ class ProviderSchema(ma.Schema):
     name = ma.fields.String()
     organization_id = ma.fields.UUID()
     adapter = ma.fields.String()
-    adapter_config = ma.fields.Dict()
+    adapter_config = ma.fields.Method(
+        "_adapter_config",
+        metadata={
+            "type": ["object", "null"],
+            "description": "Shown to admins and the provider's own operators; null to others.",
+        },
+    )
     regions = ma.fields.List(ma.fields.Nested(RegionOutSchema))
     compliance = ma.fields.List(
         ma.fields.Nested(CertificationOutSchema), attribute="certifications"
@@ -125,6 +131,13 @@ class ProviderSchema(ma.Schema):
     jurisdiction = ma.fields.Method("_jurisdiction")
     state = ma.fields.Enum(ProviderState, by_value=True)
     created_at = Timestamp()
+
+    def _adapter_config(self, provider: Provider) -> dict[str, Any] | None:
+        caller = current_caller()
+        operator = (
+            Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
+        )
+        return provider.adapter_config if caller.is_admin or operator else None
 
     def _jurisdiction(self, provider: Provider) -> dict[str, Any]:
         return {

@@ -121,7 +121,8 @@ class Offer(IdMixin, TimestampMixin, Base):
     __tablename__ = "offers"
     __table_args__ = (
         UniqueConstraint("provider_id", "sku", "version"),
-        Index("ix_offers_search_price", "state", "currency", "monthly_price", "id"),
+        Index("ix_offers_search_price", "state", "monthly_price", "id"),
+        Index("ix_offers_search_currency_price", "state", "currency", "monthly_price", "id"),
         Index("ix_offers_search_vcpu", "state", "vcpu", "id"),
         Index("ix_offers_search_ram", "state", "ram_gib", "id"),
         Index("ix_offers_search_name", "state", "name", "id"),

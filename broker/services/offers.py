@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, contains_eager
 
 from billing.money import MoneyError, parse_unit_price
 from billing.rating import METRICS, Price, Specs, Tier, monthly_price
@@ -452,7 +452,12 @@ def search_offers(
             "Prices in different currencies do not compare: name the currency.",
             errors={"currency": ["Required with max_monthly_price."]},
         )
-    statement = select(Offer).join(Offer.provider).where(_visible(caller))
+    statement = (
+        select(Offer)
+        .join(Offer.provider)
+        .options(contains_eager(Offer.provider))  # one join serves filters and loading
+        .where(_visible(caller))
+    )
     conditions: list[ColumnElement[bool]] = []
     if search.provider is not None:
         conditions.append(Offer.provider_id == search.provider)

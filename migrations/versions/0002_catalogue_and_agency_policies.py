@@ -90,7 +90,8 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_offers_provider_id'), ['provider_id'], unique=False)
         batch_op.create_index('ix_offers_region_country', ['region_country'], unique=False)
         batch_op.create_index('ix_offers_search_name', ['state', 'name', 'id'], unique=False)
-        batch_op.create_index('ix_offers_search_price', ['state', 'currency', 'monthly_price', 'id'], unique=False)
+        batch_op.create_index('ix_offers_search_price', ['state', 'monthly_price', 'id'], unique=False)
+        batch_op.create_index('ix_offers_search_currency_price', ['state', 'currency', 'monthly_price', 'id'], unique=False)
         batch_op.create_index('ix_offers_search_ram', ['state', 'ram_gib', 'id'], unique=False)
         batch_op.create_index('ix_offers_search_vcpu', ['state', 'vcpu', 'id'], unique=False)
 
@@ -134,6 +135,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_offers_search_vcpu')
         batch_op.drop_index('ix_offers_search_ram')
         batch_op.drop_index('ix_offers_search_price')
+        batch_op.drop_index('ix_offers_search_currency_price')
         batch_op.drop_index('ix_offers_search_name')
         batch_op.drop_index('ix_offers_region_country')
         batch_op.drop_index(batch_op.f('ix_offers_provider_id'))

@@ -1,0 +1,188 @@
+"""The demo catalogue seeded by `seed_demo`, as an agency's buyer searches it through the API.
+
+The buyer's credentials come from the file the seed writes, and its token from
+`POST /oauth/token`, exactly as someone trying `make run` would get them. Every search filter
+must have something to show, and the seed must stay idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from broker.api.offers import OfferCreateSchema
+from broker.api.providers import ProviderCreateSchema
+from broker.db import Database
+from broker.models import AuditEvent, Offer, Provider
+from broker.models.base import utcnow
+from broker.seed import DEMO_PROVIDERS, offer_payload, provider_payload, seed_demo
+from broker.services.audit import verify_chain
+from tests.conftest import ApiUser, fetch_token
+from tests.helpers import all_pages
+
+HEXAGONE, NORDET, ATLANTIC = "Hexagone Cloud", "Nordet Nuagique", "Atlantic Compute Europe"
+
+
+@pytest.fixture
+def credentials_file(tmp_path: Path) -> Path:
+    return tmp_path / "seed-instance" / "demo-credentials.json"
+
+
+@pytest.fixture
+def seeded_buyer(db: Database, client: FlaskClient, credentials_file: Path) -> ApiUser:
+    """A buyer of a seeded agency, logged in with the credentials the seed wrote."""
+    seed_demo(db, credentials_file)
+    written = json.loads(credentials_file.read_text())
+    mine = next(c for c in written if c["kind"] == "agency" and c["roles"] == ["buyer"])
+    token = fetch_token(client, mine["client_id"], mine["client_secret"])
+    return ApiUser(
+        mine["client_id"], mine["client_secret"], mine["organization_id"], mine["roles"], token
+    )
+
+
+def search(client: FlaskClient, user: ApiUser, query: str = "") -> list[dict[str, Any]]:
+    return all_pages(client, user, f"/v1/offers?{query}" if query else "/v1/offers", limit=7)
+
+
+def providers_of(offers: list[dict[str, Any]]) -> set[str]:
+    return {offer["provider_name"] for offer in offers}
+
+
+def test_the_buyer_sees_a_published_catalogue_of_three_providers(
+    client: FlaskClient, seeded_buyer: ApiUser
+) -> None:
+    offers = search(client, seeded_buyer)
+    assert len(offers) >= 18
+    assert {offer["state"] for offer in offers} == {"published"}
+    assert providers_of(offers) == {HEXAGONE, NORDET, ATLANTIC}
+    per_provider = Counter(offer["provider_name"] for offer in offers)
+    assert all(6 <= count <= 10 for count in per_provider.values()), per_provider
+    assert len({offer["id"] for offer in offers}) == len(offers)
+    # Sorted by monthly price within each currency by default; cheapest EUR is Atlantic's.
+    euro = [offer for offer in offers if offer["currency"] == "EUR"]
+    assert euro[0]["provider_name"] == ATLANTIC
+    # One offer shows graduated egress prices.
+    tiered = [
+        offer["sku"]
+        for offer in offers
+        if any(price.get("tiers") for price in offer["prices"] if price["metric"] == "egress_gib")
+    ]
+    assert len(tiered) == 1
+
+
+def test_sovereign_only_leaves_out_the_operator_exposed_to_foreign_law(
+    client: FlaskClient, seeded_buyer: ApiUser
+) -> None:
+    offers = search(client, seeded_buyer, "sovereign_only=true")
+    assert offers
+    assert providers_of(offers) == {HEXAGONE, NORDET}
+    assert all(not offer["jurisdiction"]["extraterritorial_exposure"] for offer in offers)
+
+
+def test_secnumcloud_is_hexagone_only(client: FlaskClient, seeded_buyer: ApiUser) -> None:
+    offers = search(client, seeded_buyer, "certification=secnumcloud")
+    assert offers
+    assert providers_of(offers) == {HEXAGONE}
+    # Its development offer is outside the qualified perimeter.
+    assert "hc-dev-s-lyo" not in {offer["sku"] for offer in offers}
+
+
+def test_an_expired_certification_matches_nothing_but_is_shown_as_expired(
+    client: FlaskClient, seeded_buyer: ApiUser
+) -> None:
+    assert search(client, seeded_buyer, "certification=soc2-type2") == []
+    nordet = [offer for offer in search(client, seeded_buyer) if offer["provider_name"] == NORDET]
+    soc2 = [c for offer in nordet for c in offer["compliance"] if c["scheme"] == "soc2-type2"]
+    assert soc2
+    assert all(claim["valid_now"] is False for claim in soc2)
+    cccs = search(client, seeded_buyer, "certification=cccs-medium")
+    assert providers_of(cccs) == {NORDET}
+
+
+def test_canadian_dollars_are_nordet_only(client: FlaskClient, seeded_buyer: ApiUser) -> None:
+    offers = search(client, seeded_buyer, "currency=CAD")
+    assert offers
+    assert providers_of(offers) == {NORDET}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "country=FR",
+        "country=de",
+        "region=ca-qc-2",
+        "certification=bsi-c5",
+        "certification=hds",
+        "min_vcpu=16",
+        "min_ram_gib=128",
+        "max_monthly_price=200&currency=EUR",
+        "q=gpu",
+        "q=m%C3%A9moire",
+        "kind=vm&min_vcpu=8&sovereign_only=true&sort=-ram_gib",
+    ],
+)
+def test_every_filter_has_something_to_show(
+    client: FlaskClient, seeded_buyer: ApiUser, query: str
+) -> None:
+    everything = search(client, seeded_buyer)
+    found = search(client, seeded_buyer, query)
+    assert 0 < len(found) < len(everything), query
+
+
+@pytest.mark.parametrize("sort", ["monthly_price", "-vcpu", "ram_gib", "-name"])
+def test_every_sort_orders_the_whole_catalogue(
+    client: FlaskClient, seeded_buyer: ApiUser, sort: str
+) -> None:
+    offers = search(client, seeded_buyer, f"sort={sort}")
+    assert len(offers) == len(search(client, seeded_buyer))
+    assert len({offer["id"] for offer in offers}) == len(offers)
+
+
+def test_seeding_twice_duplicates_nothing(
+    db: Database, client: FlaskClient, seeded_buyer: ApiUser, credentials_file: Path
+) -> None:
+    def counts() -> tuple[int, int, int, int]:
+        with db.session(read_only=True) as session:
+            providers = session.scalar(select(func.count()).select_from(Provider)) or 0
+            offers = session.scalar(select(func.count()).select_from(Offer)) or 0
+            versions = session.scalar(
+                select(func.count()).select_from(
+                    select(Offer.provider_id, Offer.sku).distinct().subquery()
+                )
+            )
+            events = session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+        return providers, offers, versions or 0, events
+
+    first = counts()
+    assert first[0] == 3
+    assert first[1] == first[2]  # one version of each offer
+    seed_demo(db, credentials_file)
+    assert counts() == first
+    assert len(search(client, seeded_buyer)) == first[1]
+    with db.session(read_only=True) as session:
+        assert verify_chain(session).ok
+
+
+def test_the_seed_data_is_what_the_api_would_accept() -> None:
+    """The seed calls the services directly; its tables must still pass the API's schemas."""
+    now, some_id = utcnow(), uuid.uuid4()
+
+    def as_json(payload: dict[str, Any]) -> Any:
+        def encode(value: Any) -> str:
+            return value.isoformat() if isinstance(value, datetime) else str(value)
+
+        return json.loads(json.dumps(payload, default=encode))
+
+    for demo in DEMO_PROVIDERS:
+        ProviderCreateSchema().load(as_json(provider_payload(demo, some_id, now)))
+        assert 6 <= len(demo.offers) <= 10
+        for offer in demo.offers:
+            OfferCreateSchema().load(as_json(offer_payload(demo, offer, some_id)))
