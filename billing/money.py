@@ -59,6 +59,13 @@ def parse_unit_price(value: str | Decimal) -> Decimal:
     return price
 
 
+def trim_decimals(value: Decimal, keep: int = 2) -> Decimal:
+    """Drop trailing zeros beyond `keep` decimals (`0.050000` → `0.05`, `1.000000` → `1.00`)."""
+    trimmed = value.normalize()
+    exponent = int(trimmed.as_tuple().exponent)
+    return value.quantize(Decimal(1).scaleb(min(exponent, -keep)))
+
+
 def to_micros(value: Decimal) -> int:
     """Store a ≤ 6-decimal amount as an exact integer (for sorting and comparing in SQL)."""
     return int(value.scaleb(UNIT_PRICE_PLACES).to_integral_value(rounding=ROUND_HALF_UP))

@@ -112,7 +112,10 @@ class OfferSchema(ma.Schema):
     specs = ma.fields.Method("_specs")
     prices = ma.fields.List(ma.fields.Dict())
     currency = ma.fields.String()
-    monthly_price = Money(metadata={"description": "730 hours of one machine, for comparison."})
+    monthly_price = Money(
+        currency_from="currency",
+        metadata={"description": "730 hours of one machine, for comparison."},
+    )
     compliance = ma.fields.Method("_compliance")
     jurisdiction = ma.fields.Method("_jurisdiction")
     published_at = Timestamp(allow_none=True)

@@ -59,8 +59,8 @@ class SovereigntyOutSchema(ma.Schema):
 class PolicyOutSchema(ma.Schema):
     organization_id = ma.fields.UUID()
     currency = ma.fields.String(allow_none=True)
-    monthly_budget = Money(allow_none=True)
-    approval_threshold = Money(allow_none=True)
+    monthly_budget = Money(allow_none=True, currency_from="currency")
+    approval_threshold = Money(allow_none=True, currency_from="currency")
     sovereignty = ma.fields.Nested(SovereigntyOutSchema)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
+from marshmallow import utils
 
-from billing.money import MINOR_UNITS
+from billing.money import MINOR_UNITS, round_amount, trim_decimals
 from broker.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 
@@ -55,14 +57,29 @@ NO_CONTROL_CHARACTERS = ma.validate.Regexp(
 
 
 class Money(ma.fields.Decimal):
-    """An exact amount as a JSON string (`"12.40"`), never a float; up to 6 decimals."""
+    """An exact amount as a JSON string (`"12.40"`), never a float; up to 6 decimals.
 
-    def __init__(self, **kwargs: Any) -> None:
+    With `currency_from`, an amount is written in that currency's minor unit (`"58.94"`,
+    `"5477"` for JPY); without it (unit prices), with the decimals it has, at least two.
+    """
+
+    def __init__(self, *, currency_from: str | None = None, **kwargs: Any) -> None:
         super().__init__(
             as_string=True,
             metadata={"pattern": MONEY_PATTERN, **kwargs.pop("metadata", {})},
             **kwargs,
         )
+        self.currency_from = currency_from
+
+    def _serialize(self, value: Any, attr: Any, obj: Any, **kwargs: Any) -> str | None:
+        if value is None:
+            return None
+        amount = Decimal(value)
+        if self.currency_from is not None:
+            currency = utils.get_value(obj, self.currency_from)
+            if currency:
+                return str(round_amount(amount, currency))
+        return str(trim_decimals(amount))
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
         if not isinstance(value, str) or not re.fullmatch(MONEY_PATTERN, value):

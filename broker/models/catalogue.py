@@ -153,6 +153,7 @@ class Offer(IdMixin, TimestampMixin, Base):
     retired_at: Mapped[datetime | None]
     superseded_by_id: Mapped[uuid.UUID | None]
     # Optimistic-concurrency counter of edits (the ETag), not the offer's version number.
+    # Bumped by the service (claims live in child rows); the UPDATE checks the one read.
     revision: Mapped[int] = mapped_column(default=1)
 
     provider: Mapped[Provider] = relationship(lazy="joined", innerjoin=True)
@@ -161,7 +162,7 @@ class Offer(IdMixin, TimestampMixin, Base):
         cascade="all, delete-orphan", order_by="OfferCompliance.scheme", lazy="selectin"
     )
 
-    __mapper_args__ = {"version_id_col": revision}
+    __mapper_args__ = {"version_id_col": revision, "version_id_generator": False}
 
     @property
     def compliance_schemes(self) -> list[str]:

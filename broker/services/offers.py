@@ -146,9 +146,10 @@ def _visible(caller: Caller) -> ColumnElement[bool]:
 
 
 def get_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
-    """Any published or retired version; drafts only for their provider's operators."""
+    """Any version that was published; unpublished ones only for their provider's operators."""
     offer = session.get(Offer, offer_id)
-    if offer is None or (offer.state is OfferState.DRAFT and not _operates(caller, offer.provider)):
+    # Never published (a draft, or a draft abandoned by retiring it): its operators' only.
+    if offer is None or (offer.published_at is None and not _operates(caller, offer.provider)):
         raise NotFound("No such offer.")
     return offer
 
@@ -256,6 +257,7 @@ def edit_offer(
     if offer.state is OfferState.DRAFT:
         before = snapshot(offer)
         _apply(offer, offer.provider, changes)
+        offer.revision += 1
         session.flush()
         audit.record(
             session,
@@ -332,8 +334,10 @@ def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offe
     ):
         previous.state, previous.retired_at = OfferState.RETIRED, now
         previous.superseded_by_id = offer.id
+        previous.revision += 1
     before = snapshot(offer)
     offer.state, offer.published_at = OfferState.PUBLISHED, now
+    offer.revision += 1
     session.flush()
     audit.record(
         session,
@@ -356,6 +360,7 @@ def retire_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer
         raise Conflict("This offer is retired already.", code="offer_retired")
     before = snapshot(offer)
     offer.state, offer.retired_at = OfferState.RETIRED, utcnow()
+    offer.revision += 1
     session.flush()
     audit.record(
         session,
