@@ -7,6 +7,7 @@ minor unit. Floats never touch money.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from fractions import Fraction
 
 # ISO 4217 minor units of the currencies the consortium's members bill in.
 MINOR_UNITS: dict[str, int] = {
@@ -41,9 +42,22 @@ def minor_unit(currency: str) -> Decimal:
         raise MoneyError(f"unsupported currency {currency!r}") from exc
 
 
-def round_amount(amount: Decimal, currency: str) -> Decimal:
+def to_decimal(value: Decimal | Fraction, quantum: Decimal) -> Decimal:
+    """`value` rounded half-up to `quantum` (`Decimal("0.01")`), exactly, even from a Fraction."""
+    if isinstance(value, Decimal):
+        return value.quantize(quantum, rounding=ROUND_HALF_UP)
+    if value < 0:  # half-up rounds away from zero, as Decimal's ROUND_HALF_UP does
+        return -to_decimal(-value, quantum)
+    scaled = value / Fraction(quantum)
+    whole = scaled.numerator // scaled.denominator
+    if scaled - whole >= Fraction(1, 2):
+        whole += 1
+    return (Decimal(whole) * quantum).quantize(quantum)
+
+
+def round_amount(amount: Decimal | Fraction, currency: str) -> Decimal:
     """Round half-up to the currency's minor unit (`12.345 EUR` → `12.35`)."""
-    return amount.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+    return to_decimal(amount, minor_unit(currency))
 
 
 def parse_unit_price(value: str | Decimal) -> Decimal:

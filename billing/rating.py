@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 
-from billing.money import UNIT_PRICE_QUANTUM, round_amount
+from billing.money import UNIT_PRICE_QUANTUM, round_amount, to_decimal
 
-HOURS_PER_MONTH = Decimal(730)
+HOURS_PER_MONTH = 730
 
 # Metric → unit it is counted in. `instance_hour` is metered by the broker itself; the others
 # are reported by providers.
@@ -55,6 +56,7 @@ class Line:
     quantity: Decimal
     unit_price: Decimal  # the effective (average) price when tiers apply
     amount: Decimal
+    currency: str
 
 
 @dataclass(frozen=True)
@@ -64,39 +66,59 @@ class Estimate:
     currency: str
 
 
-def raw_amount(price: Price, quantity: Decimal) -> Decimal:
-    """The exact, unrounded amount for `quantity` of the price's metric."""
+Quantity = Decimal | Fraction
+
+
+def raw_amount(price: Price, quantity: Quantity) -> Fraction:
+    """The exact, unrounded amount for `quantity` of the price's metric.
+
+    Exact means a `Fraction`: a share of a month (`hours / 730`) has no finite decimal form,
+    and rounding it early can tip a half-cent the wrong way (75 GiB for an hour at 3.65 is
+    0.375, not 0.37499…).
+    """
+    quantity = Fraction(quantity)
     if not price.tiers:
-        return quantity * price.unit_price
-    amount, lower = Decimal(0), Decimal(0)
+        return quantity * Fraction(price.unit_price)
+    amount, lower = Fraction(0), Fraction(0)
     for tier in price.tiers:
-        upper = quantity if tier.up_to is None else min(quantity, tier.up_to)
+        bound = None if tier.up_to is None else Fraction(tier.up_to)
+        upper = quantity if bound is None else min(quantity, bound)
         if upper > lower:
-            amount += (upper - lower) * tier.unit_price
-        if tier.up_to is None or quantity <= tier.up_to:
+            amount += (upper - lower) * Fraction(tier.unit_price)
+        if bound is None or quantity <= bound:
             break
-        lower = tier.up_to
+        lower = bound
     return amount
 
 
-def rate(price: Price, quantity: Decimal) -> Line:
+def rate(price: Price, quantity: Quantity) -> Line:
     """One line: the quantity, its effective unit price and its amount rounded once."""
     exact = raw_amount(price, quantity)
-    unit = (exact / quantity).quantize(UNIT_PRICE_QUANTUM) if quantity else price.unit_price
-    return Line(price.metric, quantity, unit, round_amount(exact, price.currency))
+    quantity = Fraction(quantity)
+    unit = to_decimal(exact / quantity, UNIT_PRICE_QUANTUM) if quantity else price.unit_price
+    return Line(
+        price.metric,
+        to_decimal(quantity, UNIT_PRICE_QUANTUM).normalize(),
+        unit,
+        round_amount(exact, price.currency),
+        price.currency,
+    )
 
 
-def usage_for(specs: Specs, quantity: int, hours: Decimal) -> dict[str, Decimal]:
+def usage_for(specs: Specs, quantity: int, hours: Decimal | int) -> dict[str, Fraction]:
     """What `quantity` machines of `specs` consume in `hours` (egress is not predictable)."""
+    machine_hours = quantity * Fraction(hours)
     return {
-        "instance_hour": quantity * hours,
-        "vcpu_hour": quantity * hours * specs.vcpu,
-        "ram_gib_hour": quantity * hours * specs.ram_gib,
-        "storage_gib_month": quantity * specs.disk_gib * hours / HOURS_PER_MONTH,
+        "instance_hour": machine_hours,
+        "vcpu_hour": machine_hours * specs.vcpu,
+        "ram_gib_hour": machine_hours * Fraction(specs.ram_gib),
+        "storage_gib_month": machine_hours * specs.disk_gib / HOURS_PER_MONTH,
     }
 
 
-def estimate(prices: Sequence[Price], specs: Specs, *, quantity: int, hours: Decimal) -> Estimate:
+def estimate(
+    prices: Sequence[Price], specs: Specs, *, quantity: int, hours: Decimal | int
+) -> Estimate:
     """Cost of running `quantity` machines for `hours`: one line per priced metric."""
     currencies = {price.currency for price in prices}
     if len(currencies) != 1:

@@ -29,7 +29,8 @@ class QuoteLineSchema(ma.Schema):
     metric = ma.fields.String()
     quantity = ma.fields.Decimal(as_string=True)
     unit_price = Money()
-    amount = Money()
+    amount = Money(currency_from="currency")
+    currency = ma.fields.String()
 
 
 class ReasonSchema(ma.Schema):
@@ -43,7 +44,7 @@ class QuoteSchema(ma.Schema):
     quantity = ma.fields.Integer()
     hours = ma.fields.Integer()
     lines = ma.fields.List(ma.fields.Nested(QuoteLineSchema), attribute="estimate.lines")
-    total = Money(attribute="estimate.total")
+    total = Money(attribute="estimate.total", currency_from="estimate.currency")
     currency = ma.fields.String(attribute="estimate.currency")
     allowed = ma.fields.Boolean()
     reasons = ma.fields.List(ma.fields.Nested(ReasonSchema))
