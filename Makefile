@@ -16,12 +16,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/broker serve
 
-## test: the whole suite on SQLite, then on a throwaway PostgreSQL cluster, then lint
+## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
+## per core, each printed whole when done), then lint
 test: $(STAMP)
-	@echo "== test suite on SQLite =="
-	$(PY) -m pytest -q -p no:cacheprovider --db=sqlite
-	@echo "== test suite on PostgreSQL (throwaway cluster) =="
-	$(PY) -m pytest -q -p no:cacheprovider --db=postgresql
+	@logs=$$(mktemp -d); \
+	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster) in parallel =="; \
+	$(PY) -m pytest -q -p no:cacheprovider --db=sqlite > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --db=postgresql > $$logs/postgresql.log 2>&1; pg=$$?; \
+	wait $$lite_pid; lite=$$?; \
+	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
+	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
+	rm -rf $$logs; \
+	test $$lite -eq 0 && test $$pg -eq 0
 	@$(MAKE) --no-print-directory lint
 
 test-sqlite: $(STAMP)
