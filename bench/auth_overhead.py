@@ -14,42 +14,19 @@ Prints figures only; nothing here is a test. Run: `.venv/bin/python bench/auth_o
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from flask import Flask, jsonify
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from timing import SECONDS, bare_flask_client, measure  # noqa: E402
 
 from broker import create_app  # noqa: E402
 from broker.db import Database  # noqa: E402
 from broker.migrate import upgrade  # noqa: E402
 from broker.models import OrganizationKind, Role  # noqa: E402
 from broker.services import organizations  # noqa: E402
-
-SECONDS = 3.0
-
-
-def measure(name: str, call: Callable[[], int]) -> float:
-    for _ in range(20):  # warm-up
-        call()
-    latencies: list[float] = []
-    deadline = time.perf_counter() + SECONDS
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        status = call()
-        latencies.append(time.perf_counter() - started)
-        assert status == 200, status
-    latencies.sort()
-    rate = len(latencies) / sum(latencies)
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"{name:<44} {rate:9.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
-    return rate
 
 
 def main() -> None:
@@ -71,16 +48,8 @@ def main() -> None:
         client_id, secret = issued.client.client_id, issued.secret
     database.dispose()
 
-    bare = Flask("bare")
-
-    @bare.get("/ping")
-    def ping():  # type: ignore[no-untyped-def]
-        return jsonify({"status": "ok"})
-
-    bare_client = bare.test_client()
-    app = create_app(
-        {"DATABASE_URL": url, "INSTANCE_PATH": str(workdir), "LOG_LEVEL": "WARNING"}
-    )
+    bare_client = bare_flask_client()
+    app = create_app({"DATABASE_URL": url, "INSTANCE_PATH": str(workdir), "LOG_LEVEL": "WARNING"})
     client = app.test_client()
     form = {"grant_type": "client_credentials"}
     token = client.post("/oauth/token", data=form, auth=(client_id, secret)).json["access_token"]

@@ -29,12 +29,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, func, insert, select, text
 from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from timing import SECONDS, bare_flask_client, measure  # noqa: E402
 
 from billing.rating import Price, Specs, Tier, monthly_price  # noqa: E402
 from broker import create_app  # noqa: E402
@@ -54,7 +56,6 @@ from broker.models.base import utcnow  # noqa: E402
 from broker.services import organizations  # noqa: E402
 from broker.services.offers import price_documents  # noqa: E402
 
-SECONDS = 3.0
 PROVIDERS = 40
 OFFERS = 10_000
 DEEP_PAGE = 40  # the page reached by following next_cursor (limit 50: offers 1951–2000)
@@ -228,24 +229,6 @@ def seed(session: Session, rng: random.Random) -> int:
     return len(offer_rows)
 
 
-def measure(name: str, call: Callable[[], int]) -> float:
-    for _ in range(10):  # warm-up
-        call()
-    latencies: list[float] = []
-    deadline = time.perf_counter() + SECONDS
-    while time.perf_counter() < deadline:
-        started = time.perf_counter()
-        status = call()
-        latencies.append(time.perf_counter() - started)
-        assert status == 200, status
-    latencies.sort()
-    rate = len(latencies) / sum(latencies)
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
-    print(f"{name:<44} {rate:9.0f} req/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
-    return rate
-
-
 def main_statement(app: Flask, client: FlaskClient, path: str, headers: dict[str, str]) -> Any:
     """The SQL (and its parameters) of the search's main SELECT over offers."""
     engine = app.extensions["broker.db"].engine
@@ -319,13 +302,7 @@ def main() -> None:
     seeded_in = time.perf_counter() - started
     database.dispose()
 
-    bare = Flask("bare")
-
-    @bare.get("/ping")
-    def ping():  # type: ignore[no-untyped-def]
-        return jsonify({"status": "ok"})
-
-    bare_client = bare.test_client()
+    bare_client = bare_flask_client()
     app = create_app({"DATABASE_URL": url, "INSTANCE_PATH": str(workdir), "LOG_LEVEL": "WARNING"})
     client = app.test_client()
     form = {"grant_type": "client_credentials"}

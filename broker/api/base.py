@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 import flask_smorest
 from authlib.oauth2 import OAuth2Error
-from flask import Request, current_app, g, request
+from flask import Request, Response, current_app, g, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser, abort
@@ -57,6 +57,13 @@ def now() -> datetime:
     """The current instant; tests move the clock by setting `app.config["CLOCK"]`."""
     clock: Callable[[], datetime] = current_app.config.get("CLOCK", utcnow)
     return clock()
+
+
+def created(response: Response, endpoint: str, **values: Any) -> Response:
+    """Make `response` a 201 Created pointing (`Location`) at the new resource."""
+    response.status_code = 201
+    response.headers["Location"] = url_for(endpoint, **values)
+    return response
 
 
 def current_caller() -> Caller:

@@ -6,10 +6,10 @@ import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, jsonify, url_for
+from flask import Response, jsonify
 
 from billing.rating import METRICS
-from broker.api.base import Blueprint, current_caller, now, request_session
+from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.schemas import (
     NO_CONTROL_CHARACTERS,
@@ -170,10 +170,8 @@ class SearchArgs(ListArgs):
     )
 
 
-def _offer_response(offer: Offer, status: int = 200) -> Response:
-    response = jsonify(OfferSchema().dump(offer))
-    response.status_code = status
-    return with_etag(response, offer.revision)
+def _offer_response(offer: Offer) -> Response:
+    return with_etag(jsonify(OfferSchema().dump(offer)), offer.revision)
 
 
 @blp.route("", methods=["GET"])
@@ -201,9 +199,7 @@ def search_offers(args: dict[str, Any]) -> Any:
 def create_offer(data: dict[str, Any]) -> Response:
     """Create an offer, as a draft, for a provider you operate."""
     offer = service.create_offer(request_session(), current_caller(), data)
-    response = _offer_response(offer, 201)
-    response.headers["Location"] = url_for("offers.get_offer", offer_id=offer.id)
-    return response
+    return created(_offer_response(offer), "offers.get_offer", offer_id=offer.id)
 
 
 @blp.route("/<uuid:offer_id>", methods=["GET"])
@@ -229,10 +225,9 @@ def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
         expected_revision=if_match_version(),
         changes=data,
     )
-    if not edit.created:
-        return _offer_response(edit.offer)
-    response = _offer_response(edit.offer, 201)
-    response.headers["Location"] = url_for("offers.get_offer", offer_id=edit.offer.id)
+    response = _offer_response(edit.offer)
+    if edit.created:
+        return created(response, "offers.get_offer", offer_id=edit.offer.id)
     return response
 
 

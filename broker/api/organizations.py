@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, jsonify, url_for
+from flask import Response, jsonify
 
-from broker.api.base import Blueprint, current_caller, request_session
+from broker.api.base import Blueprint, created, current_caller, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.idempotency import idempotent
 from broker.api.schemas import ListArgs, StrictSchema, Timestamp, name_field, page_of
@@ -72,10 +72,8 @@ class IssuedClientSchema(ma.Schema):
     )
 
 
-def _organization_response(organization: Any, status: int = 200) -> Response:
-    response = jsonify(OrganizationSchema().dump(organization))
-    response.status_code = status
-    return with_etag(response, organization.version)
+def _organization_response(organization: Any) -> Response:
+    return with_etag(jsonify(OrganizationSchema().dump(organization)), organization.version)
 
 
 @blp.route("", methods=["GET"])
@@ -95,11 +93,11 @@ def list_organizations(args: dict[str, Any]) -> Any:
 def create_organization(data: dict[str, Any]) -> Response:
     """Register an organization."""
     organization = service.create_organization(request_session(), current_caller(), **data)
-    response = _organization_response(organization, 201)
-    response.headers["Location"] = url_for(
-        "organizations.get_organization", organization_id=organization.id
+    return created(
+        _organization_response(organization),
+        "organizations.get_organization",
+        organization_id=organization.id,
     )
-    return response
 
 
 @blp.route("/<uuid:organization_id>", methods=["GET"])

@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, jsonify, url_for
+from flask import Response, jsonify
 
-from broker.api.base import Blueprint, current_caller, request_session
+from broker.api.base import Blueprint, created, current_caller, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.schemas import (
     ListArgs,
@@ -147,10 +147,8 @@ class ProviderSchema(ma.Schema):
         }
 
 
-def _provider_response(provider: Provider, status: int = 200) -> Response:
-    response = jsonify(ProviderSchema().dump(provider))
-    response.status_code = status
-    return with_etag(response, provider.version)
+def _provider_response(provider: Provider) -> Response:
+    return with_etag(jsonify(ProviderSchema().dump(provider)), provider.version)
 
 
 @blp.route("", methods=["GET"])
@@ -169,9 +167,7 @@ def list_providers(args: dict[str, Any]) -> Any:
 def create_provider(data: dict[str, Any]) -> Response:
     """Register a provider (operated by an organization of kind provider)."""
     provider = service.create_provider(request_session(), current_caller(), data)
-    response = _provider_response(provider, 201)
-    response.headers["Location"] = url_for("providers.get_provider", provider_id=provider.id)
-    return response
+    return created(_provider_response(provider), "providers.get_provider", provider_id=provider.id)
 
 
 @blp.route("/<uuid:provider_id>", methods=["GET"])
