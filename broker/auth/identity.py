@@ -17,9 +17,6 @@ class Caller:
     organization_kind: OrganizationKind
     roles: frozenset[Role]
 
-    def has_any(self, *roles: Role) -> bool:
-        return bool(self.roles.intersection(roles))
-
     @property
     def is_admin(self) -> bool:
         return Role.ADMIN in self.roles
