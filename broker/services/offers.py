@@ -221,16 +221,7 @@ def create_offer(session: Session, caller: Caller, data: dict[str, Any]) -> Offe
     )
     _apply(offer, provider, data, creating=True)
     session.add(offer)
-    session.flush()
-    audit.record(
-        session,
-        caller,
-        "offer.created",
-        "offer",
-        offer.id,
-        organization_id=provider.organization_id,
-        after=snapshot(offer),
-    )
+    _save(session, caller, "offer.created", offer)
     return offer
 
 
@@ -257,18 +248,7 @@ def edit_offer(
     if offer.state is OfferState.DRAFT:
         before = snapshot(offer)
         _apply(offer, offer.provider, changes)
-        offer.revision += 1
-        session.flush()
-        audit.record(
-            session,
-            caller,
-            "offer.updated",
-            "offer",
-            offer.id,
-            organization_id=offer.provider.organization_id,
-            before=before,
-            after=snapshot(offer),
-        )
+        _save(session, caller, "offer.updated", offer, before=before)
         return Edit(offer, created=False)
     newer = session.scalar(
         select(Offer).where(
@@ -304,16 +284,7 @@ def edit_offer(
     )
     _apply(successor, offer.provider, changes)
     session.add(successor)
-    session.flush()
-    audit.record(
-        session,
-        caller,
-        "offer.versioned",
-        "offer",
-        successor.id,
-        organization_id=offer.provider.organization_id,
-        after=snapshot(successor),
-    )
+    _save(session, caller, "offer.versioned", successor)
     return Edit(successor, created=True)
 
 
@@ -337,18 +308,7 @@ def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offe
         previous.revision += 1
     before = snapshot(offer)
     offer.state, offer.published_at = OfferState.PUBLISHED, now
-    offer.revision += 1
-    session.flush()
-    audit.record(
-        session,
-        caller,
-        "offer.published",
-        "offer",
-        offer.id,
-        organization_id=offer.provider.organization_id,
-        before=before,
-        after=snapshot(offer),
-    )
+    _save(session, caller, "offer.published", offer, before=before)
     return offer
 
 
@@ -360,18 +320,7 @@ def retire_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer
         raise Conflict("This offer is retired already.", code="offer_retired")
     before = snapshot(offer)
     offer.state, offer.retired_at = OfferState.RETIRED, utcnow()
-    offer.revision += 1
-    session.flush()
-    audit.record(
-        session,
-        caller,
-        "offer.retired",
-        "offer",
-        offer.id,
-        organization_id=offer.provider.organization_id,
-        before=before,
-        after=snapshot(offer),
-    )
+    _save(session, caller, "offer.retired", offer, before=before)
     return offer
 
 
@@ -405,6 +354,31 @@ def evidence(offer: Offer, now: datetime) -> list[Evidence]:
             )
         )
     return shown
+
+
+def _save(
+    session: Session,
+    caller: Caller,
+    action: str,
+    offer: Offer,
+    *,
+    before: dict[str, Any] | None = None,
+) -> None:
+    """Write an offer and audit it. A change to an existing offer (`before` given) bumps its
+    revision, the ETag: its compliance claims live in child rows, so the mapper cannot tell."""
+    if before is not None:
+        offer.revision += 1
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        action,
+        "offer",
+        offer.id,
+        organization_id=offer.provider.organization_id,
+        before=before,
+        after=snapshot(offer),
+    )
 
 
 def snapshot(offer: Offer) -> dict[str, Any]:
