@@ -20,6 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the API application. `config` overrides settings read from the environment."""
     from broker.api import (
         audit,
+        jobs,
         oauth,
         offers,
         operations,
@@ -33,6 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.auth.server import init_auth
     from broker.db import Database
     from broker.observability import configure_logging, init_observability
+    from broker.services.adapters import ProviderRuntime
 
     settings = load_config()
     settings.update(config or {})
@@ -42,6 +44,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     db = Database(app.config["DATABASE_URL"])
     app.extensions["broker.db"] = db
+    # Built now so that malformed credential keys stop the start, not a request.
+    app.extensions["broker.providers"] = ProviderRuntime.from_config(app.config)
     app.teardown_appcontext(close_request_session)
 
     init_observability(app)
@@ -73,6 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         providers.blp,
         offers.blp,
         quotes.blp,
+        jobs.blp,
         audit.blp,
     ):
         api.register_blueprint(blueprint)

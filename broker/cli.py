@@ -1,4 +1,5 @@
-"""The `broker` command: serve, worker, migrations, organizations, clients, audit."""
+"""The `broker` command: serve, worker, migrations, organizations, clients, audit, keys,
+provider adapters."""
 
 from __future__ import annotations
 
@@ -169,6 +170,96 @@ def audit_verify() -> None:
         sys.exit(1)
 
 
+@main.group()
+def keys() -> None:
+    """Keys encrypting provider credentials (newest first)."""
+
+
+def _keyring() -> Any:
+    from broker.services.credentials import Keyring, KeyringError
+
+    try:
+        return Keyring.from_config(load_config())
+    except KeyringError as exc:
+        raise OperationalProblem(str(exc)) from exc
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key (to put first in BROKER_CREDENTIAL_KEYS)."""
+    from cryptography.fernet import Fernet
+
+    click.echo(Fernet.generate_key().decode())
+
+
+@keys.command("rotate")
+@click.option("--new-key", is_flag=True, help="First add a new key to the instance key file.")
+def keys_rotate(new_key: bool) -> None:
+    """Re-encrypt every provider's credentials under the first key.
+
+    Rotation: put a new key first (`--new-key` with the key file, or in BROKER_CREDENTIAL_KEYS),
+    run this, then remove the old keys (`broker keys drop-old`, or from the variable).
+    """
+    from broker.services.credentials import CredentialsUnreadable, KeyringError, rotate_all
+
+    keyring = _keyring()
+    database = _database()
+    _require_migrated(database)
+    if new_key:
+        try:
+            keyring = keyring.add_key()
+        except KeyringError as exc:
+            raise OperationalProblem(str(exc)) from exc
+    try:
+        with database.transaction() as session:
+            count = rotate_all(session, keyring)
+    except CredentialsUnreadable as exc:
+        raise OperationalProblem(f"Nothing rotated: {exc}") from exc
+    _echo_json({"rotated": count, "keys": len(keyring.keys)})
+
+
+@keys.command("drop-old")
+def keys_drop_old() -> None:
+    """Keep only the first key in the key file, once every row decrypts under it."""
+    from broker.services.credentials import CredentialsUnreadable, KeyringError, rotate_all
+
+    keyring = _keyring()
+    database = _database()
+    _require_migrated(database)
+    try:
+        # Proves every row reads under the first key alone (and changes nothing else).
+        with database.transaction() as session:
+            rotate_all(session, keyring.primary_only())
+        keyring = keyring.drop_old_keys()
+    except (CredentialsUnreadable, KeyringError) as exc:
+        raise OperationalProblem(f"{exc} Run `broker keys rotate` first.") from exc
+    _echo_json({"keys": len(keyring.keys)})
+
+
+@main.group()
+def providers() -> None:
+    """Provider adapter plugins."""
+
+
+@providers.command("list")
+def providers_list() -> None:
+    """The installed adapters (entry points `cloud_broker.providers`), checked."""
+    from providers import registry
+
+    rows = []
+    for info in registry.available():
+        row: dict[str, Any] = {"name": info.name, "target": info.target}
+        row["distribution"] = info.distribution
+        try:
+            adapter = registry.load(info.name)
+        except registry.AdapterUnavailable as exc:
+            row.update(ok=False, error=str(exc))
+        else:
+            row.update(ok=True, features=sorted(adapter.features))
+        rows.append(row)
+    _echo_json(rows)
+
+
 @main.command()
 def worker() -> None:
     """Run a background worker until SIGTERM/SIGINT."""
@@ -179,7 +270,7 @@ def worker() -> None:
     configure_logging(config["LOG_LEVEL"], config["JSON_LOGS"])
     stop = threading.Event()
     install_signal_handlers(stop)
-    run_worker(_database(), stop)
+    run_worker(_database(), stop, config)
 
 
 @main.command()

@@ -48,6 +48,21 @@ def load_config() -> dict[str, Any]:
         "SIGNING_KEY_FILE": os.environ.get(
             "BROKER_SIGNING_KEY_FILE", str(instance / "signing-key.pem")
         ),
+        # Fernet keys (comma-separated, newest first) encrypting provider credentials. When
+        # unset, keys are kept in a file of the instance directory (generated on first use).
+        "CREDENTIAL_KEYS": os.environ.get("BROKER_CREDENTIAL_KEYS"),
+        "CREDENTIAL_KEYS_FILE": os.environ.get(
+            "BROKER_CREDENTIAL_KEYS_FILE", str(instance / "credential-keys")
+        ),
+        # Timeout (seconds) of every call to a provider's API.
+        "PROVIDER_TIMEOUT": float(os.environ.get("BROKER_PROVIDER_TIMEOUT", "10")),
+        # Local fake clouds (http, 127.0.0.1) are allowed only when the tests set this; it has
+        # no environment variable on purpose.
+        "PROVIDER_ALLOW_PRIVATE_ENDPOINTS": False,
+        # Where the simulated cloud keeps its state.
+        "PROVIDER_STATE_DIR": os.environ.get(
+            "BROKER_PROVIDER_STATE_DIR", str(instance / "providers")
+        ),
         "MAX_CONTENT_LENGTH": _int("BROKER_MAX_BODY_BYTES", 1024 * 1024),
         "IDEMPOTENCY_TTL_HOURS": _int("BROKER_IDEMPOTENCY_TTL_HOURS", 24),
         # How long a duplicate request waits for the first one to finish before answering 409.

@@ -76,7 +76,7 @@ def provider_body(
         "name": name or f"Provider {uuid.uuid4().hex[:8]}",
         "organization_id": organization_id,
         "adapter": "openstack",
-        "adapter_config": {"auth_url": "https://keystone.example.fr/v3"},
+        "adapter_config": {"auth_url": "https://keystone.example.fr/v3", "region": "fr-par"},
         "regions": default_regions(),
         "compliance": default_compliance(),
         "jurisdiction": default_jurisdiction(),

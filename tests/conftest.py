@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
@@ -136,16 +137,26 @@ def database_url(
 
 
 @pytest.fixture
-def app_config(database_url: str, tmp_path: Path, signing_key_pem: str) -> dict[str, Any]:
+def app_config(
+    database_url: str, tmp_path: Path, signing_key_pem: str, credential_key: str
+) -> dict[str, Any]:
     return {
         "DATABASE_URL": database_url,
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "SIGNING_KEY": signing_key_pem,
+        "CREDENTIAL_KEYS": credential_key,
+        "PROVIDER_STATE_DIR": str(tmp_path / "providers"),
+        "PROVIDER_TIMEOUT": 2.0,
         "TESTING": True,
         "JSON_LOGS": False,
         "LOG_LEVEL": "WARNING",
         "IDEMPOTENCY_WAIT_SECONDS": 30.0,
     }
+
+
+@pytest.fixture(scope="session")
+def credential_key() -> str:
+    return Fernet.generate_key().decode()
 
 
 @pytest.fixture

@@ -114,7 +114,10 @@ def test_admin_creates_a_provider_with_regions_evidence_and_jurisdiction(
     assert created["name"] == "Souverain Cloud"
     assert created["organization_id"] == organization_id
     assert created["adapter"] == "openstack"
-    assert created["adapter_config"] == {"auth_url": "https://keystone.example.fr/v3"}
+    assert created["adapter_config"] == {
+        "auth_url": "https://keystone.example.fr/v3",
+        "region": "fr-par",
+    }
     assert created["regions"] == [
         {"code": "fr-par-1", "country": "FR", "city": "Paris", "datacenter_tier": 3},
         {"code": "fr-lyo-1", "country": "FR", "city": "Lyon", "datacenter_tier": 4},
@@ -400,17 +403,25 @@ def test_patch_with_a_stale_etag_is_412_and_changes_nothing(
     client: FlaskClient, setup: ProviderSetup
 ) -> None:
     operator = setup.operator
-    first = _patch(client, operator, setup.id, {"adapter_config": {"region": "a"}}, '"v1"')
+    first = _patch(
+        client, operator, setup.id, {"adapter_config": {"seed": 1}, "adapter": "simulated"}, '"v1"'
+    )
     assert first.status_code == 200, first.get_data(as_text=True)
     assert first.headers["ETag"] == '"v2"'
 
     for stale in ('"v1"', '"v3"', '"v0"', "not-an-etag"):
-        response = _patch(client, operator, setup.id, {"adapter_config": {"region": "b"}}, stale)
+        response = _patch(
+            client,
+            operator,
+            setup.id,
+            {"adapter_config": {"seed": 2}, "adapter": "simulated"},
+            stale,
+        )
         _problem(response, 412, "precondition_failed")
 
     read = _get(client, operator, setup.id)
     assert read.headers["ETag"] == '"v2"'
-    assert read.json["adapter_config"] == {"region": "a"}
+    assert read.json["adapter_config"] == {"seed": 1}
 
 
 def test_another_providers_operator_gets_404(
@@ -498,7 +509,7 @@ def test_concurrent_patches_with_the_same_etag_let_exactly_one_win(
             app.test_client(),
             operator,
             setup.id,
-            {"adapter_config": {"writer": index}},
+            {"adapter_config": {"seed": index}, "adapter": "simulated"},
             setup.etag,
         )
         return response.status_code, response.get_data(as_text=True)
@@ -510,6 +521,6 @@ def test_concurrent_patches_with_the_same_etag_let_exactly_one_win(
     winner = next(index for index, (status, _) in enumerate(results) if status == 200)
     read = _get(client, operator, setup.id)
     assert read.headers["ETag"] == '"v2"'
-    assert read.json["adapter_config"] == {"writer": winner}
+    assert read.json["adapter_config"] == {"seed": winner}
     actions = [e["action"] for e in _audit(client, operator, setup.id)]
     assert actions == ["provider.created", "provider.updated"]

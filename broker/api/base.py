@@ -26,6 +26,7 @@ from broker.auth.server import caller_from_claims, protector
 from broker.db import Database
 from broker.models import Role
 from broker.models.base import utcnow
+from broker.services.adapters import ProviderRuntime
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +37,12 @@ BEARER = "bearerAuth"
 def database() -> Database:
     db: Database = current_app.extensions["broker.db"]
     return db
+
+
+def provider_runtime() -> ProviderRuntime:
+    """Keys, HTTP policy and state directory for building provider adapters."""
+    runtime: ProviderRuntime = current_app.extensions["broker.providers"]
+    return runtime
 
 
 def request_session() -> Session:

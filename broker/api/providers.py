@@ -8,8 +8,15 @@ from typing import Any
 import marshmallow as ma
 from flask import Response, jsonify
 
-from broker.api.base import Blueprint, created, current_caller, request_session
+from broker.api.base import (
+    Blueprint,
+    created,
+    current_caller,
+    provider_runtime,
+    request_session,
+)
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.jobs import JobSchema, job_location
 from broker.api.schemas import (
     ListArgs,
     StrictSchema,
@@ -21,7 +28,9 @@ from broker.api.schemas import (
     page_of,
     slug_field,
 )
-from broker.models import Provider, ProviderState, Role
+from broker.errors import NotFound
+from broker.models import Provider, ProviderCredentials, ProviderState, Role
+from broker.services import adapters, credentials, offer_sync
 from broker.services import providers as service
 
 blp = Blueprint("providers", __name__, url_prefix="/v1/providers", description="Providers")
@@ -147,6 +156,26 @@ class ProviderSchema(ma.Schema):
         }
 
 
+class CredentialsSchema(StrictSchema):
+    credentials = ma.fields.Dict(
+        keys=ma.fields.String(validate=ma.validate.Length(min=1, max=100)),
+        values=ma.fields.String(validate=ma.validate.Length(min=1, max=4096)),
+        required=True,
+        validate=ma.validate.Length(min=1, max=20),
+        metadata={"description": "Write-only: stored encrypted, never shown again."},
+    )
+
+
+class CredentialsOutSchema(ma.Schema):
+    field_names = ma.fields.List(
+        ma.fields.String(),
+        attribute="fields",
+        data_key="fields",
+        metadata={"description": "Names only."},
+    )
+    updated_at = Timestamp()
+
+
 def _provider_response(provider: Provider) -> Response:
     return with_etag(jsonify(ProviderSchema().dump(provider)), provider.version)
 
@@ -166,7 +195,9 @@ def list_providers(args: dict[str, Any]) -> Any:
 @blp.response(201, ProviderSchema, headers=_ETAG)
 def create_provider(data: dict[str, Any]) -> Response:
     """Register a provider (operated by an organization of kind provider)."""
-    provider = service.create_provider(request_session(), current_caller(), data)
+    provider = service.create_provider(
+        request_session(), current_caller(), data, http=provider_runtime().http
+    )
     return created(_provider_response(provider), "providers.get_provider", provider_id=provider.id)
 
 
@@ -191,5 +222,58 @@ def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
         provider_id,
         expected_version=if_match_version(),
         changes=data,
+        http=provider_runtime().http,
     )
     return _provider_response(provider)
+
+
+@blp.route("/<uuid:provider_id>/credentials", methods=["PUT"])
+@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.arguments(CredentialsSchema)
+@blp.response(200, CredentialsOutSchema)
+def set_credentials(data: dict[str, Any], provider_id: uuid.UUID) -> Any:
+    """Set the credentials its adapter uses (admins; the provider's operators). Write-only."""
+    provider = service.operated_provider(request_session(), current_caller(), provider_id)
+    adapters.check_credentials(provider.adapter, data["credentials"])
+    return credentials.set_credentials(
+        request_session(),
+        current_caller(),
+        provider,
+        data["credentials"],
+        provider_runtime().keyring,
+    )
+
+
+@blp.route("/<uuid:provider_id>/credentials", methods=["GET"])
+@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.response(200, CredentialsOutSchema)
+def get_credentials(provider_id: uuid.UUID) -> Any:
+    """Which credential fields are set, and when (never their values)."""
+    provider = service.operated_provider(request_session(), current_caller(), provider_id)
+    row = request_session().get(ProviderCredentials, provider.id)
+    if row is None:
+        raise NotFound("No credentials are set for this provider.")
+    return row
+
+
+@blp.route("/<uuid:provider_id>/credentials", methods=["DELETE"])
+@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.response(204)
+def clear_credentials(provider_id: uuid.UUID) -> None:
+    """Forget the provider's credentials."""
+    provider = service.operated_provider(request_session(), current_caller(), provider_id)
+    if not credentials.clear_credentials(request_session(), current_caller(), provider):
+        raise NotFound("No credentials are set for this provider.")
+
+
+@blp.route("/<uuid:provider_id>/sync", methods=["POST"])
+@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+def sync_offers(provider_id: uuid.UUID) -> Any:
+    """Import the adapter's machine types as draft offers, in the background.
+
+    Answers the queued job; follow `Location` to see it finish. A sync already waiting for
+    this provider is answered instead of a second one.
+    """
+    job = offer_sync.request_sync(request_session(), current_caller(), provider_id)
+    return job, 202, job_location(job)

@@ -1,20 +1,23 @@
-"""The background worker.
-
-For now it runs the periodic housekeeping (expired Idempotency-Key records); the durable job
-queue plugs into the same loop. It stops cleanly on SIGTERM/SIGINT, finishing the task at hand.
+"""The background worker: runs queued jobs, and periodic housekeeping (expired
+Idempotency-Key records). It stops cleanly on SIGTERM/SIGINT, finishing the job at hand.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from broker.db import Database
+from broker.jobs import queue
+from broker.jobs.handlers import HANDLERS
 from broker.services import idempotency
 
 log = logging.getLogger("broker.worker")
@@ -40,14 +43,24 @@ def default_tasks() -> list[PeriodicTask]:
 def run_worker(
     db: Database,
     stop: threading.Event,
+    config: Mapping[str, Any],
     *,
     tasks: list[PeriodicTask] | None = None,
     poll_seconds: float = 1.0,
 ) -> None:
     """Run until `stop` is set. A failing task is logged and retried at its next period."""
     tasks = default_tasks() if tasks is None else tasks
-    log.info("worker started", extra={"tasks": [task.name for task in tasks]})
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    context = queue.JobContext(db, config)
+    log.info("worker started", extra={"worker": name, "tasks": [task.name for task in tasks]})
     while not stop.is_set():
+        while not stop.is_set():
+            try:
+                if queue.run_one(context, HANDLERS, name) is None:
+                    break
+            except Exception:  # the database went away, say: retry at the next poll
+                log.exception("job queue unavailable")
+                break
         now = time.monotonic()
         for task in tasks:
             if stop.is_set() or now < task.next_run:

@@ -8,9 +8,11 @@ from broker.models.catalogue import (
     OfferCompliance,
     OfferState,
     Provider,
+    ProviderCredentials,
     ProviderState,
 )
 from broker.models.idempotency import IdempotencyRecord
+from broker.models.jobs import Job, JobState
 from broker.models.organizations import ApiClient, Organization, OrganizationKind, Role
 from broker.models.policies import AgencyPolicy
 
@@ -22,7 +24,10 @@ __all__ = [
     "OfferCompliance",
     "OfferState",
     "Provider",
+    "ProviderCredentials",
     "ProviderState",
+    "Job",
+    "JobState",
     "AuditChainHead",
     "AuditEvent",
     "Base",

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Numeric,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -93,6 +94,23 @@ class Provider(IdMixin, TimestampMixin, Base):
 
     def region(self, code: str) -> dict[str, Any] | None:
         return next((r for r in self.regions if r["code"] == code), None)
+
+
+class ProviderCredentials(Base):
+    """A provider's adapter credentials, encrypted (see broker/services/credentials.py).
+
+    Kept out of the provider row so no read of the catalogue ever loads them.
+    """
+
+    __tablename__ = "provider_credentials"
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("providers.id", ondelete="CASCADE"), primary_key=True
+    )
+    ciphertext: Mapped[str] = mapped_column(Text)
+    # The names of the fields set (never their values), to show operators what is there.
+    fields: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime]
 
 
 class Certification(IdMixin, Base):

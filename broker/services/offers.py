@@ -120,7 +120,8 @@ def gib(value: float | Decimal) -> Decimal:
 
 
 def prices_of(offer: Offer) -> list[Price]:
-    return parse_prices(offer.prices)
+    # A draft imported by an offer sync has no prices until its operator sets them.
+    return parse_prices(offer.prices) if offer.prices else []
 
 
 def specs_of(offer: Offer) -> Specs:
@@ -189,8 +190,10 @@ def _apply(
         offer.vcpu, offer.ram_gib = specs["vcpu"], gib(specs["ram_gib"])
         offer.disk_gib, offer.gpu = specs.get("disk_gib", 0), specs.get("gpu", 0)
     if "prices" in data:
-        offer.prices = price_documents(parse_prices(data["prices"]))
-        offer.currency = offer.prices[0]["currency"]
+        # Only an offer sync passes no prices (its drafts are priced by their operators).
+        offer.prices = price_documents(parse_prices(data["prices"])) if data["prices"] else []
+        if offer.prices:
+            offer.currency = offer.prices[0]["currency"]
     if "compliance" in data or creating:
         held = {c.scheme for c in provider.certifications}
         claimed = set(data.get("compliance", held))
@@ -200,11 +203,15 @@ def _apply(
                 errors={"compliance": [f"The provider holds no evidence for: {', '.join(beyond)}."]}
             )
         offer.compliance = [OfferCompliance(scheme=scheme) for scheme in sorted(claimed)]
-    offer.monthly_price = monthly_price(prices_of(offer), specs_of(offer))
+    prices = prices_of(offer)
+    offer.monthly_price = monthly_price(prices, specs_of(offer)) if prices else Decimal(0)
 
 
-def create_offer(session: Session, caller: Caller, data: dict[str, Any]) -> Offer:
-    """A new offer, as a draft, for a provider the caller operates."""
+def create_offer(
+    session: Session, caller: Caller, data: dict[str, Any], *, currency: str | None = None
+) -> Offer:
+    """A new offer, as a draft, for a provider the caller operates. `currency` is for a draft
+    without prices (from an offer sync); otherwise the prices say it."""
     provider = session.get(Provider, data["provider_id"])
     if provider is None or not _operates(caller, provider):
         raise NotFound("No such provider among those you operate.")
@@ -217,7 +224,12 @@ def create_offer(session: Session, caller: Caller, data: dict[str, Any]) -> Offe
             code="sku_taken",
         )
     offer = Offer(
-        id=uuid.uuid4(), provider_id=provider.id, provider=provider, sku=data["sku"], version=1
+        id=uuid.uuid4(),
+        provider_id=provider.id,
+        provider=provider,
+        sku=data["sku"],
+        version=1,
+        currency=currency,
     )
     _apply(offer, provider, data, creating=True)
     session.add(offer)
@@ -294,6 +306,11 @@ def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offe
     if offer.state is not OfferState.DRAFT:
         raise Conflict(
             f"Only a draft can be published; this offer is {offer.state}.", code="not_a_draft"
+        )
+    if not offer.prices:
+        raise ValidationFailed(
+            "Set the offer's prices before publishing it.",
+            errors={"prices": ["An offer needs an `instance_hour` price."]},
         )
     now = utcnow()
     for previous in session.scalars(

@@ -13,8 +13,12 @@ from sqlalchemy.orm import Session
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from broker.models import Certification, Organization, OrganizationKind, Provider, Role
-from broker.services import audit
+from broker.services import adapters, audit
 from broker.services.pagination import Page, paginate
+from providers.http import HttpPolicy
+
+# Endpoints must be public https unless the caller passes the tests' permissive policy.
+STRICT = HttpPolicy()
 
 
 def snapshot(provider: Provider) -> dict[str, Any]:
@@ -50,7 +54,11 @@ def _certifications(evidence: list[dict[str, Any]]) -> list[Certification]:
     return [Certification(id=uuid.uuid4(), **item) for item in evidence]
 
 
-def _apply(provider: Provider, data: dict[str, Any]) -> None:
+def _apply(provider: Provider, data: dict[str, Any], http: HttpPolicy) -> None:
+    if "adapter" in data or "adapter_config" in data:
+        name = data.get("adapter", provider.adapter)
+        config = data.get("adapter_config", provider.adapter_config or {})
+        data = {**data, "adapter_config": adapters.check_settings(name, config, http)}
     if "regions" in data:
         _check_regions(data["regions"])
         provider.regions = data["regions"]
@@ -75,7 +83,13 @@ def _name_taken(session: Session, name: str, exclude: uuid.UUID | None = None) -
     return session.scalar(statement) is not None
 
 
-def create_provider(session: Session, actor: Caller | None, data: dict[str, Any]) -> Provider:
+def create_provider(
+    session: Session,
+    actor: Caller | None,
+    data: dict[str, Any],
+    *,
+    http: HttpPolicy = STRICT,
+) -> Provider:
     """Register a provider operated by a provider organization (admin)."""
     operator = session.get(Organization, data["organization_id"])
     if operator is None:
@@ -87,7 +101,7 @@ def create_provider(session: Session, actor: Caller | None, data: dict[str, Any]
     if _name_taken(session, data["name"]):
         raise Conflict(f"A provider named {data['name']!r} exists already.", code="name_taken")
     provider = Provider(id=uuid.uuid4(), organization_id=operator.id)
-    _apply(provider, data)
+    _apply(provider, data, http)
     session.add(provider)
     session.flush()
     audit.record(
@@ -110,6 +124,15 @@ def get_provider(session: Session, provider_id: uuid.UUID) -> Provider:
     return provider
 
 
+def operated_provider(session: Session, caller: Caller, provider_id: uuid.UUID) -> Provider:
+    """A provider the caller may administer: admins any, operators their own (else 404)."""
+    provider = get_provider(session, provider_id)
+    operator = Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
+    if not (caller.is_admin or operator):
+        raise NotFound("No such provider.")
+    return provider
+
+
 def list_providers(session: Session, *, limit: int, cursor: str | None) -> Page[Provider]:
     return paginate(
         session, select(Provider), [Provider.created_at, Provider.id], limit=limit, cursor=cursor
@@ -123,12 +146,10 @@ def update_provider(
     *,
     expected_version: int,
     changes: dict[str, Any],
+    http: HttpPolicy = STRICT,
 ) -> Provider:
     """Change a provider: admins any, its own operators theirs (but not its state)."""
-    provider = get_provider(session, provider_id)
-    operator = Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
-    if not (caller.is_admin or operator):
-        raise NotFound("No such provider.")
+    provider = operated_provider(session, caller, provider_id)
     if "state" in changes and not caller.is_admin:
         raise ValidationFailed(errors={"state": ["Only the consortium can suspend a provider."]})
     if provider.version != expected_version:
@@ -136,7 +157,7 @@ def update_provider(
     if "name" in changes and _name_taken(session, changes["name"], exclude=provider.id):
         raise Conflict(f"A provider named {changes['name']!r} exists already.", code="name_taken")
     before = snapshot(provider)
-    _apply(provider, changes)
+    _apply(provider, changes, http)
     provider.version += 1
     session.flush()
     audit.record(

@@ -1,0 +1,45 @@
+"""The durable job queue (and outbox): a job is inserted in the transaction that needs it."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from broker.models.base import Base, IdMixin, TimestampMixin, enum_column, utcnow
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # will be retried at `run_after`
+    DEAD = "dead"  # gave up: a permanent error, or out of attempts
+
+
+class Job(IdMixin, TimestampMixin, Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_ready", "state", "run_after"),)
+
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[JobState] = mapped_column(enum_column(JobState), default=JobState.QUEUED)
+    # Who may read the job (besides the consortium); None for the broker's own work.
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
+    # While set, enqueueing the same key returns this job instead of a second one.
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=8)
+    run_after: Mapped[datetime] = mapped_column(default=utcnow)
+    lease_until: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,77 @@
+"""Between the broker and its provider adapters: checking a provider's adapter settings and
+credentials, and building an adapter for it with its decrypted credentials."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from broker.errors import ValidationFailed
+from broker.models import Provider
+from broker.services import credentials
+from broker.services.credentials import Keyring
+from providers import registry
+from providers.base import AdapterContext, ProviderAdapter, SettingsInvalid
+from providers.http import HttpPolicy
+
+
+@dataclass(frozen=True)
+class ProviderRuntime:
+    """What building adapters needs from the configuration."""
+
+    keyring: Keyring
+    http: HttpPolicy
+    state_dir: Path
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ProviderRuntime:
+        return cls(
+            keyring=Keyring.from_config(config),
+            http=HttpPolicy(
+                timeout=float(config["PROVIDER_TIMEOUT"]),
+                allow_private=bool(config.get("PROVIDER_ALLOW_PRIVATE_ENDPOINTS")),
+            ),
+            state_dir=Path(config["PROVIDER_STATE_DIR"]),
+        )
+
+
+def adapter_class(name: str, field: str = "adapter") -> type[ProviderAdapter]:
+    try:
+        return registry.load(name)
+    except registry.AdapterUnavailable as error:
+        installed = ", ".join(registry.names()) or "none"
+        raise ValidationFailed(errors={field: [f"{error} Installed: {installed}."]}) from None
+
+
+def check_settings(name: str, settings: Mapping[str, Any], http: HttpPolicy) -> dict[str, Any]:
+    """The settings cleaned by the adapter, or 422 naming the offending field."""
+    try:
+        return adapter_class(name).check_settings(settings, http)
+    except SettingsInvalid as error:
+        field = f"adapter_config.{error.field_name}" if error.field_name else "adapter_config"
+        raise ValidationFailed(errors={field: [str(error)]}) from None
+
+
+def check_credentials(name: str, values: Mapping[str, Any]) -> None:
+    try:
+        adapter_class(name).check_credentials(values)
+    except SettingsInvalid as error:
+        field = f"credentials.{error.field_name}" if error.field_name else "credentials"
+        raise ValidationFailed(errors={field: [str(error)]}) from None
+
+
+def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) -> ProviderAdapter:
+    """An adapter for `provider`, with its credentials decrypted just now.
+
+    Raises `registry.AdapterUnavailable`, `SettingsInvalid` (settings re-checked: a name may
+    resolve elsewhere than when it was configured) or `credentials.CredentialsUnreadable`.
+    """
+    secrets = credentials.load(session, provider.id, runtime.keyring)
+    context = AdapterContext(
+        provider_id=provider.id, state_dir=runtime.state_dir, http=runtime.http
+    )
+    return registry.build(provider.adapter, provider.adapter_config, secrets, context)
