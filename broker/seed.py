@@ -295,7 +295,24 @@ def provider_payload(
         "name": demo.name,
         "organization_id": organization_id,
         "adapter": "simulated",
-        "adapter_config": {},
+        # The simulated cloud sells what the catalogue lists, so an offer sync of a demo
+        # provider finds everything in place; creates take a few seconds, as on a real cloud.
+        "adapter_config": {
+            "seed": sum(demo.name.encode()),
+            "provision_delay_seconds": 5,
+            "flavors": [
+                {
+                    "sku": offer.sku,
+                    "name": offer.name,
+                    "vcpu": offer.vcpu,
+                    "ram_gib": str(offer.ram_gib),
+                    "disk_gib": offer.disk_gib,
+                    "gpu": offer.gpu,
+                    "region": offer.region,
+                }
+                for offer in demo.offers
+            ],
+        },
         "regions": [
             {"code": code, "country": country, "city": city, "datacenter_tier": tier}
             for code, country, city, tier in demo.regions

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from broker.api.offers import OfferCreateSchema
 from broker.api.providers import ProviderCreateSchema
 from broker.db import Database
+from broker.jobs.handlers import HANDLERS
+from broker.jobs.queue import JobContext, run_pending
 from broker.models import AuditEvent, Offer, Provider
 from broker.models.base import utcnow
 from broker.seed import DEMO_PROVIDERS, offer_payload, provider_payload, seed_demo
@@ -186,3 +189,27 @@ def test_the_seed_data_is_what_the_api_would_accept() -> None:
         assert 6 <= len(demo.offers) <= 10
         for offer in demo.offers:
             OfferCreateSchema().load(as_json(offer_payload(demo, offer, some_id)))
+
+
+def test_an_offer_sync_of_a_demo_provider_finds_its_catalogue_in_place(
+    app: Flask, db: Database, client: FlaskClient, seeded_buyer: ApiUser, admin: ApiUser
+) -> None:
+    """The demo providers' simulated clouds sell exactly what their offers list."""
+    with db.session(read_only=True) as session:
+        providers = session.scalars(select(Provider).order_by(Provider.name)).all()
+        offers_before = session.scalar(select(func.count()).select_from(Offer))
+    jobs = []
+    for provider in providers:
+        response = client.post(f"/v1/providers/{provider.id}/sync", headers=admin.headers)
+        assert response.status_code == 202, response.get_data(as_text=True)
+        jobs.append(response.json["id"])
+    assert run_pending(JobContext(db, app.config), HANDLERS) == len(providers)
+    for provider, job_id in zip(providers, jobs, strict=True):
+        job = client.get(f"/v1/jobs/{job_id}", headers=admin.headers).json
+        assert job["state"] == "succeeded", job
+        listed = next(d for d in DEMO_PROVIDERS if d.name == provider.name).offers
+        assert sorted(job["result"]["unchanged"]) == sorted(o.sku for o in listed)
+        assert job["result"]["created"] == job["result"]["updated"] == []
+        assert job["result"]["versioned"] == job["result"]["skipped"] == []
+    with db.session(read_only=True) as session:
+        assert session.scalar(select(func.count()).select_from(Offer)) == offers_before
