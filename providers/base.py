@@ -192,6 +192,7 @@ class ProviderAdapter(abc.ABC):
     settings_fields: ClassVar[frozenset[str]] = frozenset()
     required_settings: ClassVar[frozenset[str]] = frozenset()
     credential_fields: ClassVar[frozenset[str]] = frozenset()
+    required_credentials: ClassVar[frozenset[str]] = frozenset()
     # Settings holding URLs the adapter will call: checked by the endpoint policy.
     endpoint_settings: ClassVar[frozenset[str]] = frozenset()
 
@@ -228,12 +229,15 @@ class ProviderAdapter(abc.ABC):
 
     @classmethod
     def check_credentials(cls, credentials: Mapping[str, Any]) -> None:
-        """Refuse credentials naming fields the adapter does not know."""
+        """Refuse credentials naming fields the adapter does not know, or missing some."""
         for key, value in credentials.items():
             if key not in cls.credential_fields:
                 raise SettingsInvalid(f"Unknown credential {key!r}.", key)
             if not isinstance(value, str):
                 raise SettingsInvalid(f"Credential {key!r} must be a string.", key)
+        for key in sorted(cls.required_credentials):
+            if not credentials.get(key):
+                raise SettingsInvalid(f"Credential {key!r} is required.", key)
 
     def _scrub(self, text: str) -> str:
         """`text` with every credential value masked: clouds may echo what they were sent,

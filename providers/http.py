@@ -50,7 +50,7 @@ def _public(address: IPAddress) -> bool:
 def resolve_public(host: str, port: int) -> list[str]:
     """Every address `host` resolves to, if all of them are public; else `UnsafeEndpoint`."""
     try:
-        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]").rstrip("."))
     except ValueError:
         literal = None
     if literal is not None:
@@ -178,7 +178,6 @@ class HttpPolicy:
         and (unless `allow_private`) every connection checked as above."""
         session = _Session()
         session.trust_env = False
-        session.max_redirects = 0
         if headers:
             session.headers.update(headers)
         if not self.allow_private:

@@ -139,6 +139,7 @@ class OutscaleAdapter(ProviderAdapter):
     )
     required_settings: ClassVar[frozenset[str]] = frozenset({"region"})
     credential_fields: ClassVar[frozenset[str]] = frozenset({"access_key", "secret_key"})
+    required_credentials: ClassVar[frozenset[str]] = credential_fields
     endpoint_settings: ClassVar[frozenset[str]] = frozenset({"endpoint"})
 
     def __init__(
@@ -149,9 +150,6 @@ class OutscaleAdapter(ProviderAdapter):
     ) -> None:
         super().__init__(settings, credentials, context)
         self.check_credentials(credentials)
-        for field_name in sorted(self.credential_fields):
-            if not self.credentials.get(field_name):
-                raise SettingsInvalid(f"Credential {field_name!r} is required.", field_name)
         self._sdk_call: Call | None = None
 
     @classmethod

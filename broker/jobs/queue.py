@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.db import Database
@@ -37,6 +38,8 @@ log = logging.getLogger("broker.jobs")
 LEASE = timedelta(minutes=5)
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 3600.0
+# However long a cloud asks us to wait, a job is looked at again within a day.
+MAX_DELAY_SECONDS = 86400.0
 
 
 class JobFailed(Exception):
@@ -79,33 +82,55 @@ def enqueue(
         attempts=0,
         run_after=utcnow(),
     )
-    session.add(job)
-    session.flush()
+    try:
+        # A savepoint: when another transaction queued the same key meanwhile (PostgreSQL lets
+        # both look, then the unique key stops the second insert), answer its job instead.
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        existing = None
+        if dedupe_key is not None:
+            existing = session.scalar(select(Job).where(Job.dedupe_key == dedupe_key))
+        if existing is None:
+            raise
+        return existing
     return job
 
 
 def claim(db: Database, worker: str, now: datetime) -> Job | None:
-    """Lease the next ready job to `worker`; None when there is none."""
+    """Lease the next ready job to `worker`; None when there is none.
+
+    A job whose lease ran out had its worker die under it: it runs again, unless that was its
+    last attempt (a job that kills its worker must not loop forever), then it is `dead`.
+    """
+    ready = or_(
+        (Job.state.in_([JobState.QUEUED, JobState.FAILED])) & (Job.run_after <= now),
+        (Job.state == JobState.RUNNING) & (Job.lease_until < now),
+    )
     with db.transaction() as session:
-        ready = or_(
-            (Job.state.in_([JobState.QUEUED, JobState.FAILED])) & (Job.run_after <= now),
-            (Job.state == JobState.RUNNING) & (Job.lease_until < now),
-        )
-        job = session.scalar(
-            select(Job)
-            .where(ready)
-            .order_by(Job.run_after, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if job is None:
-            return None
-        job.state, job.worker = JobState.RUNNING, worker
-        job.attempts += 1
-        job.lease_until = now + LEASE
-        session.flush()
-        session.expunge(job)
-        return job
+        while True:
+            job = session.scalar(
+                select(Job)
+                .where(ready)
+                .order_by(Job.run_after, Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if job is None:
+                return None
+            if job.state is JobState.RUNNING and job.attempts >= job.max_attempts:
+                job.state, job.lease_until = JobState.DEAD, None
+                job.finished_at, job.dedupe_key = now, None
+                job.last_error = "The worker running the last attempt stopped without finishing."
+                session.flush()
+                continue
+            job.state, job.worker = JobState.RUNNING, worker
+            job.attempts += 1
+            job.lease_until = now + LEASE
+            session.flush()
+            session.expunge(job)
+            return job
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> float:
@@ -141,7 +166,7 @@ def _finish(
                 delay = (
                     error.retry_after if isinstance(error, Throttled) else backoff(current.attempts)
                 )
-                current.run_after = now + timedelta(seconds=delay)
+                current.run_after = now + timedelta(seconds=min(max(delay, 0), MAX_DELAY_SECONDS))
         if current.state in (JobState.SUCCEEDED, JobState.DEAD):
             current.finished_at, current.dedupe_key = now, None
         return current.state

@@ -42,15 +42,18 @@ class Keyring:
     """The Fernet keys, newest first: from configuration, or a file of the instance."""
 
     def __init__(self, keys: list[str], path: Path | None = None) -> None:
+        self.path = path
+        self._use(keys)
+
+    def _use(self, keys: list[str]) -> None:
         if not keys:
             raise KeyringError("No credential key configured.")
         try:
-            self._fernets = [Fernet(key.encode()) for key in keys]
+            fernets = [Fernet(key.encode()) for key in keys]
         except (ValueError, TypeError):
             raise KeyringError("A credential key is not a valid Fernet key.") from None
         self.keys = keys
-        self.path = path
-        self._multi = MultiFernet(self._fernets)
+        self._multi = MultiFernet(fernets)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Keyring:
@@ -66,7 +69,7 @@ class Keyring:
 
     def decrypt(self, provider_id: uuid.UUID, ciphertext: str) -> dict[str, str]:
         try:
-            document = json.loads(self._multi.decrypt(ciphertext.encode()))
+            document = json.loads(self._decrypt(ciphertext))
         except InvalidToken:
             raise CredentialsUnreadable(
                 "The provider's credentials were encrypted under a key that is no longer "
@@ -79,13 +82,25 @@ class Keyring:
         credentials: dict[str, str] = document["credentials"]
         return credentials
 
+    def _decrypt(self, ciphertext: str) -> bytes:
+        try:
+            return self._multi.decrypt(ciphertext.encode())
+        except InvalidToken:
+            if self.path is None:
+                raise
+        # `broker keys rotate --new-key` may have changed the key file under a running
+        # process: read it again rather than fail until a restart.
+        self._use(_read_or_create(self.path))
+        return self._multi.decrypt(ciphertext.encode())
+
     def rotate(self, provider_id: uuid.UUID, ciphertext: str) -> str:
         """Re-encrypt under the first key (after checking the binding)."""
         self.decrypt(provider_id, ciphertext)
         return self._multi.rotate(ciphertext.encode()).decode()
 
     def primary_only(self) -> Keyring:
-        return Keyring(self.keys[:1], self.path)
+        """The first key alone, detached from the key file (so it never reloads others)."""
+        return Keyring(self.keys[:1])
 
     # The key file ---------------------------------------------------------------------
 
