@@ -32,11 +32,16 @@ _ETAG = {"ETag": {"schema": {"type": "string"}}}
 KINDS = ["vm"]
 
 
+def _within(name: str) -> ma.validate.Range:
+    low, high = service.SPEC_LIMITS[name]
+    return ma.validate.Range(min=low, max=high)
+
+
 class SpecsSchema(StrictSchema):
-    vcpu = WholeNumber(required=True, validate=ma.validate.Range(min=1, max=1024))
-    ram_gib = ma.fields.Float(required=True, validate=ma.validate.Range(min=0.25, max=65536))
-    disk_gib = WholeNumber(load_default=0, validate=ma.validate.Range(min=0, max=1_000_000))
-    gpu = WholeNumber(load_default=0, validate=ma.validate.Range(min=0, max=64))
+    vcpu = WholeNumber(required=True, validate=_within("vcpu"))
+    ram_gib = ma.fields.Float(required=True, validate=_within("ram_gib"))
+    disk_gib = WholeNumber(load_default=0, validate=_within("disk_gib"))
+    gpu = WholeNumber(load_default=0, validate=_within("gpu"))
 
 
 class TierSchema(StrictSchema):
@@ -73,9 +78,7 @@ class OfferPatchSchema(StrictSchema):
 
 class OfferCreateSchema(OfferPatchSchema):
     provider_id = ma.fields.UUID(required=True)
-    sku = ma.fields.String(
-        required=True, validate=ma.validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    )
+    sku = ma.fields.String(required=True, validate=ma.validate.Regexp(service.SKU_PATTERN))
     name = name_field(required=True)
     kind = ma.fields.String(load_default="vm", validate=ma.validate.OneOf(KINDS))
     region = slug_field(max_length=50, required=True)

@@ -15,6 +15,7 @@ the job gives the same result, so a crash halfway through is harmless.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -74,6 +75,19 @@ def _specs(spec: OfferSpec) -> dict[str, Any]:
     }
 
 
+def _refusal(spec: OfferSpec) -> str | None:
+    """Why the catalogue cannot hold this machine type as an offer (None: it can)."""
+    if not re.match(offers.SKU_PATTERN, spec.sku):
+        return "its name is not a valid SKU"
+    if not spec.name.strip():
+        return "it has no name"
+    for name, value in _specs(spec).items():
+        low, high = offers.SPEC_LIMITS[name]
+        if not low <= value <= high:
+            return f"{name} {value} is outside [{low}, {high}]"
+    return None
+
+
 def _same(offer: Offer, spec: OfferSpec, region: str) -> bool:
     return (
         offer.name == spec.name[:200]
@@ -95,6 +109,10 @@ def sync_offers(
         .limit(1)
     )
     for spec in specs:
+        refusal = _refusal(spec)
+        if refusal is not None:
+            report.skipped.append({"sku": spec.sku[:100], "reason": refusal})
+            continue
         region = spec.region if spec.region is not None else regions[0]
         if region not in regions:
             report.skipped.append(

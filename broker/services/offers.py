@@ -115,6 +115,16 @@ def price_documents(prices: list[Price]) -> list[dict[str, Any]]:
     return documents
 
 
+# What an offer may describe; the API's schemas and the offer sync both hold offers to it.
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+SPEC_LIMITS: dict[str, tuple[float, float]] = {
+    "vcpu": (1, 1024),
+    "ram_gib": (0.25, 65536),
+    "disk_gib": (0, 1_000_000),
+    "gpu": (0, 64),
+}
+
+
 def gib(value: float | Decimal) -> Decimal:
     return Decimal(str(value)).quantize(Decimal("0.001"))
 
