@@ -203,6 +203,7 @@ class ProviderAdapter(abc.ABC):
         context: AdapterContext,
     ) -> None:
         self.settings = self.check_settings(settings, context.http)
+        self.check_credentials(credentials)
         self.credentials = dict(credentials)
         self.context = context
 

@@ -179,7 +179,6 @@ class OpenStackAdapter(ProviderAdapter):
                 raise SettingsInvalid(f"Credential {key!r} is required.", key)
 
     def _auth_plugin(self) -> v3.Password | v3.ApplicationCredential:
-        self.check_credentials(self.credentials)
         auth_url = v3_auth_url(self.settings["auth_url"])
         creds = self.credentials
         if creds.get("application_credential_id"):

@@ -37,7 +37,6 @@ from osc_sdk_python.credentials import Endpoint, Profile
 
 from providers.base import (
     Action,
-    AdapterContext,
     Feature,
     Instance,
     InstanceState,
@@ -142,15 +141,7 @@ class OutscaleAdapter(ProviderAdapter):
     required_credentials: ClassVar[frozenset[str]] = credential_fields
     endpoint_settings: ClassVar[frozenset[str]] = frozenset({"endpoint"})
 
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        credentials: Mapping[str, str],
-        context: AdapterContext,
-    ) -> None:
-        super().__init__(settings, credentials, context)
-        self.check_credentials(credentials)
-        self._sdk_call: Call | None = None
+    _sdk_call: Call | None = None
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any], http: HttpPolicy) -> dict[str, Any]:

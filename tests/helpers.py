@@ -13,6 +13,20 @@ from tests.conftest import ApiUser
 T = TypeVar("T")
 
 
+PROBLEM = "application/problem+json"
+
+
+def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The problem+json body of `response`, after checking its status (and `code`)."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == PROBLEM
+    body = dict(response.json)
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code
+    return body
+
+
 def all_pages(client: FlaskClient, user: ApiUser, path: str, limit: int = 200) -> list[dict]:
     """Every item of a paginated listing, following `next_cursor` to the end."""
     items: list[dict[str, Any]] = []

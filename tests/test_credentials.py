@@ -39,9 +39,9 @@ from broker.services import credentials
 from broker.services.credentials import CredentialsUnreadable, Keyring, KeyringError
 from tests.catalogue_fixtures import ProviderSetup, make_provider
 from tests.conftest import ApiUser, MakeUser
+from tests.helpers import problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROBLEM = "application/problem+json"
 
 
 def _url(provider_id: str) -> str:
@@ -58,14 +58,6 @@ def _password_creds() -> dict[str, str]:
         "username": f"svc-user-{uuid.uuid4().hex}",
         "password": f"Pw-{uuid.uuid4().hex}-{uuid.uuid4().hex}",
     }
-
-
-def _problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    assert body["status"] == status
-    return body
 
 
 def _row(db: Database, provider_id: str) -> ProviderCredentials | None:
@@ -310,9 +302,9 @@ def test_invalid_credentials_are_422_naming_the_field_and_store_nothing(
     field: str,
 ) -> None:
     response = client.put(_url(provider.id), json=body, headers=provider.operator.headers)
-    problem = _problem(response, 422)
-    assert problem["code"] == "validation_failed"
-    assert field in problem["errors"], problem
+    refusal = problem(response, 422)
+    assert refusal["code"] == "validation_failed"
+    assert field in refusal["errors"], refusal
     assert _VALID["password"] not in response.get_data(as_text=True)
 
     assert client.get(_url(provider.id), headers=admin.headers).status_code == 404
@@ -356,7 +348,7 @@ def test_a_body_that_is_not_a_json_object_is_a_problem_and_stores_nothing(
         content_type=content_type,
         headers=provider.operator.headers,
     )
-    assert _problem(response, status)["code"] == code
+    assert problem(response, status)["code"] == code
     assert _row(db, provider.id) is None
     assert _credential_events(db) == []
 
@@ -371,7 +363,7 @@ def test_a_refused_put_leaves_the_stored_credentials_untouched(
     assert before is not None
 
     refused = _put(client, provider.operator, provider.id, {"username": "someone-else"})
-    assert _problem(refused, 422)["errors"].keys() == {"credentials.password"}
+    assert problem(refused, 422)["errors"].keys() == {"credentials.password"}
 
     after = _row(db, provider.id)
     assert after is not None
@@ -391,7 +383,7 @@ def test_a_provider_on_the_simulated_adapter_takes_no_credentials(
 ) -> None:
     simulated = make_provider(client, admin, make_user, adapter="simulated", adapter_config={})
     response = _put(client, simulated.operator, simulated.id, {"token": "x"})
-    assert "credentials.token" in _problem(response, 422)["errors"]
+    assert "credentials.token" in problem(response, 422)["errors"]
     assert _row(db, simulated.id) is None
 
 
@@ -410,7 +402,7 @@ def test_outscale_takes_an_access_key_and_secret_key_and_nothing_else(
 ) -> None:
     outscale = _outscale(client, admin, make_user)
     refused = _put(client, outscale.operator, outscale.id, {"access_key": "AK", "password": "p"})
-    assert "credentials.password" in _problem(refused, 422)["errors"]
+    assert "credentials.password" in problem(refused, 422)["errors"]
     assert _row(db, outscale.id) is None
 
     creds = {"access_key": f"AK{uuid.uuid4().hex}", "secret_key": f"SK{uuid.uuid4().hex}"}
@@ -425,7 +417,7 @@ def test_incomplete_outscale_credentials_are_refused_when_set(
 ) -> None:
     outscale = _outscale(client, admin, make_user)
     response = _put(client, outscale.operator, outscale.id, {"access_key": "AK-only"})
-    assert "credentials.secret_key" in _problem(response, 422)["errors"]
+    assert "credentials.secret_key" in problem(response, 422)["errors"]
     assert _row(db, outscale.id) is None
 
 
@@ -439,11 +431,11 @@ def test_buyers_are_403_and_change_nothing(
     assert _put(client, provider.operator, provider.id, creds).status_code == 200
     stored = _ciphertexts(db)
 
-    assert _problem(_put(client, buyer, provider.id, _password_creds()), 403)["code"] == (
+    assert problem(_put(client, buyer, provider.id, _password_creds()), 403)["code"] == (
         "forbidden"
     )
-    assert _problem(client.get(_url(provider.id), headers=buyer.headers), 403)
-    assert _problem(client.delete(_url(provider.id), headers=buyer.headers), 403)
+    assert problem(client.get(_url(provider.id), headers=buyer.headers), 403)
+    assert problem(client.delete(_url(provider.id), headers=buyer.headers), 403)
     assert _ciphertexts(db) == stored
 
 
@@ -456,9 +448,9 @@ def test_another_providers_operator_gets_404_and_changes_nothing(
     stranger = other.operator
 
     put = _put(client, stranger, provider.id, _password_creds())
-    assert _problem(put, 404)["code"] == "not_found"
-    assert _problem(client.get(_url(provider.id), headers=stranger.headers), 404)
-    assert _problem(client.delete(_url(provider.id), headers=stranger.headers), 404)
+    assert problem(put, 404)["code"] == "not_found"
+    assert problem(client.get(_url(provider.id), headers=stranger.headers), 404)
+    assert problem(client.delete(_url(provider.id), headers=stranger.headers), 404)
     assert _ciphertexts(db) == stored
     assert [e.action for e in _credential_events(db)] == ["provider.credentials_set"]
 
@@ -470,8 +462,8 @@ def test_without_a_token_it_is_401_and_unknown_providers_are_404(
     assert client.get(_url(provider.id)).status_code == 401
     assert client.delete(_url(provider.id)).status_code == 401
     unknown = str(uuid.uuid4())
-    assert _problem(_put(client, admin, unknown, _password_creds()), 404)
-    assert _problem(client.get(_url(unknown), headers=admin.headers), 404)
+    assert problem(_put(client, admin, unknown, _password_creds()), 404)
+    assert problem(client.get(_url(unknown), headers=admin.headers), 404)
 
 
 def test_admins_set_replace_and_clear_any_providers_credentials(
@@ -495,8 +487,8 @@ def test_admins_set_replace_and_clear_any_providers_credentials(
     deleted = client.delete(_url(provider.id), headers=admin.headers)
     assert deleted.status_code == 204
     assert deleted.get_data() == b""
-    assert _problem(client.get(_url(provider.id), headers=admin.headers), 404)
-    assert _problem(client.delete(_url(provider.id), headers=admin.headers), 404)
+    assert problem(client.get(_url(provider.id), headers=admin.headers), 404)
+    assert problem(client.delete(_url(provider.id), headers=admin.headers), 404)
     assert _row(db, provider.id) is None
     with db.session(read_only=True) as session:
         assert credentials.load(session, uuid.UUID(provider.id), keyring) == {}
@@ -521,13 +513,13 @@ def test_the_operator_clears_its_credentials_once(
     client: FlaskClient, db: Database, provider: ProviderSetup
 ) -> None:
     operator = provider.operator
-    assert _problem(client.get(_url(provider.id), headers=operator.headers), 404)
-    assert _problem(client.delete(_url(provider.id), headers=operator.headers), 404)
+    assert problem(client.get(_url(provider.id), headers=operator.headers), 404)
+    assert problem(client.delete(_url(provider.id), headers=operator.headers), 404)
     assert _put(client, operator, provider.id, _password_creds()).status_code == 200
 
     assert client.delete(_url(provider.id), headers=operator.headers).status_code == 204
-    assert _problem(client.get(_url(provider.id), headers=operator.headers), 404)
-    assert _problem(client.delete(_url(provider.id), headers=operator.headers), 404)
+    assert problem(client.get(_url(provider.id), headers=operator.headers), 404)
+    assert problem(client.delete(_url(provider.id), headers=operator.headers), 404)
     assert _row(db, provider.id) is None
     assert [e.action for e in _credential_events(db)] == [
         "provider.credentials_set",

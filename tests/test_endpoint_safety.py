@@ -36,9 +36,8 @@ from tests.catalogue_fixtures import (
     provider_body,
 )
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages
+from tests.helpers import PROBLEM, all_pages, problem
 
-PROBLEM = "application/problem+json"
 PUBLIC_IP = "145.239.0.10"
 
 # Fake DNS: name → the addresses it resolves to.
@@ -111,14 +110,6 @@ ADAPTERS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
     "openstack": ("auth_url", lambda url: {"auth_url": url, "region": "fr-par"}),
     "outscale": ("endpoint", lambda url: {"region": "eu-west-2", "endpoint": url}),
 }
-
-
-def _problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    assert body["status"] == status
-    return body
 
 
 def _providers(client: FlaskClient, user: ApiUser) -> list[dict[str, Any]]:
@@ -212,7 +203,7 @@ def test_switching_adapter_is_checked_against_the_new_adapters_endpoint(
             "adapter_config": {"region": "eu-west-2", "endpoint": "https://10.0.0.5/"},
         },
     )
-    assert list(_problem(response, 422)["errors"]) == ["adapter_config.endpoint"]
+    assert list(problem(response, 422)["errors"]) == ["adapter_config.endpoint"]
     read = client.get(f"/v1/providers/{setup.id}", headers=admin.headers)
     assert read.json["adapter"] == "openstack"
 
@@ -227,7 +218,7 @@ def test_an_outscale_region_whose_default_endpoint_resolves_privately_is_refused
             organization_id, adapter="outscale", adapter_config={"region": "eu-west-2"}
         )
         response = client.post("/v1/providers", json=body, headers=admin.headers)
-        assert list(_problem(response, 422)["errors"]) == ["adapter_config.region"]
+        assert list(problem(response, 422)["errors"]) == ["adapter_config.region"]
         assert _providers(client, admin) == []
 
         fake_dns[fake_dns_entry] = [PUBLIC_IP]
@@ -297,7 +288,7 @@ def test_private_endpoints_pass_only_in_the_test_configuration(
         json=provider_body(organization_id, adapter_config=local),
         headers=admin.headers,
     )
-    assert list(_problem(strict, 422)["errors"]) == ["adapter_config.auth_url"]
+    assert list(problem(strict, 422)["errors"]) == ["adapter_config.auth_url"]
 
     lenient = private_app.test_client()
     created = lenient.post(
@@ -313,7 +304,7 @@ def test_private_endpoints_pass_only_in_the_test_configuration(
     outscale = {"region": "eu-west-2", "endpoint": "http://[::1]:8443/api/v1"}
     # The strict app refuses the same change the lenient one accepts.
     refused = _patch(client, operator, setup, {"adapter": "outscale", "adapter_config": outscale})
-    assert list(_problem(refused, 422)["errors"]) == ["adapter_config.endpoint"]
+    assert list(problem(refused, 422)["errors"]) == ["adapter_config.endpoint"]
     patched = _patch(lenient, operator, setup, {"adapter": "outscale", "adapter_config": outscale})
     assert patched.status_code == 200, patched.get_data(as_text=True)
     assert patched.json["adapter_config"] == outscale

@@ -42,9 +42,8 @@ from tests.catalogue_fixtures import (
     make_provider,
 )
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages
+from tests.helpers import all_pages, problem
 
-PROBLEM = "application/problem+json"
 KIND = "provider.sync_offers"
 
 GP = {
@@ -116,15 +115,6 @@ def _run_jobs(db: Database, app: Flask, now: datetime | None = None) -> int:
         JobContext(db, app.config) if now is None else JobContext(db, app.config, now=lambda: now)
     )
     return run_pending(context, HANDLERS)
-
-
-def _problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    if code is not None:
-        assert body["code"] == code
-    return body
 
 
 def _request_sync(client: FlaskClient, user: ApiUser, provider_id: str) -> dict[str, Any]:
@@ -289,8 +279,8 @@ def test_a_synced_draft_needs_prices_before_it_is_published(
 
     refused = client.post(f"/v1/offers/{draft['id']}/publish", headers=setup.operator.headers)
 
-    problem = _problem(refused, 422, "validation_failed")
-    assert list(problem["errors"]) == ["prices"]
+    body = problem(refused, 422, "validation_failed")
+    assert list(body["errors"]) == ["prices"]
     offer, etag = _get_offer(client, setup.operator, draft["id"])
     assert (offer["state"], etag) == ("draft", '"v1"')
 
@@ -535,10 +525,10 @@ def test_only_admins_and_the_providers_operators_may_sync(
     other = make_provider(client, admin, make_user, adapter="simulated", adapter_config={})
     url = f"/v1/providers/{setup.id}/sync"
 
-    _problem(client.post(url), 401)
-    _problem(client.post(url, headers=buyer.headers), 403, "forbidden")
-    _problem(client.post(url, headers=other.operator.headers), 404, "not_found")
-    _problem(
+    problem(client.post(url), 401)
+    problem(client.post(url, headers=buyer.headers), 403, "forbidden")
+    problem(client.post(url, headers=other.operator.headers), 404, "not_found")
+    problem(
         client.post(f"/v1/providers/{uuid.uuid4()}/sync", headers=admin.headers), 404, "not_found"
     )
     with db.transaction() as session:
@@ -564,9 +554,9 @@ def test_a_job_is_read_by_admins_and_its_organization_only(
     assert _get_job(client, admin, job["id"]) == job
     assert _get_job(client, colleague, job["id"]) == job
     for outsider in (buyer, other.operator):
-        _problem(client.get(f"/v1/jobs/{job['id']}", headers=outsider.headers), 404, "not_found")
-    _problem(client.get(f"/v1/jobs/{uuid.uuid4()}", headers=admin.headers), 404, "not_found")
-    _problem(client.get(f"/v1/jobs/{job['id']}"), 401)
+        problem(client.get(f"/v1/jobs/{job['id']}", headers=outsider.headers), 404, "not_found")
+    problem(client.get(f"/v1/jobs/{uuid.uuid4()}", headers=admin.headers), 404, "not_found")
+    problem(client.get(f"/v1/jobs/{job['id']}"), 401)
 
 
 # --- failures ---------------------------------------------------------------------------------

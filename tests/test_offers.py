@@ -38,9 +38,8 @@ from tests.catalogue_fixtures import (
     retire_offer,
 )
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages, run_concurrently
+from tests.helpers import PROBLEM, all_pages, problem, run_concurrently
 
-PROBLEM = "application/problem+json"
 TIMESTAMP_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
 SECNUMCLOUD = {
@@ -68,15 +67,6 @@ def setup(client: FlaskClient, admin: ApiUser, make_user: MakeUser) -> ProviderS
 def other(client: FlaskClient, admin: ApiUser, make_user: MakeUser) -> ProviderSetup:
     """Another provider, with its own operator."""
     return make_provider(client, admin, make_user, name="Autre Cloud")
-
-
-def _problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    if code is not None:
-        assert body["code"] == code
-    return body
 
 
 def _get(client: FlaskClient, user: ApiUser, offer_id: str) -> Any:
@@ -458,8 +448,8 @@ def test_invalid_prices_are_422(
     response = client.post(
         "/v1/offers", json=offer_body(setup.id, prices=prices), headers=setup.operator.headers
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert field in problem["errors"], problem["errors"]
+    body = problem(response, 422, "validation_failed")
+    assert field in body["errors"], body["errors"]
     assert _search_ids(client, setup.operator) == []
 
 
@@ -473,8 +463,8 @@ def test_invalid_prices_do_not_change_a_draft(
     offer, etag = create_offer(client, setup.operator, setup.id)
     before = _get(client, setup.operator, offer["id"]).json
     response = _patch(client, setup.operator, offer["id"], {"prices": prices}, etag)
-    problem = _problem(response, 422, "validation_failed")
-    assert field in problem["errors"], problem["errors"]
+    body = problem(response, 422, "validation_failed")
+    assert field in body["errors"], body["errors"]
     read = _get(client, setup.operator, offer["id"])
     assert read.headers["ETag"] == etag
     assert read.json == before
@@ -500,8 +490,8 @@ def test_region_must_be_one_of_the_providers(
         json=offer_body(setup.id, region="de-fra-1"),
         headers=setup.operator.headers,
     )
-    problem = _problem(refused, 422, "validation_failed")
-    assert list(problem["errors"]) == ["region"]
+    body = problem(refused, 422, "validation_failed")
+    assert list(body["errors"]) == ["region"]
     assert _search_ids(client, setup.operator) == []
 
     # The provider's other region is fine, and carries that region's data.
@@ -509,7 +499,7 @@ def test_region_must_be_one_of_the_providers(
     assert offer["region"] == {"code": "fr-lyo-1", "country": "FR", "city": "Lyon"}
     assert offer["datacenter_tier"] == 4
     moved = _patch(client, setup.operator, offer["id"], {"region": "de-fra-1"}, etag)
-    assert list(_problem(moved, 422, "validation_failed")["errors"]) == ["region"]
+    assert list(problem(moved, 422, "validation_failed")["errors"]) == ["region"]
     assert _get(client, setup.operator, offer["id"]).json["region"]["code"] == "fr-lyo-1"
 
 
@@ -521,9 +511,9 @@ def test_claiming_a_scheme_without_evidence_is_422(
         json=offer_body(setup.id, compliance=["secnumcloud", "bsi-c5"]),
         headers=setup.operator.headers,
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert list(problem["errors"]) == ["compliance"]
-    assert "bsi-c5" in problem["errors"]["compliance"][0]
+    body = problem(response, 422, "validation_failed")
+    assert list(body["errors"]) == ["compliance"]
+    assert "bsi-c5" in body["errors"]["compliance"][0]
     assert _search_ids(client, setup.operator) == []
 
 
@@ -574,7 +564,7 @@ def test_a_compliance_only_edit_changes_the_etag(client: FlaskClient, setup: Pro
     # The representation changed, so its ETag must too; the old ETag is now stale.
     assert edited.headers["ETag"] != etag
     stale = _patch(client, setup.operator, offer["id"], {"compliance": ["secnumcloud"]}, etag)
-    _problem(stale, 412, "precondition_failed")
+    problem(stale, 412, "precondition_failed")
     assert _get(client, setup.operator, offer["id"]).json["compliance"] == [HDS]
 
 
@@ -635,7 +625,7 @@ def test_operator_edits_a_draft_with_if_match(client: FlaskClient, setup: Provid
 def test_editing_without_if_match_is_428(client: FlaskClient, setup: ProviderSetup) -> None:
     offer, etag = create_offer(client, setup.operator, setup.id)
     response = _patch(client, setup.operator, offer["id"], {"name": "Renamed"}, None)
-    _problem(response, 428, "precondition_required")
+    problem(response, 428, "precondition_required")
     read = _get(client, setup.operator, offer["id"])
     assert (read.headers["ETag"], read.json["name"]) == (etag, offer["name"])
 
@@ -646,7 +636,7 @@ def test_editing_with_a_stale_etag_is_412(client: FlaskClient, setup: ProviderSe
     assert first.status_code == 200, first.get_data(as_text=True)
     for stale in (etag, '"v9"', "garbage"):
         response = _patch(client, setup.operator, offer["id"], {"name": "Second"}, stale)
-        _problem(response, 412, "precondition_failed")
+        problem(response, 412, "precondition_failed")
     read = _get(client, setup.operator, offer["id"])
     assert (read.headers["ETag"], read.json["name"]) == (first.headers["ETag"], "First")
 
@@ -660,7 +650,7 @@ def test_a_second_offer_with_the_same_sku_is_409(
         json=offer_body(setup.id, sku="gp-2-4", name="Another"),
         headers=setup.operator.headers,
     )
-    _problem(response, 409, "sku_taken")
+    problem(response, 409, "sku_taken")
     assert _search_ids(client, setup.operator) == [offer["id"]]
     # SKUs are per provider.
     theirs, _ = create_offer(client, other.operator, other.id, sku="gp-2-4")
@@ -706,7 +696,7 @@ def test_drafts_are_hidden_from_buyers_and_other_operators(
     public, _ = published_offer(client, setup.operator, setup.id)
 
     for user in (buyer, other.operator):
-        _problem(client.get(f"/v1/offers/{draft['id']}", headers=user.headers), 404, "not_found")
+        problem(client.get(f"/v1/offers/{draft['id']}", headers=user.headers), 404, "not_found")
         assert _search_ids(client, user) == [public["id"]]
         assert _search_ids(client, user, f"?provider={setup.id}") == [public["id"]]
     assert sorted(_search_ids(client, setup.operator)) == sorted([draft["id"], public["id"]])
@@ -720,17 +710,17 @@ def test_another_providers_operator_cannot_touch_this_providers_offers(
     intruder = other.operator
 
     for offer_id, etag in ((draft["id"], draft_etag), (public["id"], public_etag)):
-        _problem(_patch(client, intruder, offer_id, {"name": "Mine"}, etag), 404, "not_found")
+        problem(_patch(client, intruder, offer_id, {"name": "Mine"}, etag), 404, "not_found")
         for action in ("publish", "retire"):
             response = client.post(f"/v1/offers/{offer_id}/{action}", headers=intruder.headers)
-            _problem(response, 404, "not_found")
+            problem(response, 404, "not_found")
         unchanged = _get(client, setup.operator, offer_id)
         assert unchanged.headers["ETag"] == etag
     _assert_same_offer(_get(client, setup.operator, draft["id"]).json, draft)
     _assert_same_offer(_get(client, setup.operator, public["id"]).json, public)
     # Nor create offers for a provider it does not operate.
     response = client.post("/v1/offers", json=offer_body(setup.id), headers=intruder.headers)
-    _problem(response, 404, "not_found")
+    problem(response, 404, "not_found")
     assert sorted(_search_ids(client, setup.operator)) == sorted([draft["id"], public["id"]])
 
 
@@ -803,12 +793,12 @@ def test_editing_a_published_offer_makes_the_next_version(
     assert again.json == v1_read.json
     assert again.headers["ETag"] == v1_read.headers["ETag"] == v1_etag
     assert _search_ids(client, buyer) == [v1["id"]]
-    _problem(client.get(f"/v1/offers/{v2['id']}", headers=buyer.headers), 404, "not_found")
+    problem(client.get(f"/v1/offers/{v2['id']}", headers=buyer.headers), 404, "not_found")
     _assert_same_offer(_get(client, operator, v2["id"]).json, v2)
 
     # Version 1 cannot be forked a second time.
     second = _patch(client, operator, v1["id"], {"name": "Fork"}, v1_etag)
-    _problem(second, 409, "newer_version_exists")
+    problem(second, 409, "newer_version_exists")
     assert sorted(_search_ids(client, operator)) == sorted([v1["id"], v2["id"]])
 
     events = _audit(client, operator, v2["id"])
@@ -840,7 +830,7 @@ def test_publishing_the_next_version_retires_the_previous_one(
     # A retired version is history: no new version from it.
     retired_etag = _get(client, operator, v1["id"]).headers["ETag"]
     refused = _patch(client, operator, v1["id"], {"name": "Zombie"}, retired_etag)
-    _problem(refused, 409, "offer_retired")
+    problem(refused, 409, "offer_retired")
 
 
 def test_concurrent_edits_of_a_published_offer_make_one_next_version(
@@ -895,12 +885,12 @@ def test_lifecycle_transitions_that_do_not_apply_are_409(
     publish_offer(client, operator, offer["id"])
 
     again = client.post(f"/v1/offers/{offer['id']}/publish", headers=operator.headers)
-    _problem(again, 409, "not_a_draft")
+    problem(again, 409, "not_a_draft")
 
     retired, retired_etag = retire_offer(client, operator, offer["id"])
     for action, code in (("retire", "offer_retired"), ("publish", "not_a_draft")):
         response = client.post(f"/v1/offers/{offer['id']}/{action}", headers=operator.headers)
-        _problem(response, 409, code)
+        problem(response, 409, code)
     read = _get(client, operator, offer["id"])
     _assert_same_offer(read.json, retired)
     assert read.headers["ETag"] == retired_etag
@@ -912,9 +902,9 @@ def test_unknown_offer_ids_are_404(
     client: FlaskClient, buyer: ApiUser, setup: ProviderSetup
 ) -> None:
     unknown = uuid.uuid4()
-    _problem(client.get(f"/v1/offers/{unknown}", headers=buyer.headers), 404, "not_found")
+    problem(client.get(f"/v1/offers/{unknown}", headers=buyer.headers), 404, "not_found")
     operator = setup.operator
-    _problem(_patch(client, operator, str(unknown), {"name": "X"}, '"v1"'), 404, "not_found")
+    problem(_patch(client, operator, str(unknown), {"name": "X"}, '"v1"'), 404, "not_found")
     for action in ("publish", "retire"):
         response = client.post(f"/v1/offers/{unknown}/{action}", headers=operator.headers)
-        _problem(response, 404, "not_found")
+        problem(response, 404, "not_found")

@@ -19,7 +19,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -32,10 +31,9 @@ from providers import registry
 from providers.base import ProviderAdapter
 from tests.catalogue_fixtures import create_provider_organization, make_provider, provider_body
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages
+from tests.helpers import all_pages, problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROBLEM = "application/problem+json"
 
 PLUGIN_MODULE = '''
 """A provider adapter shipped by a third party: an in-memory cloud."""
@@ -178,15 +176,6 @@ def plugin(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         sys.modules.pop(module, None)
 
 
-def _problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    if code is not None:
-        assert body["code"] == code
-    return body
-
-
 def _provider_ids(client: FlaskClient, admin: ApiUser) -> list[str]:
     return [provider["id"] for provider in all_pages(client, admin, "/v1/providers")]
 
@@ -321,7 +310,7 @@ def test_an_admin_creates_a_provider_on_the_plugin_and_syncs_through_it(
         json={"credentials": {"password": "x"}},
         headers=setup.operator.headers,
     )
-    assert _problem(refused, 422, "validation_failed")["errors"] == {
+    assert problem(refused, 422, "validation_failed")["errors"] == {
         "credentials.password": ["Unknown credential 'password'."]
     }
     stored = client.put(
@@ -406,7 +395,7 @@ def test_the_plugins_settings_rules_apply(
             json=provider_body(organization_id, adapter="testcloud", adapter_config=config),
             headers=admin.headers,
         )
-        assert _problem(response, 422, "validation_failed")["errors"] == errors
+        assert problem(response, 422, "validation_failed")["errors"] == errors
     assert _provider_ids(client, admin) == []
 
 
@@ -423,8 +412,8 @@ def test_a_provider_naming_an_unusable_adapter_is_refused(
         headers=admin.headers,
     )
 
-    problem = _problem(response, 422, "validation_failed")
-    assert problem["errors"] == {"adapter": [f"{message} Installed: {', '.join(ALL_NAMES)}."]}
+    body = problem(response, 422, "validation_failed")
+    assert body["errors"] == {"adapter": [f"{message} Installed: {', '.join(ALL_NAMES)}."]}
     assert _provider_ids(client, admin) == []
 
 
@@ -440,7 +429,7 @@ def test_a_provider_cannot_be_switched_to_an_unusable_adapter(
             json={"adapter": name, "adapter_config": {}},
             headers={**admin.headers, "If-Match": setup.etag},
         )
-        assert list(_problem(response, 422, "validation_failed")["errors"]) == ["adapter"]
+        assert list(problem(response, 422, "validation_failed")["errors"]) == ["adapter"]
     current = client.get(f"/v1/providers/{setup.id}", headers=admin.headers)
     assert (current.json["adapter"], current.headers["ETag"]) == ("testcloud", setup.etag)
 
@@ -453,8 +442,8 @@ def test_without_plugins_an_unknown_adapter_is_refused(client: FlaskClient, admi
         json=provider_body(organization_id, adapter="testcloud", adapter_config={"zone": "a"}),
         headers=admin.headers,
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert problem["errors"] == {
+    body = problem(response, 422, "validation_failed")
+    assert body["errors"] == {
         "adapter": [
             "No provider adapter named 'testcloud' is installed. "
             "Installed: openstack, outscale, simulated."

@@ -28,23 +28,13 @@ from tests.catalogue_fixtures import (
     published_offer,
 )
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages, run_concurrently
+from tests.helpers import PROBLEM, all_pages, problem, run_concurrently
 
-PROBLEM = "application/problem+json"
 TIMESTAMP_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
 
 def _by_scheme(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: str(item["scheme"]))
-
-
-def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = dict(response.json)
-    assert body["status"] == status
-    assert body["code"] == code
-    return body
 
 
 def _get(client: FlaskClient, user: ApiUser, provider_id: str) -> Any:
@@ -194,8 +184,8 @@ def test_operator_organization_must_be_of_kind_provider(
 
     refused = client.post("/v1/providers", json=body, headers=admin.headers)
 
-    problem = _problem(refused, 422, "validation_failed")
-    assert list(problem["errors"]) == ["organization_id"]
+    refusal = problem(refused, 422, "validation_failed")
+    assert list(refusal["errors"]) == ["organization_id"]
     assert _provider_ids(client, admin) == []
 
 
@@ -203,7 +193,7 @@ def test_unknown_operator_organization_is_404(client: FlaskClient, admin: ApiUse
     response = client.post(
         "/v1/providers", json=provider_body(str(uuid.uuid4())), headers=admin.headers
     )
-    _problem(response, 404, "not_found")
+    problem(response, 404, "not_found")
     assert _provider_ids(client, admin) == []
 
 
@@ -216,7 +206,7 @@ def test_provider_names_are_unique(
         json=provider_body(organization_id, name="Souverain Cloud"),
         headers=admin.headers,
     )
-    _problem(response, 409, "name_taken")
+    problem(response, 409, "name_taken")
     assert _provider_ids(client, admin) == [setup.id]
 
 
@@ -231,8 +221,8 @@ def test_region_codes_must_be_unique(client: FlaskClient, admin: ApiUser) -> Non
         json=provider_body(organization_id, regions=regions),
         headers=admin.headers,
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert "regions" in problem["errors"]
+    body = problem(response, 422, "validation_failed")
+    assert "regions" in body["errors"]
     assert _provider_ids(client, admin) == []
 
 
@@ -251,8 +241,8 @@ def test_evidence_must_end_after_it_starts(
         json=provider_body(organization_id, compliance=compliance),
         headers=admin.headers,
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert list(problem["errors"]) == ["compliance.0.valid_until"]
+    body = problem(response, 422, "validation_failed")
+    assert list(body["errors"]) == ["compliance.0.valid_until"]
     assert _provider_ids(client, admin) == []
 
 
@@ -269,8 +259,8 @@ def test_evidence_url_must_be_https(client: FlaskClient, admin: ApiUser, url: st
         json=provider_body(organization_id, compliance=compliance),
         headers=admin.headers,
     )
-    problem = _problem(response, 422, "validation_failed")
-    assert list(problem["errors"]) == ["compliance.1.evidence_url"]
+    body = problem(response, 422, "validation_failed")
+    assert list(body["errors"]) == ["compliance.1.evidence_url"]
     assert _provider_ids(client, admin) == []
 
 
@@ -342,7 +332,7 @@ def test_reading_needs_a_token_and_unknown_ids_are_404(
 ) -> None:
     assert client.get("/v1/providers").status_code == 401
     assert client.get(f"/v1/providers/{setup.id}").status_code == 401
-    _problem(client.get(f"/v1/providers/{uuid.uuid4()}", headers=buyer.headers), 404, "not_found")
+    problem(client.get(f"/v1/providers/{uuid.uuid4()}", headers=buyer.headers), 404, "not_found")
 
 
 # --- changing ---------------------------------------------------------------------------------
@@ -393,7 +383,7 @@ def test_patch_without_if_match_is_428_and_changes_nothing(
 ) -> None:
     for user in (setup.operator, admin):
         response = _patch(client, user, setup.id, {"name": "Renamed"}, None)
-        _problem(response, 428, "precondition_required")
+        problem(response, 428, "precondition_required")
     read = _get(client, admin, setup.id)
     assert read.headers["ETag"] == '"v1"'
     assert read.json["name"] == "Souverain Cloud"
@@ -417,7 +407,7 @@ def test_patch_with_a_stale_etag_is_412_and_changes_nothing(
             {"adapter_config": {"seed": 2}, "adapter": "simulated"},
             stale,
         )
-        _problem(response, 412, "precondition_failed")
+        problem(response, 412, "precondition_failed")
 
     read = _get(client, operator, setup.id)
     assert read.headers["ETag"] == '"v2"'
@@ -429,7 +419,7 @@ def test_another_providers_operator_gets_404(
 ) -> None:
     other = make_provider(client, admin, make_user, name="Autre Cloud")
     response = _patch(client, other.operator, setup.id, {"name": "Hijacked"}, setup.etag)
-    _problem(response, 404, "not_found")
+    problem(response, 404, "not_found")
     read = _get(client, admin, setup.id)
     assert read.headers["ETag"] == '"v1"'
     assert read.json["name"] == "Souverain Cloud"
@@ -451,8 +441,8 @@ def test_only_admins_change_a_providers_state(
     assert [o["id"] for o in all_pages(client, buyer, "/v1/offers")] == [offer["id"]]
 
     refused = _patch(client, setup.operator, setup.id, {"state": "suspended"}, setup.etag)
-    problem = _problem(refused, 422, "validation_failed")
-    assert list(problem["errors"]) == ["state"]
+    body = problem(refused, 422, "validation_failed")
+    assert list(body["errors"]) == ["state"]
     read = _get(client, admin, setup.id)
     assert (read.json["state"], read.headers["ETag"]) == ("active", '"v1"')
 
@@ -495,7 +485,7 @@ def test_renaming_to_a_taken_name_is_409(
 ) -> None:
     make_provider(client, admin, make_user, name="Autre Cloud")
     response = _patch(client, setup.operator, setup.id, {"name": "Autre Cloud"}, setup.etag)
-    _problem(response, 409, "name_taken")
+    problem(response, 409, "name_taken")
     assert _get(client, admin, setup.id).json["name"] == "Souverain Cloud"
 
 
