@@ -28,8 +28,7 @@ from broker.api.schemas import (
     page_of,
     slug_field,
 )
-from broker.errors import NotFound
-from broker.models import Provider, ProviderCredentials, ProviderState, Role
+from broker.models import Provider, ProviderState, Role
 from broker.services import adapters, credentials, offer_sync
 from broker.services import providers as service
 
@@ -250,10 +249,7 @@ def set_credentials(data: dict[str, Any], provider_id: uuid.UUID) -> Any:
 def get_credentials(provider_id: uuid.UUID) -> Any:
     """Which credential fields are set, and when (never their values)."""
     provider = service.operated_provider(request_session(), current_caller(), provider_id)
-    row = request_session().get(ProviderCredentials, provider.id)
-    if row is None:
-        raise NotFound("No credentials are set for this provider.")
-    return row
+    return credentials.stored(request_session(), provider.id)
 
 
 @blp.route("/<uuid:provider_id>/credentials", methods=["DELETE"])
@@ -262,8 +258,7 @@ def get_credentials(provider_id: uuid.UUID) -> Any:
 def clear_credentials(provider_id: uuid.UUID) -> None:
     """Forget the provider's credentials."""
     provider = service.operated_provider(request_session(), current_caller(), provider_id)
-    if not credentials.clear_credentials(request_session(), current_caller(), provider):
-        raise NotFound("No credentials are set for this provider.")
+    credentials.clear_credentials(request_session(), current_caller(), provider)
 
 
 @blp.route("/<uuid:provider_id>/sync", methods=["POST"])

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
+from broker.errors import NotFound
 from broker.models import Provider, ProviderCredentials
 from broker.models.base import utcnow
 from broker.services import audit
@@ -176,10 +177,8 @@ def set_credentials(
     return row
 
 
-def clear_credentials(session: Session, actor: Caller | None, provider: Provider) -> bool:
-    row = session.get(ProviderCredentials, provider.id)
-    if row is None:
-        return False
+def clear_credentials(session: Session, actor: Caller | None, provider: Provider) -> None:
+    row = stored(session, provider.id)
     session.delete(row)
     audit.record(
         session,
@@ -190,12 +189,14 @@ def clear_credentials(session: Session, actor: Caller | None, provider: Provider
         organization_id=provider.organization_id,
         before={"fields": row.fields},
     )
-    return True
 
 
-def stored_fields(session: Session, provider_id: uuid.UUID) -> list[str] | None:
+def stored(session: Session, provider_id: uuid.UUID) -> ProviderCredentials:
+    """The stored row (its field names and date are what callers may see), or 404."""
     row = session.get(ProviderCredentials, provider_id)
-    return None if row is None else list(row.fields)
+    if row is None:
+        raise NotFound("No credentials are set for this provider.")
+    return row
 
 
 def load(session: Session, provider_id: uuid.UUID, keyring: Keyring) -> dict[str, str]:
