@@ -24,10 +24,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         oauth,
         offers,
         operations,
+        orders,
         organizations,
         policies,
         providers,
         quotes,
+        resources,
+        webhooks,
     )
     from broker.api.base import Api, close_request_session
     from broker.api.problems import register_error_handlers
@@ -77,7 +80,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         providers.blp,
         offers.blp,
         quotes.blp,
+        orders.blp,
+        resources.blp,
         jobs.blp,
+        webhooks.blp,
         audit.blp,
     ):
         api.register_blueprint(blueprint)

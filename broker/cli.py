@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from broker.config import PROJECT_ROOT, load_config
 from broker.db import Database
-from broker.models import Organization, OrganizationKind, Role
+from broker.models import Job, JobState, Organization, OrganizationKind, Role
 
 
 def _database() -> Database:
@@ -258,6 +258,58 @@ def providers_list() -> None:
             row.update(ok=True, features=sorted(adapter.features))
         rows.append(row)
     _echo_json(rows)
+
+
+@main.group()
+def jobs() -> None:
+    """The job queue."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]), default=None)
+@click.option("--kind", default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50)
+def jobs_list(state: str | None, kind: str | None, limit: int) -> None:
+    """The newest jobs (with their state, attempts and last error)."""
+    database = _database()
+    _require_migrated(database)
+    statement = select(Job).order_by(Job.created_at.desc()).limit(limit)
+    if state is not None:
+        statement = statement.where(Job.state == JobState(state))
+    if kind is not None:
+        statement = statement.where(Job.kind == kind)
+    with database.session(read_only=True) as session:
+        rows = session.scalars(statement).all()
+        _echo_json(
+            [
+                {
+                    "id": str(job.id),
+                    "kind": job.kind,
+                    "state": job.state.value,
+                    "attempts": job.attempts,
+                    "max_attempts": job.max_attempts,
+                    "run_after": job.run_after.isoformat(),
+                    "last_error": job.last_error,
+                }
+                for job in rows
+            ]
+        )
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=click.UUID)
+def jobs_retry(job_id: uuid.UUID) -> None:
+    """Queue a dead or failed job again, attempts reset."""
+    from broker.jobs.queue import retry
+    from broker.models.base import utcnow
+
+    database = _database()
+    _require_migrated(database)
+    try:
+        job = retry(database, job_id, utcnow())
+    except (LookupError, ValueError) as exc:
+        raise OperationalProblem(str(exc)) from exc
+    _echo_json({"id": str(job.id), "state": job.state.value})
 
 
 @main.command()

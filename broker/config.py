@@ -59,6 +59,9 @@ def load_config() -> dict[str, Any]:
         # Local fake clouds (http, 127.0.0.1) are allowed only when the tests set this; it has
         # no environment variable on purpose.
         "PROVIDER_ALLOW_PRIVATE_ENDPOINTS": False,
+        # A worker's hold on a job (renewed while it runs); a crashed worker's jobs are taken
+        # over once it runs out.
+        "JOB_LEASE_SECONDS": float(os.environ.get("BROKER_JOB_LEASE_SECONDS", "300")),
         # Where the simulated cloud keeps its state.
         "PROVIDER_STATE_DIR": os.environ.get(
             "BROKER_PROVIDER_STATE_DIR", str(instance / "providers")

@@ -19,6 +19,7 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,24 @@ from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.db import Database
-from broker.models import ApiClient, Offer, Organization, OrganizationKind, Provider, Role
+from broker.models import (
+    AgencyPolicy,
+    ApiClient,
+    Offer,
+    Organization,
+    OrganizationKind,
+    Provider,
+    Role,
+)
 from broker.models.base import utcnow
-from broker.services import offers, organizations, providers
+from broker.services import offers, organizations, policies, providers
+
+# Each demo agency's policy: (currency, monthly budget, approval threshold). Orders above the
+# threshold wait for the agency's approver; the budget caps what is committed per month.
+DEMO_POLICIES: dict[str, tuple[str, str, str]] = {
+    "Agence nationale des données de santé": ("EUR", "20000", "1000"),
+    "Ville de Québec": ("CAD", "8000", "400"),
+}
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
     ("Sovereign Cloud Consortium", OrganizationKind.CONSORTIUM, [[Role.ADMIN], [Role.FINANCE]]),
@@ -98,6 +114,7 @@ def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
                         client_secret=client.secret,
                     )
                 )
+        _seed_policies(session)
         _seed_catalogue(session)
     credentials = known + issued
     if credentials != remembered:
@@ -368,6 +385,30 @@ def offer_payload(demo: DemoProvider, offer: DemoOffer, provider_id: uuid.UUID) 
     if offer.compliance is not None:
         data["compliance"] = list(offer.compliance)
     return data
+
+
+def _seed_policies(session: Session) -> None:
+    """Give each demo agency its policy, unless it has one already."""
+    consortium = Caller(
+        client_id="seed",
+        organization_id=uuid.UUID(int=0),
+        organization_kind=OrganizationKind.CONSORTIUM,
+        roles=frozenset({Role.ADMIN}),
+    )
+    for name, (currency, budget, threshold) in DEMO_POLICIES.items():
+        agency = session.scalars(select(Organization).where(Organization.name == name)).one()
+        if session.get(AgencyPolicy, agency.id) is not None:
+            continue
+        policies.put_policy(
+            session,
+            consortium,
+            agency.id,
+            expected_version=0,
+            currency=currency,
+            monthly_budget=Decimal(budget),
+            approval_threshold=Decimal(threshold),
+            sovereignty={},
+        )
 
 
 def _seed_catalogue(session: Session) -> None:

@@ -63,9 +63,10 @@ class Feature(enum.StrEnum):
     PROVIDER_IDEMPOTENCY = "provider_idempotency"
 
 
-def order_token(order_id: uuid.UUID) -> str:
-    """The token (tag or client token) that ties a cloud instance to a broker order."""
-    return f"broker-order-{order_id}"
+def order_token(order_id: uuid.UUID, index: int = 0) -> str:
+    """The token (tag or client token) that ties a cloud instance to a broker order: one per
+    machine of the order (`index` counts from 0)."""
+    return f"broker-order-{order_id}-{index}"
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,12 @@ class ProvisionRequest:
     region: str
     name: str
     image: str | None = None
+    index: int = 0  # which machine of the order
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def token(self) -> str:
-        return order_token(self.order_id)
+        return order_token(self.order_id, self.index)
 
 
 @dataclass(frozen=True)

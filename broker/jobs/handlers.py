@@ -1,10 +1,26 @@
-"""`dispatch`: which handler runs which kind of job."""
+"""`dispatch`: which handler runs which kind of job, what happens when one dies, and which
+kinds run periodically."""
 
 from __future__ import annotations
 
-from broker.jobs.queue import Handler
-from broker.services import offer_sync
+from datetime import timedelta
+
+from broker.jobs.queue import DeadHandler, Handler, Periodic
+from broker.services import offer_sync, orders, provisioning, resources, webhooks
 
 HANDLERS: dict[str, Handler] = {
     offer_sync.JOB_KIND: offer_sync.run_sync_job,
+    webhooks.JOB_KIND: webhooks.run_delivery_job,
+    orders.PROVISION_JOB: provisioning.run_provision_job,
+    resources.ACTION_JOB: resources.run_action_job,
+    resources.RECONCILE_JOB: resources.run_reconcile_job,
 }
+
+ON_DEAD: dict[str, DeadHandler] = {
+    orders.PROVISION_JOB: provisioning.provision_job_dead,
+    resources.ACTION_JOB: resources.action_job_dead,
+}
+
+PERIODIC: list[Periodic] = [
+    Periodic(resources.RECONCILE_JOB, timedelta(minutes=1)),
+]

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.db import Database
+from broker.jobs import crashpoints
 from broker.models import Job, JobState
 from broker.models.base import utcnow
 from providers.base import Permanent, Throttled
@@ -46,14 +48,26 @@ class JobFailed(Exception):
     """Raised by a handler: retrying the job cannot help (it becomes `dead`)."""
 
 
+class Reschedule(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler that must look again later (a VM still booting): the job is queued
+    again after `seconds` without spending an attempt."""
+
+    def __init__(self, seconds: float, reason: str = "not ready yet") -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
 @dataclass(frozen=True)
 class JobContext:
     db: Database
     config: Mapping[str, Any]
     now: Callable[[], datetime] = utcnow
+    lease: timedelta = LEASE
 
 
 Handler = Callable[[JobContext, Job], dict[str, Any] | None]
+# Called (in its own transaction) when a job of the kind has just become `dead`.
+DeadHandler = Callable[[JobContext, Job], None]
 
 
 def enqueue(
@@ -98,7 +112,7 @@ def enqueue(
     return job
 
 
-def claim(db: Database, worker: str, now: datetime) -> Job | None:
+def claim(db: Database, worker: str, now: datetime, lease: timedelta = LEASE) -> Job | None:
     """Lease the next ready job to `worker`; None when there is none.
 
     A job whose lease ran out had its worker die under it: it runs again, unless that was its
@@ -127,10 +141,63 @@ def claim(db: Database, worker: str, now: datetime) -> Job | None:
                 continue
             job.state, job.worker = JobState.RUNNING, worker
             job.attempts += 1
-            job.lease_until = now + LEASE
+            job.lease_until = now + lease
             session.flush()
             session.expunge(job)
             return job
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """A job kind run every `every` (by time slot: one job per slot, whatever the workers)."""
+
+    kind: str
+    every: timedelta
+
+
+def schedule_periodic(db: Database, periodic: Iterable[Periodic], now: datetime) -> int:
+    """Queue the current slot's job of each periodic kind, unless some worker did already."""
+    queued = 0
+    for item in periodic:
+        slot = int(now.timestamp() // item.every.total_seconds())
+        key = f"{item.kind}:{slot}"
+        with db.transaction() as session:
+            if session.scalar(select(Job.id).where(Job.schedule_key == key)) is not None:
+                continue
+            try:
+                with session.begin_nested():
+                    session.add(
+                        Job(
+                            id=uuid.uuid4(),
+                            kind=item.kind,
+                            payload={"slot": slot},
+                            schedule_key=key,
+                            state=JobState.QUEUED,
+                            attempts=0,
+                            max_attempts=3,
+                            run_after=now,
+                        )
+                    )
+                    session.flush()
+            except IntegrityError:
+                continue  # another worker queued this slot at the same moment
+            queued += 1
+    return queued
+
+
+def retry(db: Database, job_id: uuid.UUID, now: datetime) -> Job:
+    """Queue a dead (or waiting) job again now, with its attempts reset (operators)."""
+    with db.transaction() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise LookupError(f"No job {job_id}.")
+        if job.state not in (JobState.DEAD, JobState.FAILED):
+            raise ValueError(f"Only a dead or failed job can be retried; this one is {job.state}.")
+        job.state, job.attempts, job.run_after = JobState.QUEUED, 0, now
+        job.finished_at = None
+        session.flush()
+        session.expunge(job)
+        return job
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> float:
@@ -156,10 +223,12 @@ def _finish(
         if error is None:
             current.state, current.result = JobState.SUCCEEDED, result or {}
             current.last_error = None
+        elif isinstance(error, Reschedule):  # not a failure: the attempt is given back
+            current.state, current.attempts = JobState.QUEUED, current.attempts - 1
+            current.run_after = now + timedelta(seconds=min(error.seconds, MAX_DELAY_SECONDS))
         else:
             current.last_error = f"{type(error).__name__}: {error}"[:1000]
-            permanent = isinstance(error, JobFailed | Permanent)
-            if permanent or current.attempts >= current.max_attempts:
+            if isinstance(error, JobFailed | Permanent) or current.attempts >= current.max_attempts:
                 current.state = JobState.DEAD
             else:
                 current.state = JobState.FAILED
@@ -172,38 +241,66 @@ def _finish(
         return current.state
 
 
+def _heartbeat(context: JobContext, job: Job, stop: threading.Event) -> None:
+    """Extend the lease of `job` while its handler runs, so a long job is not taken over."""
+    while not stop.wait(context.lease.total_seconds() / 3):
+        with context.db.transaction() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.worker == job.worker, Job.state == JobState.RUNNING)
+                .values(lease_until=context.now() + context.lease)
+            )
+
+
 def run_one(
     context: JobContext,
     handlers: Mapping[str, Handler],
     worker: str,
     ready_at: datetime | None = None,
+    on_dead: Mapping[str, DeadHandler] | None = None,
 ) -> Job | None:
     """Claim and run one job ready at `ready_at` (default: now); the job as claimed, or None
     when nothing was ready."""
-    job = claim(context.db, worker, ready_at or context.now())
+    job = claim(context.db, worker, ready_at or context.now(), context.lease)
     if job is None:
         return None
+    crashpoints.reach("after_claim")
     handler = handlers.get(job.kind)
     fields = {"job_id": str(job.id), "kind": job.kind, "attempt": job.attempts}
+    stop = threading.Event()
+    beating = threading.Thread(target=_heartbeat, args=(context, job, stop), daemon=True)
+    beating.start()
     try:
         if handler is None:
             raise JobFailed(f"No handler for jobs of kind {job.kind!r}.")
         result = handler(context, job)
     except Exception as error:
+        stop.set()
+        beating.join()
         state = _finish(context.db, job, context.now(), error=error)
-        log.warning("job failed", extra={**fields, "state": state, "error": type(error).__name__})
+        if not isinstance(error, Reschedule):
+            log.warning(
+                "job failed", extra={**fields, "state": state, "error": type(error).__name__}
+            )
+        if state is JobState.DEAD and on_dead and job.kind in on_dead:
+            on_dead[job.kind](context, job)
     else:
+        stop.set()
+        beating.join()
         state = _finish(context.db, job, context.now(), result=result)
         log.info("job done", extra={**fields, "state": state})
     return job
 
 
 def run_pending(
-    context: JobContext, handlers: Mapping[str, Handler], worker: str = "inline"
+    context: JobContext,
+    handlers: Mapping[str, Handler],
+    worker: str = "inline",
+    on_dead: Mapping[str, DeadHandler] | None = None,
 ) -> int:
     """Run the jobs ready now until none is left (tests, and the worker's inner loop). A job
     that fails is retried later, not in this call."""
     count, start = 0, context.now()
-    while run_one(context, handlers, worker, ready_at=start) is not None:
+    while run_one(context, handlers, worker, ready_at=start, on_dead=on_dead) is not None:
         count += 1
     return count

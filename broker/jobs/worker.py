@@ -12,12 +12,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 from broker.db import Database
 from broker.jobs import queue
-from broker.jobs.handlers import HANDLERS
+from broker.jobs.handlers import HANDLERS, ON_DEAD, PERIODIC
 from broker.services import idempotency
 
 log = logging.getLogger("broker.worker")
@@ -46,17 +47,24 @@ def run_worker(
     config: Mapping[str, Any],
     *,
     tasks: list[PeriodicTask] | None = None,
+    periodic: list[queue.Periodic] | None = None,
     poll_seconds: float = 1.0,
 ) -> None:
     """Run until `stop` is set. A failing task is logged and retried at its next period."""
     tasks = default_tasks() if tasks is None else tasks
     name = f"{socket.gethostname()}:{os.getpid()}"
-    context = queue.JobContext(db, config)
+    context = queue.JobContext(
+        db, config, lease=timedelta(seconds=float(config.get("JOB_LEASE_SECONDS", 300)))
+    )
     log.info("worker started", extra={"worker": name, "tasks": [task.name for task in tasks]})
     while not stop.is_set():
+        try:
+            queue.schedule_periodic(db, PERIODIC if periodic is None else periodic, context.now())
+        except Exception:
+            log.exception("periodic scheduling failed")
         while not stop.is_set():
             try:
-                if queue.run_one(context, HANDLERS, name) is None:
+                if queue.run_one(context, HANDLERS, name, on_dead=ON_DEAD) is None:
                     break
             except Exception:  # the database went away, say: retry at the next poll
                 log.exception("job queue unavailable")

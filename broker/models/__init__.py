@@ -13,6 +13,15 @@ from broker.models.catalogue import (
 )
 from broker.models.idempotency import IdempotencyRecord
 from broker.models.jobs import Job, JobState
+from broker.models.orders import (
+    LIVE_STATES,
+    Order,
+    OrderState,
+    Resource,
+    ResourceEvent,
+    ResourceState,
+    WebhookEndpoint,
+)
 from broker.models.organizations import ApiClient, Organization, OrganizationKind, Role
 from broker.models.policies import AgencyPolicy
 
@@ -28,6 +37,13 @@ __all__ = [
     "ProviderState",
     "Job",
     "JobState",
+    "LIVE_STATES",
+    "Order",
+    "OrderState",
+    "Resource",
+    "ResourceEvent",
+    "ResourceState",
+    "WebhookEndpoint",
     "AuditChainHead",
     "AuditEvent",
     "Base",

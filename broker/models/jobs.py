@@ -34,6 +34,8 @@ class Job(IdMixin, TimestampMixin, Base):
     )
     # While set, enqueueing the same key returns this job instead of a second one.
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # A periodic job's time slot (`<kind>:<slot number>`), kept forever: one run per slot.
+    schedule_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=8)
     run_after: Mapped[datetime] = mapped_column(default=utcnow)

@@ -3,6 +3,7 @@ credentials, and building an adapter for it with its decrypted credentials."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from broker.errors import ValidationFailed
+from broker.jobs.queue import JobFailed
 from broker.models import Provider
 from broker.services import credentials
 from broker.services.credentials import Keyring
@@ -62,6 +64,24 @@ def check_credentials(name: str, values: Mapping[str, Any]) -> None:
     except SettingsInvalid as error:
         field = f"credentials.{error.field_name}" if error.field_name else "credentials"
         raise ValidationFailed(errors={field: [str(error)]}) from None
+
+
+def adapter_for_job(
+    session: Session, provider_id: uuid.UUID, config: Mapping[str, Any]
+) -> ProviderAdapter:
+    """`adapter_for` in a job: what retrying cannot mend (no provider, unusable settings or
+    credentials) is a `JobFailed`."""
+    provider = session.get(Provider, provider_id)
+    if provider is None:
+        raise JobFailed("The provider no longer exists.")
+    try:
+        return adapter_for(session, provider, ProviderRuntime.from_config(config))
+    except (
+        registry.AdapterUnavailable,
+        SettingsInvalid,
+        credentials.CredentialsUnreadable,
+    ) as error:
+        raise JobFailed(str(error)) from None
 
 
 def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) -> ProviderAdapter:

@@ -28,9 +28,7 @@ from broker.auth.identity import Caller
 from broker.jobs.queue import JobContext, JobFailed, enqueue
 from broker.models import Job, Offer, OfferState, OrganizationKind, Provider, Role
 from broker.services import adapters, offers, providers
-from broker.services.credentials import CredentialsUnreadable
-from providers.base import OfferSpec, SettingsInvalid
-from providers.registry import AdapterUnavailable
+from providers.base import OfferSpec
 
 JOB_KIND = "provider.sync_offers"
 DEFAULT_CURRENCY = "EUR"
@@ -154,15 +152,8 @@ def run_sync_job(context: JobContext, job: Job) -> dict[str, Any]:
     """The job handler: list the adapter's machine types, then write drafts in one
     transaction. Adapter errors propagate typed (retryable ones are retried)."""
     provider_id = uuid.UUID(job.payload["provider_id"])
-    runtime = adapters.ProviderRuntime.from_config(context.config)
     with context.db.transaction() as session:
-        provider = session.get(Provider, provider_id)
-        if provider is None:
-            raise JobFailed("The provider no longer exists.")
-        try:
-            adapter = adapters.adapter_for(session, provider, runtime)
-        except (AdapterUnavailable, SettingsInvalid, CredentialsUnreadable) as error:
-            raise JobFailed(str(error)) from None
+        adapter = adapters.adapter_for_job(session, provider_id, context.config)
     specs = list(adapter.list_offers())  # outside any transaction: it is a network call
     with context.db.transaction() as session:
         provider = session.get(Provider, provider_id)

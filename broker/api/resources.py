@@ -1,0 +1,84 @@
+"""`/v1/resources`: the machines an agency's orders made, and their day-2 actions."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+
+from broker.api.base import Blueprint, current_caller, now, request_session
+from broker.api.jobs import JobSchema, job_location
+from broker.api.schemas import ListArgs, Money, StrictSchema, Timestamp, page_of
+from broker.models import ResourceState, Role
+from broker.services import resources as service
+
+blp = Blueprint("resources", __name__, url_prefix="/v1/resources", description="Resources")
+
+
+class ResourceListArgs(ListArgs):
+    order_id = ma.fields.UUID()
+    state = ma.fields.Enum(ResourceState, by_value=True)
+
+
+class ResourceEventSchema(ma.Schema):
+    at = Timestamp()
+    from_state = ma.fields.String(allow_none=True)
+    to_state = ma.fields.String()
+    reason = ma.fields.String(allow_none=True)
+
+
+class ResourceSchema(ma.Schema):
+    id = ma.fields.UUID()
+    order_id = ma.fields.UUID()
+    organization_id = ma.fields.UUID()
+    provider_id = ma.fields.UUID()
+    offer_id = ma.fields.UUID()
+    name = ma.fields.String()
+    state = ma.fields.Enum(ResourceState, by_value=True)
+    state_reason = ma.fields.String(allow_none=True)
+    provider_ref = ma.fields.String(allow_none=True)
+    addresses = ma.fields.List(ma.fields.String())
+    unit_monthly_cost = Money(currency_from="currency")
+    currency = ma.fields.String()
+    created_at = Timestamp()
+    activated_at = Timestamp(allow_none=True)
+    terminated_at = Timestamp(allow_none=True)
+
+
+class ResourceDetailSchema(ResourceSchema):
+    events = ma.fields.List(ma.fields.Nested(ResourceEventSchema))
+
+
+class ActionSchema(StrictSchema):
+    action = ma.fields.String(required=True, validate=ma.validate.OneOf(sorted(service.ACTIONS)))
+
+
+@blp.route("", methods=["GET"])
+@blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
+@blp.arguments(ResourceListArgs, location="query")
+@blp.response(200, page_of(ResourceSchema))
+def list_resources(args: dict[str, Any]) -> Any:
+    """Your agency's machines, newest first (admins: every agency's)."""
+    return service.list_resources(request_session(), current_caller(), **args)
+
+
+@blp.route("/<uuid:resource_id>", methods=["GET"])
+@blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
+@blp.response(200, ResourceDetailSchema)
+def get_resource(resource_id: uuid.UUID) -> Any:
+    """A machine, with every state it went through and when."""
+    return service.get_resource(request_session(), current_caller(), resource_id)
+
+
+@blp.route("/<uuid:resource_id>/actions", methods=["POST"])
+@blp.auth(Role.BUYER, Role.APPROVER)
+@blp.arguments(ActionSchema)
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+def act(data: dict[str, Any], resource_id: uuid.UUID) -> Any:
+    """`stop`, `start`, `reboot` or `terminate`, carried out in the background (202 and the
+    job). 409 when the machine's state does not allow it (or another action is under way)."""
+    job = service.request_action(
+        request_session(), current_caller(), resource_id, data["action"], now()
+    )
+    return job, 202, job_location(job)

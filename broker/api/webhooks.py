@@ -1,0 +1,135 @@
+"""`/v1/webhooks`: where an agency wants its order and resource state changes delivered.
+
+Deliveries are signed with a secret shown once, in the answer to `POST` (see
+broker/services/webhooks.py for the signature and the retry rules).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, jsonify
+
+from broker.api.base import (
+    Blueprint,
+    created,
+    current_caller,
+    provider_runtime,
+    request_session,
+)
+from broker.api.schemas import ListArgs, StrictSchema, Timestamp, page_of
+from broker.models import Role, WebhookEndpoint
+from broker.services import webhooks as service
+
+blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks", description="Webhooks")
+
+# A public https URL by name: a host name (not an address: TLS certificates name hosts, and
+# addresses are where SSRF hides), an optional port 1–65535, an optional path.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TOP_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = (
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}"
+    r"|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+)
+URL_PATTERN = rf"^https://(?:{_LABEL}\.)+{_TOP_LABEL}{_PORT}(?:/[^\x00-\x20\x7f]*)?$"
+
+
+class WebhookCreateSchema(StrictSchema):
+    url = ma.fields.String(
+        required=True,
+        validate=[ma.validate.Length(max=500), ma.validate.Regexp(URL_PATTERN)],
+        metadata={"description": "An https URL whose host name resolves to public addresses only."},
+    )
+    events = ma.fields.List(
+        ma.fields.String(validate=ma.validate.OneOf(service.EVENT_TYPES)),
+        load_default=list,
+        validate=ma.validate.Length(max=20),
+        metadata={
+            "description": "Event types to deliver (repeats are ignored); empty or absent: "
+            "all of them."
+        },
+    )
+    organization_id = ma.fields.UUID(
+        load_default=None,
+        metadata={
+            "description": "Whose endpoint it is: your own organization (the default); "
+            "admins may name any organization."
+        },
+    )
+
+
+class WebhookListArgs(ListArgs):
+    organization_id = ma.fields.UUID(
+        load_default=None, metadata={"description": "Only this organization's endpoints."}
+    )
+
+
+class WebhookSchema(ma.Schema):
+    id = ma.fields.UUID()
+    organization_id = ma.fields.UUID()
+    url = ma.fields.String()
+    events = ma.fields.List(
+        ma.fields.String(), metadata={"description": "Empty: every event type."}
+    )
+    active = ma.fields.Boolean()
+    created_at = Timestamp()
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = ma.fields.String(
+        metadata={
+            "description": "The signing secret of `Broker-Signature`. Shown once, now: only "
+            "an encrypted copy is kept."
+        }
+    )
+
+
+@blp.route("", methods=["POST"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.arguments(WebhookCreateSchema)
+@blp.response(201, WebhookCreatedSchema)
+def create_webhook(data: dict[str, Any]) -> Response:
+    """Register an endpoint for your organization's order and resource state changes.
+
+    The answer holds the signing secret, never shown again.
+    """
+    runtime = provider_runtime()
+    endpoint, secret = service.register(
+        request_session(),
+        current_caller(),
+        data["url"],
+        data["events"],
+        runtime.keyring,
+        runtime.http,
+        organization_id=data["organization_id"],
+    )
+    response = jsonify({**WebhookSchema().dump(endpoint), "secret": secret})
+    response.headers["Cache-Control"] = "no-store"
+    return created(response, "webhooks.get_webhook", endpoint_id=endpoint.id)
+
+
+@blp.route("", methods=["GET"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.arguments(WebhookListArgs, location="query")
+@blp.response(200, page_of(WebhookSchema))
+def list_webhooks(args: dict[str, Any]) -> Any:
+    """List your organization's endpoints (admins: every organization's)."""
+    return service.list_endpoints(request_session(), current_caller(), **args)
+
+
+@blp.route("/<uuid:endpoint_id>", methods=["GET"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.response(200, WebhookSchema)
+def get_webhook(endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """Read an endpoint (never its secret)."""
+    return service.get_endpoint(request_session(), current_caller(), endpoint_id)
+
+
+@blp.route("/<uuid:endpoint_id>", methods=["DELETE"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.response(204)
+def delete_webhook(endpoint_id: uuid.UUID) -> None:
+    """Remove an endpoint; deliveries still queued for it are dropped."""
+    service.delete_endpoint(request_session(), current_caller(), endpoint_id)

@@ -1,0 +1,302 @@
+"""Orders: from an agency's click to machines at a provider, exactly once.
+
+An order pins the offer version it was placed on and copies its prices. It is checked against
+the agency's policy (sovereignty rules, then budget) in the transaction that creates it, with
+the policy row locked, so concurrent orders cannot together spend past the budget. Above the
+approval threshold it waits for an approver of the same agency; otherwise, and once approved,
+its machines are created as `provisioning` resources and a provisioning job is queued in the
+same transaction (see `broker/services/provisioning.py`).
+
+States: pending_approval → approved → provisioning → completed | failed;
+pending_approval → rejected; pending_approval | approved → cancelled.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from billing.rating import monthly_price
+from broker.auth.identity import Caller
+from broker.errors import BrokerError, Conflict, NotFound
+from broker.jobs.queue import enqueue
+from broker.models import (
+    LIVE_STATES,
+    AgencyPolicy,
+    OfferState,
+    Order,
+    OrderState,
+    ProviderState,
+    Resource,
+    ResourceState,
+    Role,
+)
+from broker.services import audit, offers, policies, resources, webhooks
+from broker.services.pagination import Page, paginate
+from broker.services.quotes import offer_facts
+from providers.base import order_token
+
+PROVISION_JOB = "order.provision"
+
+
+class PolicyViolation(BrokerError):
+    status, code, title = 422, "policy_violation", "Your agency's policy forbids this order"
+
+
+class BudgetExceeded(BrokerError):
+    status, code, title = 422, "budget_exceeded", "The order would exceed your monthly budget"
+
+
+def snapshot(order: Order) -> dict[str, Any]:
+    return audit.snapshot(order, exclude=frozenset({"parameters", "prices", "version"}))
+
+
+def committed_monthly_cost(session: Session, organization_id: uuid.UUID) -> Decimal:
+    """What the agency has committed to per month: orders awaiting approval, plus every
+    machine being made or alive."""
+    pending = session.scalar(
+        select(func.coalesce(func.sum(Order.monthly_cost), 0)).where(
+            Order.organization_id == organization_id,
+            Order.state == OrderState.PENDING_APPROVAL,
+        )
+    )
+    machines = session.scalar(
+        select(func.coalesce(func.sum(Resource.unit_monthly_cost), 0)).where(
+            Resource.organization_id == organization_id,
+            Resource.state.in_([ResourceState.PROVISIONING, *LIVE_STATES]),
+        )
+    )
+    # The sums keep the columns' exact type: decimals, not floats.
+    return Decimal(pending or 0) + Decimal(machines or 0)
+
+
+def _notify(session: Session, order: Order) -> None:
+    webhooks.notify(
+        session,
+        order.organization_id,
+        webhooks.ORDER_STATE_CHANGED,
+        {"order_id": str(order.id), "state": order.state.value, "reason": order.state_reason},
+    )
+
+
+def _save(
+    session: Session,
+    actor: Caller | None,
+    action: str,
+    order: Order,
+    before: dict[str, Any] | None = None,
+) -> None:
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        action,
+        "order",
+        order.id,
+        organization_id=order.organization_id,
+        before=before,
+        after=snapshot(order),
+    )
+    _notify(session, order)
+
+
+def place_order(session: Session, caller: Caller, data: dict[str, Any], now: datetime) -> Order:
+    """Check and record an order (buyers). Approved at once under the approval threshold."""
+    offer = offers.get_offer(session, caller, data["offer_id"])
+    if offer.state is not OfferState.PUBLISHED or offer.provider.state is not ProviderState.ACTIVE:
+        raise Conflict("This offer cannot be ordered now.", code="not_orderable")
+    # Locking the policy row serializes this agency's orders on PostgreSQL (SQLite writers are
+    # serialized already), so the budget check below sees every order placed before.
+    policy_row = session.scalar(
+        select(AgencyPolicy)
+        .where(AgencyPolicy.organization_id == caller.organization_id)
+        .with_for_update()
+    )
+    policy = policies.policy_of(session, caller.organization_id)
+    reasons = policies.evaluate(
+        policy.sovereignty, offer_facts(offer, now), policy_currency=policy.budget_currency
+    )
+    if reasons:
+        raise PolicyViolation(
+            "; ".join(reason.detail for reason in reasons),
+            reasons=[{"code": r.code, "detail": r.detail} for r in reasons],
+        )
+    unit = monthly_price(offers.prices_of(offer), offers.specs_of(offer))
+    total = unit * data["quantity"]
+    if policy_row is not None and policy.monthly_budget is not None:
+        committed = committed_monthly_cost(session, caller.organization_id)
+        if committed + total > policy.monthly_budget:
+            raise BudgetExceeded(
+                f"{total} {offer.currency} a month on top of {committed} committed exceeds the "
+                f"monthly budget of {policy.monthly_budget} {policy.currency}.",
+                committed=str(committed),
+                order_monthly_cost=str(total),
+                monthly_budget=str(policy.monthly_budget),
+            )
+    threshold = policy.approval_threshold
+    needs_approval = threshold is not None and total > threshold
+    order = Order(
+        id=uuid.uuid4(),
+        organization_id=caller.organization_id,
+        created_by=caller.client_id,
+        offer_id=offer.id,
+        provider_id=offer.provider_id,
+        name=data["name"],
+        quantity=data["quantity"],
+        parameters=data.get("parameters") or {},
+        prices=offer.prices,
+        currency=offer.currency,
+        unit_monthly_cost=unit,
+        monthly_cost=total,
+        state=OrderState.PENDING_APPROVAL if needs_approval else OrderState.APPROVED,
+        state_reason=(
+            f"{total} {offer.currency} a month is over the approval threshold of {threshold}."
+            if needs_approval
+            else None
+        ),
+    )
+    session.add(order)
+    _save(session, caller, "order.placed", order)
+    if not needs_approval:
+        _start_provisioning(session, order, now)
+    return order
+
+
+def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
+    """Make the order's resources (to be created) and queue the job that creates them."""
+    for index in range(order.quantity):
+        resource = Resource(
+            id=uuid.uuid4(),
+            order_id=order.id,
+            organization_id=order.organization_id,
+            provider_id=order.provider_id,
+            offer_id=order.offer_id,
+            index=index,
+            name=order.name if order.quantity == 1 else f"{order.name}-{index + 1}",
+            token=order_token(order.id, index),
+            state=ResourceState.PROVISIONING,
+            unit_monthly_cost=order.unit_monthly_cost,
+            currency=order.currency,
+            addresses=[],
+        )
+        session.add(resource)
+        resources.record_event(session, resource, None, ResourceState.PROVISIONING, now=now)
+    enqueue(
+        session,
+        PROVISION_JOB,
+        {"order_id": str(order.id)},
+        organization_id=order.organization_id,
+        dedupe_key=f"{PROVISION_JOB}:{order.id}",
+    )
+
+
+def _visible(session: Session, caller: Caller, order_id: uuid.UUID) -> Order:
+    order = session.get(Order, order_id)
+    if order is None or not (caller.is_admin or order.organization_id == caller.organization_id):
+        raise NotFound("No such order.")
+    return order
+
+
+def get_order(session: Session, caller: Caller, order_id: uuid.UUID) -> Order:
+    return _visible(session, caller, order_id)
+
+
+def list_orders(
+    session: Session,
+    caller: Caller,
+    *,
+    limit: int,
+    cursor: str | None,
+    state: OrderState | None = None,
+) -> Page[Order]:
+    statement = select(Order)
+    if not caller.is_admin:
+        statement = statement.where(Order.organization_id == caller.organization_id)
+    if state is not None:
+        statement = statement.where(Order.state == state)
+    return paginate(
+        session,
+        statement,
+        [Order.created_at, Order.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+        scope=f"{caller.organization_id}:{state}",
+    )
+
+
+def _decide(
+    session: Session, caller: Caller, order_id: uuid.UUID, action: str
+) -> tuple[Order, dict[str, Any]]:
+    """The order an approver of its agency may decide, while it waits for a decision."""
+    order = _visible(session, caller, order_id)
+    if order.organization_id != caller.organization_id or Role.APPROVER not in caller.roles:
+        raise NotFound("No such order.")
+    if order.state is not OrderState.PENDING_APPROVAL:
+        raise Conflict(
+            f"Only an order awaiting approval can be {action}; this one is {order.state}.",
+            code="not_pending_approval",
+        )
+    return order, snapshot(order)
+
+
+def approve(session: Session, caller: Caller, order_id: uuid.UUID, now: datetime) -> Order:
+    order, before = _decide(session, caller, order_id, "approved")
+    order.state, order.state_reason = OrderState.APPROVED, None
+    order.decided_by, order.decided_at = caller.client_id, now
+    _save(session, caller, "order.approved", order, before)
+    _start_provisioning(session, order, now)
+    return order
+
+
+def reject(
+    session: Session, caller: Caller, order_id: uuid.UUID, reason: str, now: datetime
+) -> Order:
+    order, before = _decide(session, caller, order_id, "rejected")
+    order.state, order.state_reason = OrderState.REJECTED, reason
+    order.decided_by, order.decided_at = caller.client_id, now
+    _save(session, caller, "order.rejected", order, before)
+    return order
+
+
+def cancel(session: Session, caller: Caller, order_id: uuid.UUID, now: datetime) -> Order:
+    """Withdraw an order before its machines are being made (its agency's buyers and
+    approvers)."""
+    order = _visible(session, caller, order_id)
+    if order.organization_id != caller.organization_id:
+        raise NotFound("No such order.")
+    if order.state not in (OrderState.PENDING_APPROVAL, OrderState.APPROVED):
+        raise Conflict(
+            f"Only an order awaiting approval or not yet started can be cancelled; this one "
+            f"is {order.state}.",
+            code="not_cancellable",
+        )
+    before = snapshot(order)
+    order.state, order.state_reason = OrderState.CANCELLED, f"Cancelled by {caller.client_id}."
+    for resource in session.scalars(select(Resource).where(Resource.order_id == order.id)):
+        resources.transition(
+            session, resource, ResourceState.FAILED, "The order was cancelled.", now=now
+        )
+    _save(session, caller, "order.cancelled", order, before)
+    return order
+
+
+def finish(
+    session: Session, order: Order, state: OrderState, reason: str | None, now: datetime
+) -> None:
+    """Completed or failed, as the provisioning job found it (the worker is the actor)."""
+    before = snapshot(order)
+    order.state, order.state_reason = state, reason
+    order.completed_at = now
+    _save(session, None, f"order.{state.value}", order, before)
+
+
+def mark_provisioning(session: Session, order: Order) -> None:
+    before = snapshot(order)
+    order.state = OrderState.PROVISIONING
+    _save(session, None, "order.provisioning", order, before)

@@ -1,0 +1,121 @@
+"""The provisioning job: make an approved order's machines at its provider, exactly once.
+
+Each machine has its own token (`broker-order-<order id>-<n>`). The job asks the adapter to
+`ensure_provisioned` it, which looks the token up before creating, so a retry after any failure
+(a timeout after the cloud made the machine, a worker killed after the call, a crash before the
+commit) finds the machine instead of making a second one. What the job learns is committed per
+machine. Machines still booting make the job look again shortly (without spending an attempt).
+
+A provider that refuses for good (quota, bad request) fails the order with the reason; the
+machines already made are then terminated, as are those whose outcome is unknown when the job
+runs out of attempts: an order that failed leaves no machine behind to bill.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.jobs import crashpoints
+from broker.jobs.queue import JobContext, Reschedule
+from broker.models import Job, Offer, Order, OrderState, Resource, ResourceState
+from broker.services import adapters, orders, resources
+from providers.base import InstanceState, Permanent, ProvisionRequest
+
+# How soon to look again at machines still booting.
+BOOT_POLL_SECONDS = 2.0
+
+
+def _fail(session: Session, order: Order, reason: str, now: datetime) -> None:
+    """Fail the order; undo what was (or may have been) made."""
+    for resource in session.scalars(select(Resource).where(Resource.order_id == order.id)):
+        # Made, or maybe made by a call whose answer was lost: terminate it by ref or token.
+        if resource.state in (ResourceState.PROVISIONING, ResourceState.ACTIVE):
+            resources.begin_action(session, None, resource, "terminate", now)
+    orders.finish(session, order, OrderState.FAILED, reason, now)
+
+
+def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
+    order_id = uuid.UUID(job.payload["order_id"])
+    with context.db.transaction() as session:
+        order = session.get(Order, order_id)
+        if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
+            return {"skipped": f"the order is {order.state if order else 'gone'}"}
+        if order.state is OrderState.APPROVED:
+            orders.mark_provisioning(session, order)
+        offer = session.get(Offer, order.offer_id)
+        assert offer is not None
+        adapter = adapters.adapter_for_job(session, order.provider_id, context.config)
+        todo = [
+            (r.id, r.index, r.name)
+            for r in session.scalars(
+                select(Resource)
+                .where(Resource.order_id == order.id, Resource.state == ResourceState.PROVISIONING)
+                .order_by(Resource.index)
+            )
+        ]
+        sku, region, parameters = offer.sku, offer.region_code, dict(order.parameters)
+
+    booting = 0
+    for resource_id, index, name in todo:
+        request = ProvisionRequest(
+            order_id=order_id,
+            sku=sku,
+            region=region,
+            name=name,
+            image=parameters.get("image"),
+            index=index,
+            extra={k: v for k, v in parameters.items() if k != "image"},
+        )
+        try:
+            instance = adapter.ensure_provisioned(request)
+        except Permanent as error:
+            with context.db.transaction() as session:
+                order = session.get(Order, order_id)
+                assert order is not None
+                _fail(session, order, f"The provider refused: {error}", context.now())
+            return {"order": OrderState.FAILED.value}
+        crashpoints.reach("after_provider_call")
+        with context.db.transaction() as session:
+            resource = session.get(Resource, resource_id)
+            assert resource is not None
+            resource.provider_ref = instance.ref
+            resource.addresses = list(instance.addresses)
+            if instance.state is InstanceState.RUNNING:
+                resources.transition(session, resource, ResourceState.ACTIVE, now=context.now())
+            elif instance.state in (InstanceState.ERROR, InstanceState.DELETED):
+                order = session.get(Order, order_id)
+                assert order is not None
+                _fail(
+                    session,
+                    order,
+                    f"The provider reports the machine {resource.name} as {instance.state}.",
+                    context.now(),
+                )
+                return {"order": OrderState.FAILED.value}
+            else:
+                booting += 1
+            crashpoints.reach("before_commit")
+    if booting:
+        raise Reschedule(BOOT_POLL_SECONDS, f"{booting} machine(s) still booting")
+    with context.db.transaction() as session:
+        order = session.get(Order, order_id)
+        assert order is not None
+        if order.state is OrderState.PROVISIONING:
+            orders.finish(session, order, OrderState.COMPLETED, None, context.now())
+        return {"order": order.state.value, "machines": len(todo)}
+
+
+def provision_job_dead(context: JobContext, job: Job) -> None:
+    """Out of attempts (the provider kept failing): fail the order and clean up."""
+    with context.db.transaction() as session:
+        order = session.get(Order, uuid.UUID(job.payload["order_id"]))
+        dead = session.get(Job, job.id)
+        if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
+            return
+        error = dead.last_error if dead is not None else "unknown error"
+        _fail(session, order, f"The provider kept failing: {error}", context.now())

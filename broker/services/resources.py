@@ -1,0 +1,291 @@
+"""Resources: the machines orders made, their day-2 actions, and reconciliation with what the
+providers report.
+
+Every state change goes through `transition`, which timestamps it in `resource_events` (what
+metering reads) and tells the agency's webhooks. An action moves the resource to a transitional
+state at once (a second action meanwhile is a 409) and queues a job that calls the provider.
+A periodic job compares live resources with the providers: a machine deleted behind the
+broker's back is marked `terminated` with the reason, so it is never billed silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.auth.identity import Caller
+from broker.errors import Conflict, NotFound
+from broker.jobs.queue import JobContext, JobFailed, enqueue
+from broker.models import Job, Resource, ResourceEvent, ResourceState
+from broker.services import adapters, audit, webhooks
+from broker.services.pagination import Page, paginate
+from providers.base import Action, InstanceState, Permanent, ProviderError
+
+log = logging.getLogger("broker.resources")
+
+ACTION_JOB = "resource.action"
+RECONCILE_JOB = "resources.reconcile"
+
+GONE_REASON = "The machine no longer exists at the provider (deleted outside the broker)."
+
+# action → (states it may start from, transitional state, state once done)
+ACTIONS: dict[str, tuple[frozenset[ResourceState], ResourceState, ResourceState]] = {
+    "stop": (frozenset({ResourceState.ACTIVE}), ResourceState.STOPPING, ResourceState.STOPPED),
+    "start": (frozenset({ResourceState.STOPPED}), ResourceState.STARTING, ResourceState.ACTIVE),
+    "reboot": (frozenset({ResourceState.ACTIVE}), ResourceState.REBOOTING, ResourceState.ACTIVE),
+    "terminate": (
+        frozenset({ResourceState.ACTIVE, ResourceState.STOPPED, ResourceState.ERROR}),
+        ResourceState.TERMINATING,
+        ResourceState.TERMINATED,
+    ),
+}
+_PROVIDER_ACTIONS = {"stop": Action.STOP, "start": Action.START, "reboot": Action.REBOOT}
+
+
+def record_event(
+    session: Session,
+    resource: Resource,
+    from_state: ResourceState | None,
+    to_state: ResourceState,
+    reason: str | None = None,
+    *,
+    now: datetime,
+) -> None:
+    session.add(
+        ResourceEvent(
+            id=uuid.uuid4(),
+            resource_id=resource.id,
+            at=now,
+            from_state=from_state.value if from_state else None,
+            to_state=to_state.value,
+            reason=reason,
+        )
+    )
+
+
+def transition(
+    session: Session,
+    resource: Resource,
+    to_state: ResourceState,
+    reason: str | None = None,
+    *,
+    now: datetime,
+) -> None:
+    """Move `resource` to `to_state`, timestamped, and tell the agency."""
+    from_state = resource.state
+    if from_state is to_state and reason == resource.state_reason:
+        return
+    resource.state, resource.state_reason = to_state, reason
+    if to_state is ResourceState.ACTIVE and resource.activated_at is None:
+        resource.activated_at = now
+    if to_state is ResourceState.TERMINATED:
+        resource.terminated_at = now
+    record_event(session, resource, from_state, to_state, reason, now=now)
+    webhooks.notify(
+        session,
+        resource.organization_id,
+        webhooks.RESOURCE_STATE_CHANGED,
+        {
+            "resource_id": str(resource.id),
+            "order_id": str(resource.order_id),
+            "state": to_state.value,
+            "reason": reason,
+        },
+    )
+
+
+def get_resource(session: Session, caller: Caller, resource_id: uuid.UUID) -> Resource:
+    resource = session.get(Resource, resource_id)
+    if resource is None or not (
+        caller.is_admin or resource.organization_id == caller.organization_id
+    ):
+        raise NotFound("No such resource.")
+    return resource
+
+
+def list_resources(
+    session: Session,
+    caller: Caller,
+    *,
+    limit: int,
+    cursor: str | None,
+    order_id: uuid.UUID | None = None,
+    state: ResourceState | None = None,
+) -> Page[Resource]:
+    statement = select(Resource)
+    if not caller.is_admin:
+        statement = statement.where(Resource.organization_id == caller.organization_id)
+    if order_id is not None:
+        statement = statement.where(Resource.order_id == order_id)
+    if state is not None:
+        statement = statement.where(Resource.state == state)
+    return paginate(
+        session,
+        statement,
+        [Resource.created_at, Resource.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+        scope=f"{caller.organization_id}:{order_id}:{state}",
+    )
+
+
+def request_action(
+    session: Session, caller: Caller, resource_id: uuid.UUID, action: str, now: datetime
+) -> Job:
+    """Start `action` (the agency's buyers and approvers): 409 when the state forbids it."""
+    resource = get_resource(session, caller, resource_id)
+    if resource.organization_id != caller.organization_id:
+        raise NotFound("No such resource.")
+    allowed_from, doing, _ = ACTIONS[action]
+    if resource.state not in allowed_from:
+        raise Conflict(
+            f"Cannot {action} a resource that is {resource.state}.", code="action_not_allowed"
+        )
+    return begin_action(session, caller, resource, action, now)
+
+
+def begin_action(
+    session: Session, actor: Caller | None, resource: Resource, action: str, now: datetime
+) -> Job:
+    before = {"state": resource.state.value}
+    transition(session, resource, ACTIONS[action][1], now=now)
+    audit.record(
+        session,
+        actor,
+        f"resource.{action}",
+        "resource",
+        resource.id,
+        organization_id=resource.organization_id,
+        before=before,
+        after={"state": resource.state.value},
+    )
+    return enqueue(
+        session,
+        ACTION_JOB,
+        {"resource_id": str(resource.id), "action": action},
+        organization_id=resource.organization_id,
+        max_attempts=12,
+    )
+
+
+def run_action_job(context: JobContext, job: Job) -> dict[str, Any]:
+    """Carry out a stop/start/reboot/terminate at the provider. Idempotent: each call it makes
+    is safe to repeat (terminating a machine already gone succeeds)."""
+    resource_id, action = uuid.UUID(job.payload["resource_id"]), job.payload["action"]
+    _, doing, done = ACTIONS[action]
+    with context.db.transaction() as session:
+        resource = session.get(Resource, resource_id)
+        if resource is None or resource.state is not doing:
+            return {"skipped": "the resource is no longer waiting for this action"}
+        adapter = adapters.adapter_for_job(session, resource.provider_id, context.config)
+        ref, token = resource.provider_ref, resource.token
+    reason = None
+    try:
+        if ref is None:  # never confirmed: find it by its token, if it was made at all
+            found = adapter.find_by_token(token)
+            ref = found.ref if found is not None else None
+        if ref is not None:
+            if action == "terminate":
+                adapter.deprovision(ref)
+            else:
+                adapter.action(ref, _PROVIDER_ACTIONS[action])
+    except Permanent as error:
+        if error.code != "not_found":
+            raise
+        done, reason = ResourceState.TERMINATED, GONE_REASON
+    if ref is None and action == "terminate":
+        done, reason = ResourceState.FAILED, "It was never made at the provider."
+    with context.db.transaction() as session:
+        resource = session.get(Resource, resource_id)
+        if resource is None or resource.state is not doing:
+            return {"skipped": "the resource changed meanwhile"}
+        transition(session, resource, done, reason, now=context.now())
+        return {"state": done.value}
+
+
+def action_job_dead(context: JobContext, job: Job) -> None:
+    """The provider never carried the action out: say so on the resource."""
+    with context.db.transaction() as session:
+        resource = session.get(Resource, uuid.UUID(job.payload["resource_id"]))
+        dead = session.get(Job, job.id)
+        if resource is None or resource.state is not ACTIONS[job.payload["action"]][1]:
+            return
+        transition(
+            session,
+            resource,
+            ResourceState.ERROR,
+            f"The provider did not {job.payload['action']} it: {dead.last_error if dead else ''}",
+            now=context.now(),
+        )
+
+
+# Reconciliation ----------------------------------------------------------------------------
+
+_SETTLED = (ResourceState.ACTIVE, ResourceState.STOPPED, ResourceState.ERROR)
+_OBSERVED = {
+    InstanceState.RUNNING: ResourceState.ACTIVE,
+    InstanceState.STOPPED: ResourceState.STOPPED,
+    InstanceState.ERROR: ResourceState.ERROR,
+}
+
+
+def run_reconcile_job(context: JobContext, job: Job) -> dict[str, Any]:
+    """Compare every settled resource with its provider's view; correct the broker's."""
+    with context.db.session(read_only=True) as session:
+        provider_ids = list(
+            session.scalars(
+                select(Resource.provider_id)
+                .where(Resource.state.in_(_SETTLED), Resource.provider_ref.is_not(None))
+                .distinct()
+            )
+        )
+    changed, unreachable = 0, []
+    for provider_id in provider_ids:
+        try:
+            changed += _reconcile_provider(context, provider_id)
+        except (ProviderError, JobFailed) as error:  # one provider down must not stop the rest
+            unreachable.append(str(provider_id))
+            log.warning(
+                "reconciliation skipped a provider",
+                extra={"provider_id": str(provider_id), "error": type(error).__name__},
+            )
+    return {"providers": len(provider_ids), "changed": changed, "unreachable": unreachable}
+
+
+def _reconcile_provider(context: JobContext, provider_id: uuid.UUID) -> int:
+    with context.db.transaction() as session:
+        adapter = adapters.adapter_for_job(session, provider_id, context.config)
+        settled = [
+            (r.id, r.provider_ref, r.state)
+            for r in session.scalars(
+                select(Resource).where(
+                    Resource.provider_id == provider_id,
+                    Resource.state.in_(_SETTLED),
+                    Resource.provider_ref.is_not(None),
+                )
+            )
+        ]
+    changed = 0
+    for resource_id, ref, seen in settled:
+        assert ref is not None
+        instance = adapter.get(ref)
+        if instance is None or instance.state is InstanceState.DELETED:
+            target, reason = ResourceState.TERMINATED, GONE_REASON
+        else:
+            observed = _OBSERVED.get(instance.state)
+            if observed is None or observed is seen:
+                continue
+            target, reason = observed, "State reported by the provider."
+        with context.db.transaction() as session:
+            resource = session.get(Resource, resource_id)
+            if resource is None or resource.state is not seen:
+                continue  # an action or another reconciliation got there first
+            transition(session, resource, target, reason, now=context.now())
+            changed += 1
+    return changed

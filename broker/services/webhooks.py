@@ -1,0 +1,360 @@
+"""Webhooks: an agency's endpoints, and signed delivery of order and resource state changes.
+
+- `register` stores an endpoint with a new signing secret (32 random bytes, url-safe), shown
+  to the caller once: it is kept only encrypted (the credential keyring, bound to the
+  endpoint's id, so a ciphertext copied to another row does not decrypt there) and appears in
+  no response, audit event or log line afterwards.
+- `notify` is called by the orders and resources services in their own transaction: it
+  freezes the event document and queues one delivery job per active endpoint of the
+  organization subscribed to the event type (an empty subscription means every type). A
+  rolled-back change therefore notifies nobody, and a committed one is delivered even when
+  the receiver is down at that moment.
+- `run_delivery_job` POSTs the frozen event, serialized once, with
+  `Broker-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. Any
+  answer but 2xx (redirects are never followed), a timeout or a connection error fails the
+  attempt and the queue retries it with backoff, up to `MAX_ATTEMPTS`. An endpoint whose URL
+  is no longer safe (not https, or a name now resolving to a private address) makes the job
+  dead without sending anything. Receivers check deliveries with `verify_signature`, and
+  deduplicate them by `Broker-Delivery` (the event id): a retry sends the same event again.
+
+Tenancy: an agency's approvers manage their own organization's endpoints; the consortium's
+admins manage any organization's (their own by default). Other organizations' endpoints
+answer 404.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import requests
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.auth.identity import Caller
+from broker.errors import NotFound, ValidationFailed
+from broker.jobs.queue import JobContext, JobFailed, enqueue
+from broker.models import Job, Organization, Role, WebhookEndpoint
+from broker.models.base import utcnow
+from broker.services import audit
+from broker.services.adapters import ProviderRuntime
+from broker.services.credentials import CredentialsUnreadable, Keyring
+from broker.services.pagination import Page, paginate
+from providers.base import Throttled
+from providers.http import HttpPolicy, UnsafeEndpoint, parse_retry_after
+
+JOB_KIND = "webhook.deliver"
+MAX_ATTEMPTS = 10
+
+ORDER_STATE_CHANGED = "order.state_changed"
+RESOURCE_STATE_CHANGED = "resource.state_changed"
+EVENT_TYPES: tuple[str, ...] = (ORDER_STATE_CHANGED, RESOURCE_STATE_CHANGED)
+
+SIGNATURE_HEADER = "Broker-Signature"
+EVENT_HEADER = "Broker-Event"
+DELIVERY_HEADER = "Broker-Delivery"
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+_AUDIT_EXCLUDE = frozenset({"secret_ciphertext"})
+
+
+class DeliveryFailed(Exception):
+    """One delivery attempt failed in a way a later attempt may not (the job is retried)."""
+
+
+# Endpoints ------------------------------------------------------------------------------
+
+
+def _may_manage(caller: Caller, organization_id: uuid.UUID) -> bool:
+    own = Role.APPROVER in caller.roles and caller.organization_id == organization_id
+    return caller.is_admin or own
+
+
+def _check_url(url: str, http: HttpPolicy) -> None:
+    try:
+        http.check_url(url)
+    except UnsafeEndpoint as error:
+        raise ValidationFailed(errors={"url": [str(error)]}) from None
+    except ValueError:  # e.g. a port out of range
+        raise ValidationFailed(errors={"url": ["Not a valid URL."]}) from None
+
+
+def _events(events: list[str]) -> list[str]:
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if unknown:
+        raise ValidationFailed(errors={"events": [f"Unknown event type(s): {', '.join(unknown)}."]})
+    return sorted(set(events))
+
+
+def register(
+    session: Session,
+    caller: Caller,
+    url: str,
+    events: list[str],
+    keyring: Keyring,
+    http: HttpPolicy,
+    *,
+    organization_id: uuid.UUID | None = None,
+) -> tuple[WebhookEndpoint, str]:
+    """Register an endpoint of `organization_id` (default: the caller's organization); the
+    endpoint and its signing secret, which is never given out again."""
+    owner = caller.organization_id if organization_id is None else organization_id
+    if not _may_manage(caller, owner) or session.get(Organization, owner) is None:
+        raise NotFound("No such organization.")
+    _check_url(url, http)
+    subscribed = _events(events)
+    secret = secrets.token_urlsafe(32)
+    endpoint = WebhookEndpoint(
+        id=uuid.uuid4(), organization_id=owner, url=url, events=subscribed, active=True
+    )
+    endpoint.secret_ciphertext = keyring.encrypt(endpoint.id, {"secret": secret})
+    session.add(endpoint)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "webhook.created",
+        "webhook_endpoint",
+        endpoint.id,
+        organization_id=owner,
+        after=audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE),
+    )
+    return endpoint, secret
+
+
+def get_endpoint(session: Session, caller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """An endpoint the caller may manage (others are 404, like unknown ids)."""
+    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    if endpoint is None or not _may_manage(caller, endpoint.organization_id):
+        raise NotFound("No such webhook endpoint.")
+    return endpoint
+
+
+def list_endpoints(
+    session: Session,
+    caller: Caller,
+    *,
+    organization_id: uuid.UUID | None = None,
+    limit: int,
+    cursor: str | None,
+) -> Page[WebhookEndpoint]:
+    """Admins list every organization's endpoints (or one's); approvers their own."""
+    statement = select(WebhookEndpoint)
+    if not caller.is_admin:
+        if Role.APPROVER not in caller.roles:
+            return Page([], None)
+        statement = statement.where(WebhookEndpoint.organization_id == caller.organization_id)
+    if organization_id is not None:
+        statement = statement.where(WebhookEndpoint.organization_id == organization_id)
+    return paginate(
+        session,
+        statement,
+        [WebhookEndpoint.created_at, WebhookEndpoint.id],
+        limit=limit,
+        cursor=cursor,
+        scope=f"webhooks:{organization_id or ''}",
+    )
+
+
+def delete_endpoint(session: Session, caller: Caller, endpoint_id: uuid.UUID) -> None:
+    """Forget an endpoint; deliveries still queued for it are skipped."""
+    endpoint = get_endpoint(session, caller, endpoint_id)
+    before = audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE)
+    session.delete(endpoint)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "webhook.deleted",
+        "webhook_endpoint",
+        endpoint_id,
+        organization_id=endpoint.organization_id,
+        before=before,
+    )
+
+
+# Events ---------------------------------------------------------------------------------
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _jsonable(value: Any) -> Any:
+    """`data` as plain JSON (instants in UTC with Z, ids and amounts as strings)."""
+    if isinstance(value, datetime):
+        return _timestamp(value)
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _jsonable(value.value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"{type(value).__name__} cannot go into a webhook event.")
+
+
+def _subscribed(endpoint: WebhookEndpoint, event_type: str) -> bool:
+    return not endpoint.events or event_type in endpoint.events
+
+
+def notify(
+    session: Session,
+    organization_id: uuid.UUID,
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    occurred_at: datetime | None = None,
+) -> int:
+    """Queue, in the caller's transaction, the delivery of one event to every active endpoint
+    of `organization_id` subscribed to `event_type`; the number of deliveries queued.
+
+    The event document is frozen now: a delivery (and every retry of it) sends exactly this.
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"Unknown webhook event type {event_type!r}.")
+    endpoints = session.scalars(
+        select(WebhookEndpoint)
+        .where(
+            WebhookEndpoint.organization_id == organization_id,
+            WebhookEndpoint.active.is_(True),
+        )
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    ).all()
+    targets = [endpoint for endpoint in endpoints if _subscribed(endpoint, event_type)]
+    if not targets:
+        return 0
+    event = {
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "occurred_at": _timestamp(occurred_at or utcnow()),
+        "data": _jsonable(data),
+    }
+    for endpoint in targets:
+        enqueue(
+            session,
+            JOB_KIND,
+            {"endpoint_id": str(endpoint.id), "event": event},
+            organization_id=organization_id,
+            max_attempts=MAX_ATTEMPTS,
+        )
+    return len(targets)
+
+
+# Delivery -------------------------------------------------------------------------------
+
+
+def serialize(event: dict[str, Any]) -> bytes:
+    """The body sent for `event`: compact, keys sorted, so every attempt sends the same bytes."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The `Broker-Signature` header value for `body` sent at `timestamp` (unix seconds)."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, body)}"
+
+
+def verify_signature(
+    secret: str,
+    header: str | None,
+    body: bytes | str,
+    tolerance: float = SIGNATURE_TOLERANCE_SECONDS,
+    now: datetime | None = None,
+) -> bool:
+    """Whether `header` (a `Broker-Signature`) signs exactly `body` with `secret`, at a time
+    within `tolerance` seconds of `now` (a replayed old delivery fails). For receivers."""
+    if not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            try:
+                timestamp = int(value)
+            except ValueError:
+                return False
+        elif key == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    current = (now or utcnow()).timestamp()
+    if abs(current - timestamp) > tolerance:
+        return False
+    raw = body.encode() if isinstance(body, str) else body
+    expected = _mac(secret, timestamp, raw)
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+def run_delivery_job(context: JobContext, job: Job) -> dict[str, Any]:
+    """The job handler: send one frozen event to one endpoint, signed."""
+    runtime = ProviderRuntime.from_config(context.config)
+    endpoint_id = uuid.UUID(job.payload["endpoint_id"])
+    event: dict[str, Any] = job.payload["event"]
+    with context.db.session(read_only=True) as session:
+        endpoint = session.get(WebhookEndpoint, endpoint_id)
+        if endpoint is None:
+            return {"skipped": "The endpoint was deleted."}
+        if not endpoint.active:
+            return {"skipped": "The endpoint is inactive."}
+        url, ciphertext = endpoint.url, endpoint.secret_ciphertext
+    try:
+        secret = runtime.keyring.decrypt(endpoint_id, ciphertext)["secret"]
+    except (CredentialsUnreadable, KeyError):
+        raise JobFailed(
+            "The endpoint's signing secret cannot be read; register the endpoint again."
+        ) from None
+    try:
+        runtime.http.check_url(url)
+    except ValueError as error:
+        raise JobFailed(f"The endpoint URL is no longer safe to call: {error}") from None
+
+    body = serialize(event)
+    timestamp = int(context.now().timestamp())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "cloud-broker-webhooks",
+        EVENT_HEADER: str(event["type"]),
+        DELIVERY_HEADER: str(event["id"]),
+        SIGNATURE_HEADER: sign(secret, body, timestamp),
+    }
+    try:
+        with runtime.http.session() as client:
+            response = client.post(
+                url, data=body, headers=headers, timeout=runtime.http.timeout, stream=True
+            )
+            response.close()  # the receiver's answer body is of no interest
+    except UnsafeEndpoint as error:  # the name changed between the check and the connection
+        raise JobFailed(f"The endpoint URL is no longer safe to call: {error}") from None
+    except requests.Timeout:
+        raise DeliveryFailed(
+            f"The endpoint did not answer within {runtime.http.timeout:g} s."
+        ) from None
+    except requests.RequestException as error:
+        # requests' messages carry the URL, which may hold the receiver's own token.
+        raise DeliveryFailed(
+            f"The endpoint could not be reached ({type(error).__name__})."
+        ) from None
+    status = response.status_code
+    if 200 <= status < 300:
+        return {"status": status}
+    if status in (429, 503) and "Retry-After" in response.headers:
+        delay = parse_retry_after(response.headers.get("Retry-After"), default=60.0)
+        raise Throttled(f"The endpoint answered {status}; retry in {delay:g} s.", delay)
+    if 300 <= status < 400:
+        raise DeliveryFailed(f"The endpoint answered {status}; redirects are not followed.")
+    raise DeliveryFailed(f"The endpoint answered {status}.")
