@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billing.money import round_amount
 from billing.rating import monthly_price
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, Conflict, NotFound
@@ -131,12 +132,19 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
     if policy_row is not None and policy.monthly_budget is not None:
         committed = committed_monthly_cost(session, caller.organization_id)
         if committed + total > policy.monthly_budget:
+            shown = {
+                name: str(round_amount(amount, offer.currency))
+                for name, amount in (
+                    ("committed", committed),
+                    ("order_monthly_cost", total),
+                    ("monthly_budget", policy.monthly_budget),
+                )
+            }
             raise BudgetExceeded(
-                f"{total} {offer.currency} a month on top of {committed} committed exceeds the "
-                f"monthly budget of {policy.monthly_budget} {policy.currency}.",
-                committed=str(committed),
-                order_monthly_cost=str(total),
-                monthly_budget=str(policy.monthly_budget),
+                f"{shown['order_monthly_cost']} {offer.currency} a month on top of "
+                f"{shown['committed']} committed exceeds the monthly budget of "
+                f"{shown['monthly_budget']} {policy.currency}.",
+                **shown,
             )
     threshold = policy.approval_threshold
     needs_approval = threshold is not None and total > threshold
@@ -155,7 +163,8 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
         monthly_cost=total,
         state=OrderState.PENDING_APPROVAL if needs_approval else OrderState.APPROVED,
         state_reason=(
-            f"{total} {offer.currency} a month is over the approval threshold of {threshold}."
+            f"{total} {offer.currency} a month is over the approval threshold of "
+            f"{round_amount(threshold, offer.currency)}."
             if needs_approval
             else None
         ),
@@ -195,8 +204,10 @@ def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
     )
 
 
-def _visible(session: Session, caller: Caller, order_id: uuid.UUID) -> Order:
-    order = session.get(Order, order_id)
+def _visible(session: Session, caller: Caller, order_id: uuid.UUID, *, lock: bool = False) -> Order:
+    """The order, if the caller's agency placed it (admins: any). `lock` holds its row until
+    the transaction ends, so that of two concurrent decisions the second sees the first."""
+    order = session.get(Order, order_id, with_for_update=lock)
     if order is None or not (caller.is_admin or order.organization_id == caller.organization_id):
         raise NotFound("No such order.")
     return order
@@ -234,7 +245,7 @@ def _decide(
     session: Session, caller: Caller, order_id: uuid.UUID, action: str
 ) -> tuple[Order, dict[str, Any]]:
     """The order an approver of its agency may decide, while it waits for a decision."""
-    order = _visible(session, caller, order_id)
+    order = _visible(session, caller, order_id, lock=True)
     if order.organization_id != caller.organization_id or Role.APPROVER not in caller.roles:
         raise NotFound("No such order.")
     if order.state is not OrderState.PENDING_APPROVAL:
@@ -267,7 +278,7 @@ def reject(
 def cancel(session: Session, caller: Caller, order_id: uuid.UUID, now: datetime) -> Order:
     """Withdraw an order before its machines are being made (its agency's buyers and
     approvers)."""
-    order = _visible(session, caller, order_id)
+    order = _visible(session, caller, order_id, lock=True)
     if order.organization_id != caller.organization_id:
         raise NotFound("No such order.")
     if order.state not in (OrderState.PENDING_APPROVAL, OrderState.APPROVED):
