@@ -33,6 +33,7 @@ from broker.jobs.queue import (
     JobContext,
     JobFailed,
     backoff,
+    bury_abandoned,
     claim,
     enqueue,
     run_one,
@@ -429,11 +430,14 @@ def test_a_job_whose_worker_keeps_dying_is_dead_after_max_attempts(
     retaken = claim(db, "worker-2", t0 + step)  # attempt 2, the last: it dies too
     assert retaken is not None and retaken.attempts == 2
 
-    again = claim(db, "worker-3", t0 + 2 * step)
+    assert claim(db, "worker-3", t0 + 2 * step) is None  # never a third attempt
+    buried: list[uuid.UUID] = []
+    assert bury_abandoned(db, t0 + 2 * step, {KIND: lambda _s, job, _t: buried.append(job.id)}) == 1
 
     job = _job(db, job_id)
-    assert again is None
     assert (job.attempts, job.state) == (2, JobState.DEAD)
+    assert job.last_error == "The worker running the last attempt stopped without finishing."
+    assert buried == [job_id]  # its dead handler ran
 
 
 def test_an_absurd_retry_after_does_not_wedge_the_job(

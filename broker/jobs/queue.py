@@ -66,8 +66,9 @@ class JobContext:
 
 
 Handler = Callable[[JobContext, Job], dict[str, Any] | None]
-# Called (in its own transaction) when a job of the kind has just become `dead`.
-DeadHandler = Callable[[JobContext, Job], None]
+# Called in the very transaction that makes a job of its kind `dead` (so a crash cannot
+# separate the two), with that job and the time.
+DeadHandler = Callable[[Session, Job, datetime], None]
 
 
 def enqueue(
@@ -116,35 +117,71 @@ def claim(db: Database, worker: str, now: datetime, lease: timedelta = LEASE) ->
     """Lease the next ready job to `worker`; None when there is none.
 
     A job whose lease ran out had its worker die under it: it runs again, unless that was its
-    last attempt (a job that kills its worker must not loop forever), then it is `dead`.
+    last attempt (see `bury_abandoned`).
     """
     ready = or_(
         (Job.state.in_([JobState.QUEUED, JobState.FAILED])) & (Job.run_after <= now),
-        (Job.state == JobState.RUNNING) & (Job.lease_until < now),
+        (Job.state == JobState.RUNNING)
+        & (Job.lease_until < now)
+        & (Job.attempts < Job.max_attempts),
     )
     with db.transaction() as session:
-        while True:
-            job = session.scalar(
-                select(Job)
-                .where(ready)
-                .order_by(Job.run_after, Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
+        job = session.scalar(
+            select(Job)
+            .where(ready)
+            .order_by(Job.run_after, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if job is None:
+            return None
+        job.state, job.worker = JobState.RUNNING, worker
+        job.attempts += 1
+        job.lease_until = now + lease
+        session.flush()
+        session.expunge(job)
+        return job
+
+
+def _make_dead(
+    session: Session,
+    job: Job,
+    now: datetime,
+    on_dead: Mapping[str, DeadHandler] | None,
+) -> None:
+    """Mark `job` dead and run its kind's dead handler in the same transaction. A failing
+    handler is logged and rolled back on its own: the job is dead all the same."""
+    job.state, job.lease_until = JobState.DEAD, None
+    job.finished_at, job.dedupe_key = now, None
+    handler = (on_dead or {}).get(job.kind)
+    if handler is None:
+        return
+    try:
+        with session.begin_nested():
+            handler(session, job, now)
+    except Exception:
+        log.exception("dead-job handler failed", extra={"job_id": str(job.id), "kind": job.kind})
+
+
+def bury_abandoned(
+    db: Database, now: datetime, on_dead: Mapping[str, DeadHandler] | None = None
+) -> int:
+    """Jobs whose worker died during their last attempt (a job that kills its worker must not
+    loop forever) become `dead`, their dead handlers run."""
+    with db.transaction() as session:
+        abandoned = session.scalars(
+            select(Job)
+            .where(
+                Job.state == JobState.RUNNING,
+                Job.lease_until < now,
+                Job.attempts >= Job.max_attempts,
             )
-            if job is None:
-                return None
-            if job.state is JobState.RUNNING and job.attempts >= job.max_attempts:
-                job.state, job.lease_until = JobState.DEAD, None
-                job.finished_at, job.dedupe_key = now, None
-                job.last_error = "The worker running the last attempt stopped without finishing."
-                session.flush()
-                continue
-            job.state, job.worker = JobState.RUNNING, worker
-            job.attempts += 1
-            job.lease_until = now + lease
-            session.flush()
-            session.expunge(job)
-            return job
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in abandoned:
+            job.last_error = "The worker running the last attempt stopped without finishing."
+            _make_dead(session, job, now, on_dead)
+        return len(abandoned)
 
 
 @dataclass(frozen=True)
@@ -213,6 +250,7 @@ def _finish(
     *,
     result: dict[str, Any] | None = None,
     error: BaseException | None = None,
+    on_dead: Mapping[str, DeadHandler] | None = None,
 ) -> JobState | None:
     with db.transaction() as session:
         current = session.get(Job, job.id, with_for_update=True)
@@ -229,14 +267,14 @@ def _finish(
         else:
             current.last_error = f"{type(error).__name__}: {error}"[:1000]
             if isinstance(error, JobFailed | Permanent) or current.attempts >= current.max_attempts:
-                current.state = JobState.DEAD
+                _make_dead(session, current, now, on_dead)
             else:
                 current.state = JobState.FAILED
                 delay = (
                     error.retry_after if isinstance(error, Throttled) else backoff(current.attempts)
                 )
                 current.run_after = now + timedelta(seconds=min(max(delay, 0), MAX_DELAY_SECONDS))
-        if current.state in (JobState.SUCCEEDED, JobState.DEAD):
+        if current.state is JobState.SUCCEEDED:
             current.finished_at, current.dedupe_key = now, None
         return current.state
 
@@ -261,6 +299,7 @@ def run_one(
 ) -> Job | None:
     """Claim and run one job ready at `ready_at` (default: now); the job as claimed, or None
     when nothing was ready."""
+    bury_abandoned(context.db, context.now(), on_dead)
     job = claim(context.db, worker, ready_at or context.now(), context.lease)
     if job is None:
         return None
@@ -277,13 +316,11 @@ def run_one(
     except Exception as error:
         stop.set()
         beating.join()
-        state = _finish(context.db, job, context.now(), error=error)
+        state = _finish(context.db, job, context.now(), error=error, on_dead=on_dead)
         if not isinstance(error, Reschedule):
             log.warning(
                 "job failed", extra={**fields, "state": state, "error": type(error).__name__}
             )
-        if state is JobState.DEAD and on_dead and job.kind in on_dead:
-            on_dead[job.kind](context, job)
     else:
         stop.set()
         beating.join()

@@ -14,7 +14,7 @@ runs out of attempts: an order that failed leaves no machine behind to bill.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -26,8 +26,9 @@ from broker.models import Job, Offer, Order, OrderState, Resource, ResourceState
 from broker.services import adapters, orders, resources
 from providers.base import InstanceState, Permanent, ProvisionRequest
 
-# How soon to look again at machines still booting.
+# How soon to look again at machines still booting, and how long they may take.
 BOOT_POLL_SECONDS = 2.0
+BOOT_TIMEOUT = timedelta(minutes=30)
 
 
 def _fail(session: Session, order: Order, reason: str, now: datetime) -> None:
@@ -50,14 +51,13 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         offer = session.get(Offer, order.offer_id)
         assert offer is not None
         adapter = adapters.adapter_for_job(session, order.provider_id, context.config)
-        todo = [
-            (r.id, r.index, r.name)
-            for r in session.scalars(
-                select(Resource)
-                .where(Resource.order_id == order.id, Resource.state == ResourceState.PROVISIONING)
-                .order_by(Resource.index)
-            )
-        ]
+        waiting = session.scalars(
+            select(Resource)
+            .where(Resource.order_id == order.id, Resource.state == ResourceState.PROVISIONING)
+            .order_by(Resource.index)
+        ).all()
+        todo = [(r.id, r.index, r.name) for r in waiting]
+        since = min((r.created_at for r in waiting), default=context.now())
         sku, region, parameters = offer.sku, offer.region_code, dict(order.parameters)
 
     booting = 0
@@ -100,6 +100,17 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             else:
                 booting += 1
             crashpoints.reach("before_commit")
+    if booting and context.now() - since > BOOT_TIMEOUT:
+        with context.db.transaction() as session:
+            order = session.get(Order, order_id, with_for_update=True)
+            assert order is not None
+            _fail(
+                session,
+                order,
+                f"The provider did not start {booting} machine(s) within {BOOT_TIMEOUT}.",
+                context.now(),
+            )
+        return {"order": OrderState.FAILED.value}
     if booting:
         raise Reschedule(BOOT_POLL_SECONDS, f"{booting} machine(s) still booting")
     with context.db.transaction() as session:
@@ -110,12 +121,9 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         return {"order": order.state.value, "machines": len(todo)}
 
 
-def provision_job_dead(context: JobContext, job: Job) -> None:
+def provision_job_dead(session: Session, job: Job, now: datetime) -> None:
     """Out of attempts (the provider kept failing): fail the order and clean up."""
-    with context.db.transaction() as session:
-        order = session.get(Order, uuid.UUID(job.payload["order_id"]))
-        dead = session.get(Job, job.id)
-        if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
-            return
-        error = dead.last_error if dead is not None else "unknown error"
-        _fail(session, order, f"The provider kept failing: {error}", context.now())
+    order = session.get(Order, uuid.UUID(job.payload["order_id"]), with_for_update=True)
+    if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
+        return
+    _fail(session, order, f"The provider kept failing: {job.last_error}", now)

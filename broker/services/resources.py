@@ -99,8 +99,12 @@ def transition(
     )
 
 
-def get_resource(session: Session, caller: Caller, resource_id: uuid.UUID) -> Resource:
-    resource = session.get(Resource, resource_id)
+def get_resource(
+    session: Session, caller: Caller, resource_id: uuid.UUID, *, lock: bool = False
+) -> Resource:
+    """The resource, if the caller's agency owns it (admins: any). `lock` holds its row until
+    the transaction ends: a state check and the change it allows are then one step."""
+    resource = session.get(Resource, resource_id, with_for_update=lock)
     if resource is None or not (
         caller.is_admin or resource.organization_id == caller.organization_id
     ):
@@ -139,7 +143,7 @@ def request_action(
     session: Session, caller: Caller, resource_id: uuid.UUID, action: str, now: datetime
 ) -> Job:
     """Start `action` (the agency's buyers and approvers): 409 when the state forbids it."""
-    resource = get_resource(session, caller, resource_id)
+    resource = get_resource(session, caller, resource_id, lock=True)
     if resource.organization_id != caller.organization_id:
         raise NotFound("No such resource.")
     allowed_from, doing, _ = ACTIONS[action]
@@ -202,27 +206,28 @@ def run_action_job(context: JobContext, job: Job) -> dict[str, Any]:
     if ref is None and action == "terminate":
         done, reason = ResourceState.FAILED, "It was never made at the provider."
     with context.db.transaction() as session:
-        resource = session.get(Resource, resource_id)
+        resource = session.get(Resource, resource_id, with_for_update=True)
         if resource is None or resource.state is not doing:
             return {"skipped": "the resource changed meanwhile"}
+        if ref is not None:
+            resource.provider_ref = ref  # found by its token, when the create's answer was lost
         transition(session, resource, done, reason, now=context.now())
         return {"state": done.value}
 
 
-def action_job_dead(context: JobContext, job: Job) -> None:
+def action_job_dead(session: Session, job: Job, now: datetime) -> None:
     """The provider never carried the action out: say so on the resource."""
-    with context.db.transaction() as session:
-        resource = session.get(Resource, uuid.UUID(job.payload["resource_id"]))
-        dead = session.get(Job, job.id)
-        if resource is None or resource.state is not ACTIONS[job.payload["action"]][1]:
-            return
-        transition(
-            session,
-            resource,
-            ResourceState.ERROR,
-            f"The provider did not {job.payload['action']} it: {dead.last_error if dead else ''}",
-            now=context.now(),
-        )
+    resource = session.get(Resource, uuid.UUID(job.payload["resource_id"]), with_for_update=True)
+    action = job.payload["action"]
+    if resource is None or resource.state is not ACTIONS[action][1]:
+        return
+    transition(
+        session,
+        resource,
+        ResourceState.ERROR,
+        f"The provider did not {action} it: {job.last_error}",
+        now=now,
+    )
 
 
 # Reconciliation ----------------------------------------------------------------------------
@@ -283,7 +288,7 @@ def _reconcile_provider(context: JobContext, provider_id: uuid.UUID) -> int:
                 continue
             target, reason = observed, "State reported by the provider."
         with context.db.transaction() as session:
-            resource = session.get(Resource, resource_id)
+            resource = session.get(Resource, resource_id, with_for_update=True)
             if resource is None or resource.state is not seen:
                 continue  # an action or another reconciliation got there first
             transition(session, resource, target, reason, now=context.now())
