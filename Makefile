@@ -21,8 +21,8 @@ run: $(STAMP)
 test: $(STAMP)
 	@logs=$$(mktemp -d); \
 	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster) in parallel =="; \
-	$(PY) -m pytest -q -p no:cacheprovider --db=sqlite > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider --db=postgresql > $$logs/postgresql.log 2>&1; pg=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql > $$logs/postgresql.log 2>&1; pg=$$?; \
 	wait $$lite_pid; lite=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \

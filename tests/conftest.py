@@ -49,6 +49,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# Suites that never touch the database: the PostgreSQL run skips them (the SQLite run has them).
+DATABASE_FREE = ("tests/adapters/", "tests/billing/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--db") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
+    for item in items:
+        if item.nodeid.startswith(DATABASE_FREE):
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _cluster
     if config.getoption("--db") != "postgresql" or hasattr(config, "workerinput"):

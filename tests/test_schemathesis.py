@@ -75,7 +75,7 @@ def valid_data_accepted(ctx, response, case):
 
 @schema.parametrize()
 @settings(
-    max_examples=40,
+    max_examples=25,
     derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
