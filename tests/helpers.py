@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,31 @@ T = TypeVar("T")
 
 
 PROBLEM = "application/problem+json"
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def fake_getaddrinfo(table: dict[str, list[str]]) -> Callable[..., list[Any]]:
+    """A `socket.getaddrinfo` answering the names of `table` with its addresses (names ending
+    in `.invalid` do not resolve; others resolve for real), so no test needs DNS."""
+
+    def getaddrinfo(
+        host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> list[Any]:
+        name = host.decode() if isinstance(host, bytes) else host
+        if isinstance(name, str) and name.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if name not in table:
+            return _real_getaddrinfo(host, port, family, type, proto, flags)
+        infos: list[Any] = []
+        for address in table[name]:
+            if ":" in address:
+                infos.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
+            else:
+                infos.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
+        return infos
+
+    return getaddrinfo
 
 
 def problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:

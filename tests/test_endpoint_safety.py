@@ -36,7 +36,7 @@ from tests.catalogue_fixtures import (
     provider_body,
 )
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import PROBLEM, all_pages, problem
+from tests.helpers import PROBLEM, all_pages, fake_getaddrinfo, problem
 
 PUBLIC_IP = "145.239.0.10"
 
@@ -55,29 +55,10 @@ FAKE_DNS: dict[str, list[str]] = {
     "keystone.example.fr": [PUBLIC_IP],
 }
 
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _fake_getaddrinfo(
-    host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
-) -> list[Any]:
-    name = host.decode() if isinstance(host, bytes) else host
-    if isinstance(name, str) and name.endswith(".invalid"):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    if name not in FAKE_DNS:
-        return _real_getaddrinfo(host, port, family, type, proto, flags)
-    infos: list[Any] = []
-    for address in FAKE_DNS[name]:
-        if ":" in address:
-            infos.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
-        else:
-            infos.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
-    return infos
-
 
 @pytest.fixture(autouse=True)
 def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    monkeypatch.setattr(socket, "getaddrinfo", _fake_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(FAKE_DNS))
     return FAKE_DNS
 
 

@@ -53,7 +53,7 @@ from broker.services import webhooks
 from broker.services.credentials import CredentialsUnreadable, Keyring
 from providers.http import HttpPolicy
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import all_pages, problem
+from tests.helpers import all_pages, fake_getaddrinfo, problem
 
 PUBLIC_IP = "145.239.0.10"
 HOOK_URL = "https://hooks.example.test/broker"
@@ -69,27 +69,10 @@ FAKE_DNS: dict[str, list[str]] = {
     "half-public.example.test": [PUBLIC_IP, "192.168.1.10"],
 }
 
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _fake_getaddrinfo(
-    host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
-) -> list[Any]:
-    name = host.decode() if isinstance(host, bytes) else host
-    if name not in FAKE_DNS:
-        return _real_getaddrinfo(host, port, family, type, proto, flags)
-    infos: list[Any] = []
-    for address in FAKE_DNS[name]:
-        if ":" in address:
-            infos.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
-        else:
-            infos.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
-    return infos
-
 
 @pytest.fixture(autouse=True)
 def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
-    monkeypatch.setattr(socket, "getaddrinfo", _fake_getaddrinfo)
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(FAKE_DNS))
     names = set(FAKE_DNS)
     yield FAKE_DNS
     for name in set(FAKE_DNS) - names:
