@@ -4,14 +4,18 @@
   needs it.
 - `claim` takes the oldest ready job in a transaction of its own: `FOR UPDATE SKIP LOCKED` on
   PostgreSQL, and under SQLite's `BEGIN IMMEDIATE` (one writer at a time) a plain read is
-  enough. A job whose lease ran out (its worker died) is ready again.
-- `run_one` calls the job's handler outside any transaction of the queue, then records the
-  outcome, unless the lease was lost meanwhile (another worker took the job over; its result
-  wins). Failures retry with exponential backoff and full jitter; `Permanent` errors, and the
-  last attempt, make the job `dead`. Handlers must be idempotent: a crash after their effect
-  but before the outcome is recorded runs them again.
-- `dispatch` (kind → handler) is the seam where a distributed queue could drive the same
-  handlers later.
+  enough. A job whose lease ran out (its worker died) is ready again; one whose worker died
+  on its last attempt is buried (`bury_abandoned`).
+- `run_one` calls the job's handler outside any transaction of the queue, renewing the lease
+  from a heartbeat thread, then records the outcome, unless the lease was lost meanwhile
+  (another worker took the job over; its result wins). Failures retry with exponential
+  backoff and full jitter (`Throttled`: when the provider said); `Reschedule` looks again
+  later without spending an attempt; `Permanent` errors and the last attempt make the job
+  `dead`, and the kind's dead handler runs in that same transaction. Handlers must be
+  idempotent: a crash after their effect but before the outcome is recorded runs them again.
+- `schedule_periodic` queues periodic kinds once per time slot, whatever the workers.
+- The handler maps (`broker/jobs/handlers.py`) are the seam where a distributed queue could
+  drive the same handlers later.
 """
 
 from __future__ import annotations
