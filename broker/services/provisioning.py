@@ -31,8 +31,11 @@ BOOT_POLL_SECONDS = 2.0
 BOOT_TIMEOUT = timedelta(minutes=30)
 
 
-def _fail(session: Session, order: Order, reason: str, now: datetime) -> None:
-    """Fail the order; undo what was (or may have been) made."""
+def _fail(session: Session, order_id: uuid.UUID, reason: str, now: datetime) -> None:
+    """Fail the order, unless it is settled already; undo what was (or may have been) made."""
+    order = session.get(Order, order_id, with_for_update=True)
+    if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
+        return
     for resource in session.scalars(select(Resource).where(Resource.order_id == order.id)):
         # Made, or maybe made by a call whose answer was lost: terminate it by ref or token.
         if resource.state in (ResourceState.PROVISIONING, ResourceState.ACTIVE):
@@ -75,9 +78,7 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             instance = adapter.ensure_provisioned(request)
         except Permanent as error:
             with context.db.transaction() as session:
-                order = session.get(Order, order_id)
-                assert order is not None
-                _fail(session, order, f"The provider refused: {error}", context.now())
+                _fail(session, order_id, f"The provider refused: {error}", context.now())
             return {"order": OrderState.FAILED.value}
         crashpoints.reach("after_provider_call")
         with context.db.transaction() as session:
@@ -88,11 +89,9 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             if instance.state is InstanceState.RUNNING:
                 resources.transition(session, resource, ResourceState.ACTIVE, now=context.now())
             elif instance.state in (InstanceState.ERROR, InstanceState.DELETED):
-                order = session.get(Order, order_id)
-                assert order is not None
                 _fail(
                     session,
-                    order,
+                    order_id,
                     f"The provider reports the machine {resource.name} as {instance.state}.",
                     context.now(),
                 )
@@ -102,11 +101,9 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             crashpoints.reach("before_commit")
     if booting and context.now() - since > BOOT_TIMEOUT:
         with context.db.transaction() as session:
-            order = session.get(Order, order_id, with_for_update=True)
-            assert order is not None
             _fail(
                 session,
-                order,
+                order_id,
                 f"The provider did not start {booting} machine(s) within {BOOT_TIMEOUT}.",
                 context.now(),
             )
@@ -123,7 +120,5 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
 
 def provision_job_dead(session: Session, job: Job, now: datetime) -> None:
     """Out of attempts (the provider kept failing): fail the order and clean up."""
-    order = session.get(Order, uuid.UUID(job.payload["order_id"]), with_for_update=True)
-    if order is None or order.state not in (OrderState.APPROVED, OrderState.PROVISIONING):
-        return
-    _fail(session, order, f"The provider kept failing: {job.last_error}", now)
+    order_id = uuid.UUID(job.payload["order_id"])
+    _fail(session, order_id, f"The provider kept failing: {job.last_error}", now)
