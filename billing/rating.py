@@ -41,6 +41,8 @@ class Price:
     unit_price: Decimal
     currency: str
     tiers: tuple[Tier, ...] = ()
+    # EN 16931 VAT category of what this price charges for (see billing.invoicing).
+    tax_category: str = "S"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the API application. `config` overrides settings read from the environment."""
     from broker.api import (
         audit,
+        billing,
         jobs,
         oauth,
         offers,
@@ -30,6 +31,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         providers,
         quotes,
         resources,
+        usage,
         webhooks,
     )
     from broker.api.base import Api, close_request_session
@@ -82,6 +84,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         quotes.blp,
         orders.blp,
         resources.blp,
+        usage.blp,
+        billing.profiles,
+        billing.runs,
+        billing.invoices,
         jobs.blp,
         webhooks.blp,
         audit.blp,

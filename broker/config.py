@@ -66,6 +66,19 @@ def load_config() -> dict[str, Any]:
         "PROVIDER_STATE_DIR": os.environ.get(
             "BROKER_PROVIDER_STATE_DIR", str(instance / "providers")
         ),
+        # Usage older than this many days is refused (a period that old is settled); usage
+        # ending more than USAGE_CLOCK_SKEW_SECONDS in the future is refused too.
+        "USAGE_LOOKBACK_DAYS": _int("BROKER_USAGE_LOOKBACK_DAYS", 62),
+        "USAGE_CLOCK_SKEW_SECONDS": _int("BROKER_USAGE_CLOCK_SKEW_SECONDS", 300),
+        # The seller on every invoice (the consortium), and how an agency without a billing
+        # profile is taxed.
+        "SELLER": {
+            "name": os.environ.get("BROKER_SELLER_NAME", "Sovereign Cloud Consortium"),
+            "address": os.environ.get("BROKER_SELLER_ADDRESS", ""),
+            "country": os.environ.get("BROKER_SELLER_COUNTRY", "FR"),
+            "vat_id": os.environ.get("BROKER_SELLER_VAT_ID", ""),
+        },
+        "DEFAULT_VAT_RATE": os.environ.get("BROKER_DEFAULT_VAT_RATE", "20"),
         "MAX_CONTENT_LENGTH": _int("BROKER_MAX_BODY_BYTES", 1024 * 1024),
         "IDEMPOTENCY_TTL_HOURS": _int("BROKER_IDEMPOTENCY_TTL_HOURS", 24),
         # How long a duplicate request waits for the first one to finish before answering 409.

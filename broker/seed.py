@@ -31,6 +31,7 @@ from broker.db import Database
 from broker.models import (
     AgencyPolicy,
     ApiClient,
+    BillingProfile,
     Offer,
     Organization,
     OrganizationKind,
@@ -38,13 +39,24 @@ from broker.models import (
     Role,
 )
 from broker.models.base import utcnow
-from broker.services import offers, organizations, policies, providers
+from broker.services import billing, offers, organizations, policies, providers
 
 # Each demo agency's policy: (currency, monthly budget, approval threshold). Orders above the
 # threshold wait for the agency's approver; the budget caps what is committed per month.
 DEMO_POLICIES: dict[str, tuple[str, str, str]] = {
     "Agence nationale des données de santé": ("EUR", "20000", "1000"),
     "Ville de Québec": ("CAD", "8000", "400"),
+}
+
+# Each demo agency's billing profile: (legal name, country, standard VAT rate in percent). Québec
+# charges GST and QST on the same base: 5 % + 9.975 %, shown as one rate.
+DEMO_BILLING: dict[str, tuple[str, str, str]] = {
+    "Agence nationale des données de santé": (
+        "Agence nationale des données de santé (établissement public)",
+        "FR",
+        "20",
+    ),
+    "Ville de Québec": ("Ville de Québec", "CA", "14.975"),
 }
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
@@ -388,13 +400,24 @@ def offer_payload(demo: DemoProvider, offer: DemoOffer, provider_id: uuid.UUID) 
 
 
 def _seed_policies(session: Session) -> None:
-    """Give each demo agency its policy, unless it has one already."""
+    """Give each demo agency its billing profile and policy, unless it has them already."""
     consortium = Caller(
         client_id="seed",
         organization_id=uuid.UUID(int=0),
         organization_kind=OrganizationKind.CONSORTIUM,
         roles=frozenset({Role.ADMIN}),
     )
+    for name, (legal_name, country, vat_rate) in DEMO_BILLING.items():
+        agency = session.scalars(select(Organization).where(Organization.name == name)).one()
+        if session.get(BillingProfile, agency.id) is None:
+            billing.put_profile(
+                session,
+                consortium,
+                agency.id,
+                {"legal_name": legal_name, "country": country, "vat_rate": Decimal(vat_rate)},
+                expected_version=0,
+                config={},
+            )
     for name, (currency, budget, threshold) in DEMO_POLICIES.items():
         agency = session.scalars(select(Organization).where(Organization.name == name)).one()
         if session.get(AgencyPolicy, agency.id) is not None:

@@ -154,14 +154,33 @@ def test_operator_creates_a_draft_offer(client: FlaskClient, setup: ProviderSetu
     assert offer["datacenter_tier"] == 3
     assert offer["specs"] == {"vcpu": 2, "ram_gib": 4.0, "disk_gib": 50, "gpu": 0}
     assert offer["prices"] == [
-        {"metric": "instance_hour", "unit": "hour", "unit_price": "0.05", "currency": "EUR"},
-        {"metric": "vcpu_hour", "unit": "vCPU-hour", "unit_price": "0.01", "currency": "EUR"},
-        {"metric": "ram_gib_hour", "unit": "GiB-hour", "unit_price": "0.002", "currency": "EUR"},
+        {
+            "metric": "instance_hour",
+            "unit": "hour",
+            "unit_price": "0.05",
+            "currency": "EUR",
+            "tax_category": "S",
+        },
+        {
+            "metric": "vcpu_hour",
+            "unit": "vCPU-hour",
+            "unit_price": "0.01",
+            "currency": "EUR",
+            "tax_category": "S",
+        },
+        {
+            "metric": "ram_gib_hour",
+            "unit": "GiB-hour",
+            "unit_price": "0.002",
+            "currency": "EUR",
+            "tax_category": "S",
+        },
         {
             "metric": "storage_gib_month",
             "unit": "GiB-month",
             "unit_price": "0.04",
             "currency": "EUR",
+            "tax_category": "S",
         },
     ]
     assert offer["currency"] == "EUR"
@@ -323,6 +342,7 @@ def test_tiers_are_echoed_as_strings(client: FlaskClient, setup: ProviderSetup) 
         "unit": "hour",
         "unit_price": "0.05",
         "currency": "EUR",
+        "tax_category": "S",
         "tiers": [
             {"up_to": "100", "unit_price": "0.06"},
             {"up_to": "500.5", "unit_price": "0.055"},
@@ -781,7 +801,13 @@ def test_editing_a_published_offer_makes_the_next_version(
     assert v2["sku"] == "gp-2-4"
     assert v2["published_at"] is None
     assert v2["prices"] == [
-        {"metric": "instance_hour", "unit": "hour", "unit_price": "0.06", "currency": "EUR"}
+        {
+            "metric": "instance_hour",
+            "unit": "hour",
+            "unit_price": "0.06",
+            "currency": "EUR",
+            "tax_category": "S",
+        }
     ]
     assert v2["monthly_price"] == "43.80"  # 0.06 × 730
     # Everything not changed is carried over from version 1.

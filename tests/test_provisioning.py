@@ -42,6 +42,7 @@ from broker.models import Job, JobState, Order, Resource, ResourceEvent
 from broker.services import orders as order_service
 from broker.services import provisioning
 from broker.services import resources as resource_service
+from broker.services import usage as usage_service
 from broker.services.orders import committed_monthly_cost
 from providers.base import Action, AdapterContext, ProvisionRequest
 from providers.http import HttpPolicy
@@ -50,6 +51,8 @@ from tests.catalogue_fixtures import OFFER_MONTHLY_PRICE, make_provider, publish
 from tests.conftest import ApiUser, MakeUser
 from tests.helpers import problem, run_concurrently
 
+# The reconciliation alone (metering and usage polling are periodic too: other suites).
+RECONCILE = [periodic for periodic in PERIODIC if periodic.kind == resource_service.RECONCILE_JOB]
 SKU = "sim-gp-2"
 REGION = "fr-par-1"  # a region of `catalogue_fixtures.default_regions`
 FLAVORS = [{"sku": SKU, "vcpu": 2, "ram_gib": "4", "disk_gib": 50, "region": REGION}]
@@ -306,7 +309,7 @@ def test_a_hundred_orders_through_thirty_percent_faults_make_exactly_a_hundred_m
 
 def _drive_reconcile(app: Flask, db: Database, clock: Clock) -> dict[str, Any]:
     """Queue this minute's reconciliation as a worker would, run it; its result."""
-    assert schedule_periodic(db, PERIODIC, clock()) == 1
+    assert schedule_periodic(db, RECONCILE, clock()) == 1
     _drive(app, db, clock)
     job = _jobs(db, resource_service.RECONCILE_JOB)[-1]
     assert job.state is JobState.SUCCEEDED, job.last_error
@@ -315,9 +318,13 @@ def _drive_reconcile(app: Flask, db: Database, clock: Clock) -> dict[str, Any]:
 
 
 def _adapter(app: Flask, market: Market) -> SimulatedAdapter:
-    """The provider's cloud as someone else sees it (its console): acts behind our back."""
+    """The provider's cloud as someone else sees it (its console): acts behind our back, at the
+    time of the test's clock (which the simulated cloud keeps)."""
     context = AdapterContext(
-        uuid.UUID(market.provider_id), Path(app.config["PROVIDER_STATE_DIR"]), HttpPolicy()
+        uuid.UUID(market.provider_id),
+        Path(app.config["PROVIDER_STATE_DIR"]),
+        HttpPolicy(),
+        clock=app.config.get("CLOCK", lambda: datetime.now(UTC)),
     )
     return SimulatedAdapter({"flavors": FLAVORS}, {}, context)
 
@@ -400,7 +407,8 @@ def test_machines_still_booting_make_the_job_look_again_without_spending_an_atte
     make_user: MakeUser,
     clock: Clock,
 ) -> None:
-    market = make_market(app, client, admin, make_user, provision_delay_seconds=2)
+    # The simulated cloud keeps the broker's (the test's) time: they boot in 3 s of it.
+    market = make_market(app, client, admin, make_user, provision_delay_seconds=3)
     order_id = place_order(client, market, quantity=2)
 
     assert _run(app, db, clock) == 1
@@ -420,9 +428,7 @@ def test_machines_still_booting_make_the_job_look_again_without_spending_an_atte
     assert (job.state, job.attempts) == (JobState.QUEUED, 0)
     assert len(market.cloud.instances()) == 2
 
-    ready = max(datetime.fromisoformat(r["ready_at"]) for r in market.live().values())
-    time.sleep(max(0.0, (ready - datetime.now(UTC)).total_seconds()) + 0.05)
-    clock.advance(provisioning.BOOT_POLL_SECONDS)
+    clock.advance(provisioning.BOOT_POLL_SECONDS)  # 4 s after the create: booted
     assert _run(app, db, clock) == 1
 
     job = _provision_job(db, order_id)
@@ -826,18 +832,18 @@ def test_a_provider_that_errors_does_not_stop_the_reconciliation_of_the_others(
 
 
 def test_schedule_periodic_queues_one_job_per_time_slot(db: Database) -> None:
-    (reconcile,) = PERIODIC
-    assert (reconcile.kind, reconcile.every) == (
-        resource_service.RECONCILE_JOB,
-        timedelta(minutes=1),
-    )
+    assert {(periodic.kind, periodic.every) for periodic in PERIODIC} == {
+        (resource_service.RECONCILE_JOB, timedelta(minutes=1)),
+        (usage_service.METER_JOB, timedelta(minutes=5)),
+        (usage_service.POLL_JOB, timedelta(minutes=15)),
+    }
     slot = int(time.time()) // 60 + 1
     start = datetime.fromtimestamp(slot * 60, UTC)
 
-    assert schedule_periodic(db, PERIODIC, start) == 1
-    assert schedule_periodic(db, PERIODIC, start + timedelta(seconds=59.999)) == 0
-    assert schedule_periodic(db, PERIODIC, start + timedelta(seconds=60)) == 1
-    assert schedule_periodic(db, PERIODIC, start + timedelta(seconds=119)) == 0
+    assert schedule_periodic(db, RECONCILE, start) == 1
+    assert schedule_periodic(db, RECONCILE, start + timedelta(seconds=59.999)) == 0
+    assert schedule_periodic(db, RECONCILE, start + timedelta(seconds=60)) == 1
+    assert schedule_periodic(db, RECONCILE, start + timedelta(seconds=119)) == 0
 
     jobs = _jobs(db, resource_service.RECONCILE_JOB)
     assert sorted((j.schedule_key, j.payload["slot"]) for j in jobs) == [

@@ -5,8 +5,9 @@ request accepted, no valid request refused.
 
 Documented refusals are taught to its checks: a missing `If-Match` answers 428 (RFC 6585), a
 cursor this API never issued is refused on `cursor`, an Idempotency-Key reused with another
-body is 422, a price bound without its currency is 422, and the token endpoint answers bad
-credentials in RFC 6749's 400/401.
+body is 422, a price bound without its currency is 422, pushed usage must be of the caller's
+own machines and within its time window, a billing run's period must have started, and the
+token endpoint answers bad credentials in RFC 6749's 400/401.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def _documented_refusal(response, case) -> bool:
             for key in body.get("errors", {})
         ):
             return True  # each adapter names its own settings: the installed plugins decide
+        if case.path == "/v1/usage" and all(
+            key.split(".")[-1] in {"resource_id", "end"} for key in body.get("errors", {})
+        ):
+            return True  # usage of your own machines, in the lookback window, within a month
+        if case.path == "/v1/billing-runs" and set(body.get("errors", {})) == {"period"}:
+            return True  # a period that has started (and not before 2000)
         return set(body.get("errors", {})) == {"cursor"}  # a cursor we never issued
     return False
 

@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 from flask import Response, jsonify
 
+from billing.invoicing import STANDARD, TAX_CATEGORIES
 from billing.rating import METRICS
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
@@ -59,6 +60,11 @@ class PriceSchema(StrictSchema):
         ma.fields.Nested(TierSchema),
         validate=ma.validate.Length(min=1, max=20),
         metadata={"description": "Graduated: each band of the quantity at its own price."},
+    )
+    tax_category = ma.fields.String(
+        load_default=STANDARD,
+        validate=ma.validate.OneOf(sorted(TAX_CATEGORIES)),
+        metadata={"description": "EN 16931 VAT category: S standard (the default), Z, E, AE."},
     )
 
 

@@ -16,6 +16,7 @@ from broker.api.schemas import (
     StrictSchema,
     Timestamp,
     WholeNumber,
+    agency_id_field,
     name_field,
     page_of,
     slug_field,
@@ -56,6 +57,7 @@ class OrderListArgs(ListArgs):
 class OrderSchema(ma.Schema):
     id = ma.fields.UUID()
     organization_id = ma.fields.UUID()
+    agency_id = agency_id_field()
     created_by = ma.fields.String()
     offer_id = ma.fields.UUID()
     provider_id = ma.fields.UUID()

@@ -6,12 +6,14 @@ import uuid
 from typing import Any
 
 import marshmallow as ma
+from flask import Response, jsonify
 
 from broker.api.base import Blueprint, current_caller, now, request_session
 from broker.api.jobs import JobSchema, job_location
-from broker.api.schemas import ListArgs, Money, StrictSchema, Timestamp, page_of
+from broker.api.schemas import ListArgs, Money, StrictSchema, Timestamp, agency_id_field, page_of
 from broker.models import ResourceState, Role
 from broker.services import resources as service
+from broker.services import usage
 
 blp = Blueprint("resources", __name__, url_prefix="/v1/resources", description="Resources")
 
@@ -32,6 +34,7 @@ class ResourceSchema(ma.Schema):
     id = ma.fields.UUID()
     order_id = ma.fields.UUID()
     organization_id = ma.fields.UUID()
+    agency_id = agency_id_field()
     provider_id = ma.fields.UUID()
     offer_id = ma.fields.UUID()
     name = ma.fields.String()
@@ -46,8 +49,30 @@ class ResourceSchema(ma.Schema):
     terminated_at = Timestamp(allow_none=True)
 
 
+class CostLineSchema(ma.Schema):
+    metric = ma.fields.String()
+    quantity = ma.fields.Decimal(as_string=True)
+    unit_price = Money()
+    amount = Money(currency_from="currency")
+    currency = ma.fields.String()
+
+
+class CostSchema(ma.Schema):
+    period = ma.fields.String()
+    currency = ma.fields.String()
+    amount = Money(currency_from="currency")
+    lines = ma.fields.List(ma.fields.Nested(CostLineSchema))
+
+
 class ResourceDetailSchema(ResourceSchema):
     events = ma.fields.List(ma.fields.Nested(ResourceEventSchema))
+    cost_this_period = ma.fields.Nested(
+        CostSchema,
+        metadata={
+            "description": "At its order's prices, before tax: metered usage plus the running "
+            "time not metered yet."
+        },
+    )
 
 
 class ActionSchema(StrictSchema):
@@ -66,9 +91,13 @@ def list_resources(args: dict[str, Any]) -> Any:
 @blp.route("/<uuid:resource_id>", methods=["GET"])
 @blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
 @blp.response(200, ResourceDetailSchema)
-def get_resource(resource_id: uuid.UUID) -> Any:
-    """A machine, with every state it went through and when."""
-    return service.get_resource(request_session(), current_caller(), resource_id)
+def get_resource(resource_id: uuid.UUID) -> Response:
+    """A machine, with every state it went through and when, and its cost so far this period."""
+    session = request_session()
+    resource = service.get_resource(session, current_caller(), resource_id)
+    body = ResourceDetailSchema(exclude=["cost_this_period"]).dump(resource)
+    body["cost_this_period"] = CostSchema().dump(usage.cost_this_period(session, resource, now()))
+    return jsonify(body)
 
 
 @blp.route("/<uuid:resource_id>/actions", methods=["POST"])

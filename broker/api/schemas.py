@@ -107,6 +107,14 @@ def slug_field(max_length: int = 40, **kwargs: Any) -> ma.fields.String:
     )
 
 
+def agency_id_field() -> ma.fields.Function:
+    """`agency_id`: the agency an object belongs to (its `organization_id`)."""
+    return ma.fields.Function(
+        lambda obj: str(utils.get_value(obj, "organization_id")),
+        metadata={"type": "string", "format": "uuid", "description": "The agency it belongs to"},
+    )
+
+
 class WholeNumber(ma.fields.Integer):
     """A JSON integer: `2` or `2.0` (JSON Schema agrees), never `2.5`, `"2"` or `true`."""
 

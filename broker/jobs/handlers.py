@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from broker.jobs.queue import DeadHandler, Handler, Periodic
-from broker.services import offer_sync, orders, provisioning, resources, webhooks
+from broker.services import billing, offer_sync, orders, provisioning, resources, usage, webhooks
 
 HANDLERS: dict[str, Handler] = {
     offer_sync.JOB_KIND: offer_sync.run_sync_job,
@@ -14,13 +14,19 @@ HANDLERS: dict[str, Handler] = {
     orders.PROVISION_JOB: provisioning.run_provision_job,
     resources.ACTION_JOB: resources.run_action_job,
     resources.RECONCILE_JOB: resources.run_reconcile_job,
+    usage.METER_JOB: usage.run_meter_job,
+    usage.POLL_JOB: usage.run_poll_job,
+    billing.BILLING_JOB: billing.run_billing_job,
 }
 
 ON_DEAD: dict[str, DeadHandler] = {
     orders.PROVISION_JOB: provisioning.provision_job_dead,
     resources.ACTION_JOB: resources.action_job_dead,
+    billing.BILLING_JOB: billing.billing_job_dead,
 }
 
 PERIODIC: list[Periodic] = [
     Periodic(resources.RECONCILE_JOB, timedelta(minutes=1)),
+    Periodic(usage.METER_JOB, timedelta(minutes=5)),
+    Periodic(usage.POLL_JOB, timedelta(minutes=15)),
 ]

@@ -2,6 +2,18 @@
 
 from broker.models.audit import AuditChainHead, AuditEvent
 from broker.models.base import Base
+from broker.models.billing import (
+    BillingProfile,
+    BillingRun,
+    BillingRunState,
+    Invoice,
+    InvoiceLine,
+    InvoiceNumberSeries,
+    InvoiceState,
+    MeterCursor,
+    UsageRecord,
+    UsageSource,
+)
 from broker.models.catalogue import (
     Certification,
     Offer,
@@ -26,6 +38,16 @@ from broker.models.organizations import ApiClient, Organization, OrganizationKin
 from broker.models.policies import AgencyPolicy
 
 __all__ = [
+    "BillingProfile",
+    "BillingRun",
+    "BillingRunState",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceNumberSeries",
+    "InvoiceState",
+    "MeterCursor",
+    "UsageRecord",
+    "UsageSource",
     "AgencyPolicy",
     "ApiClient",
     "Certification",

@@ -115,20 +115,25 @@ class Resource(IdMixin, TimestampMixin, Base):
     activated_at: Mapped[datetime | None]
     terminated_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # How many state changes it has had: the `seq` of its latest event.
+    events_recorded: Mapped[int] = mapped_column(default=0, server_default="0")
 
     # Loaded only when read (a resource's detail): lists never touch it.
-    events: Mapped[list[ResourceEvent]] = relationship(
-        order_by="(ResourceEvent.at, ResourceEvent.id)", viewonly=True
-    )
+    events: Mapped[list[ResourceEvent]] = relationship(order_by="ResourceEvent.seq", viewonly=True)
 
 
 class ResourceEvent(IdMixin, Base):
-    """A state transition of a resource, when it happened (metering reads these)."""
+    """A state transition of a resource, when it happened (metering reads these). `seq`
+    orders a resource's events even when two share a timestamp."""
 
     __tablename__ = "resource_events"
-    __table_args__ = (Index("ix_resource_events_resource", "resource_id", "at"),)
+    __table_args__ = (
+        Index("ix_resource_events_resource", "resource_id", "at"),
+        UniqueConstraint("resource_id", "seq"),
+    )
 
     resource_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resources.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(default=0, server_default="0")
     at: Mapped[datetime] = mapped_column(default=utcnow)
     from_state: Mapped[str | None] = mapped_column(String(20))
     to_state: Mapped[str] = mapped_column(String(20))

@@ -4,8 +4,9 @@ credentials, and building an adapter for it with its decrypted credentials."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from broker.errors import ValidationFailed
 from broker.jobs.queue import JobFailed
 from broker.models import Provider
+from broker.models.base import utcnow
 from broker.services import credentials
 from broker.services.credentials import Keyring
 from providers import registry
@@ -28,10 +30,13 @@ class ProviderRuntime:
     keyring: Keyring
     http: HttpPolicy
     state_dir: Path
+    # The broker's clock (tests move it): simulated clouds keep the same time as the broker.
+    clock: Callable[[], datetime] = utcnow
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ProviderRuntime:
         return cls(
+            clock=config.get("CLOCK", utcnow),
             keyring=Keyring.from_config(config),
             http=HttpPolicy(
                 timeout=float(config["PROVIDER_TIMEOUT"]),
@@ -92,6 +97,6 @@ def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) 
     """
     secrets = credentials.load(session, provider.id, runtime.keyring)
     context = AdapterContext(
-        provider_id=provider.id, state_dir=runtime.state_dir, http=runtime.http
+        provider_id=provider.id, state_dir=runtime.state_dir, http=runtime.http, clock=runtime.clock
     )
     return registry.build(provider.adapter, provider.adapter_config, secrets, context)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session, contains_eager
 
+from billing.invoicing import STANDARD
 from billing.money import MoneyError, parse_unit_price
 from billing.rating import METRICS, Price, Specs, Tier, monthly_price
 from broker.auth.identity import Caller
@@ -72,7 +73,13 @@ def parse_prices(raw: list[dict[str, Any]]) -> list[Price]:
                 for tier in item.get("tiers") or ()
             )
             prices.append(
-                Price(item["metric"], parse_unit_price(item["unit_price"]), item["currency"], tiers)
+                Price(
+                    item["metric"],
+                    parse_unit_price(item["unit_price"]),
+                    item["currency"],
+                    tiers,
+                    item.get("tax_category", STANDARD),
+                )
             )
         except MoneyError as error:
             errors[f"prices.{index}"] = [str(error)]
@@ -102,6 +109,7 @@ def price_documents(prices: list[Price]) -> list[dict[str, Any]]:
             "unit": METRICS[price.metric],
             "unit_price": str(price.unit_price),
             "currency": price.currency,
+            "tax_category": price.tax_category,
         }
         if price.tiers:
             document["tiers"] = [

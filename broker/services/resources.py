@@ -56,10 +56,12 @@ def record_event(
     *,
     now: datetime,
 ) -> None:
+    resource.events_recorded = (resource.events_recorded or 0) + 1
     session.add(
         ResourceEvent(
             id=uuid.uuid4(),
             resource_id=resource.id,
+            seq=resource.events_recorded,
             at=now,
             from_state=from_state.value if from_state else None,
             to_state=to_state.value,

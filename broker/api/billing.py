@@ -1,0 +1,255 @@
+"""Billing: agencies' billing profiles, billing runs (`/v1/billing-runs`) and invoices
+(`/v1/invoices`)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, current_app, jsonify, url_for
+
+from billing.money import trim_decimals
+from broker.api.base import Blueprint, current_caller, now, request_session
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.idempotency import idempotent
+from broker.api.schemas import (
+    ListArgs,
+    Money,
+    StrictSchema,
+    Timestamp,
+    agency_id_field,
+    country_field,
+    name_field,
+    page_of,
+)
+from broker.api.usage import ExactQuantity
+from broker.models import BillingRunState, InvoiceState, Role
+from broker.services import billing as service
+
+profiles = Blueprint(
+    "billing_profiles", __name__, url_prefix="/v1/organizations", description="Billing profiles"
+)
+runs = Blueprint("billing_runs", __name__, url_prefix="/v1/billing-runs", description="Billing")
+invoices = Blueprint("invoices", __name__, url_prefix="/v1/invoices", description="Invoices")
+
+PERIOD = {"pattern": r"^\d{4}-(0[1-9]|1[0-2])$", "example": "2026-11"}
+_ETAG = {"ETag": {"schema": {"type": "string"}}}
+
+
+# Billing profiles ----------------------------------------------------------------------------
+
+
+class BillingProfileSchema(StrictSchema):
+    legal_name = name_field(required=True)
+    address = ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[ma.validate.Length(max=500), ma.validate.Regexp(r"^[^\x00-\x09\x0b-\x1f\x7f]*$")],
+    )
+    country = country_field(required=True)
+    vat_id = ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=ma.validate.Regexp(r"^[A-Z0-9]{2,30}$"),
+        metadata={"description": "VAT identification number, e.g. FR40303265045"},
+    )
+    vat_rate = Money(
+        required=True,
+        validate=ma.validate.Range(min=0, max=100),
+        metadata={
+            "pattern": r"^(100(\.0{1,6})?|[0-9]{1,2}(\.[0-9]{1,6})?)$",
+            "description": 'Standard VAT rate in percent, 0–100, e.g. "20" or "14.975"',
+        },
+    )
+
+
+class BillingProfileOutSchema(ma.Schema):
+    organization_id = ma.fields.UUID()
+    legal_name = ma.fields.String()
+    address = ma.fields.String(allow_none=True)
+    country = ma.fields.String()
+    vat_id = ma.fields.String(allow_none=True)
+    vat_rate = Money()
+
+
+def _profile_response(profile: dict[str, Any]) -> Response:
+    return with_etag(jsonify(BillingProfileOutSchema().dump(profile)), profile["version"])
+
+
+@profiles.route("/<uuid:organization_id>/billing-profile", methods=["GET"])
+@profiles.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@profiles.response(200, BillingProfileOutSchema, headers=_ETAG)
+def get_billing_profile(organization_id: uuid.UUID) -> Response:
+    """How an agency is invoiced (finance; the agency itself). Without a profile of its own,
+    the consortium's defaults, with the ETag `"v0"`."""
+    return _profile_response(
+        service.get_profile(
+            request_session(), current_caller(), organization_id, current_app.config
+        )
+    )
+
+
+@profiles.route("/<uuid:organization_id>/billing-profile", methods=["PUT"])
+@profiles.auth(Role.FINANCE, Role.ADMIN)
+@profiles.arguments(BillingProfileSchema)
+@profiles.response(200, BillingProfileOutSchema, headers=_ETAG)
+@profiles.doc(parameters=[IF_MATCH_PARAMETER])
+def put_billing_profile(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
+    """Replace an agency's billing profile (needs `If-Match`). Drafts use it when rebuilt;
+    finalized invoices keep the one they were issued with."""
+    profile = service.put_profile(
+        request_session(),
+        current_caller(),
+        organization_id,
+        data,
+        expected_version=if_match_version(),
+        config=current_app.config,
+    )
+    return _profile_response(profile)
+
+
+# Billing runs --------------------------------------------------------------------------------
+
+
+class BillingRunCreateSchema(StrictSchema):
+    period = ma.fields.String(required=True, metadata=PERIOD)
+
+
+class BillingRunSchema(ma.Schema):
+    id = ma.fields.UUID()
+    period = ma.fields.String()
+    state = ma.fields.Enum(BillingRunState, by_value=True)
+    requested_by = ma.fields.String()
+    job_id = ma.fields.UUID(allow_none=True)
+    drafts = ma.fields.Integer(metadata={"description": "Draft invoices built"})
+    finalized = ma.fields.Integer(
+        metadata={"description": "Invoices of the period already finalized, left as they are"}
+    )
+    error = ma.fields.String(allow_none=True)
+    created_at = Timestamp()
+    finished_at = Timestamp(allow_none=True)
+
+
+@runs.route("", methods=["POST"])
+@runs.auth(Role.FINANCE)
+@idempotent(required=True)
+@runs.arguments(BillingRunCreateSchema)
+@runs.response(202, BillingRunSchema, headers={"Location": {"schema": {"type": "string"}}})
+def start_billing_run(data: dict[str, Any]) -> Response:
+    """Build (or rebuild) the draft invoices of a period `YYYY-MM` for every agency, in the
+    background (`Idempotency-Key`). Running a period again rebuilds its drafts and leaves
+    finalized invoices alone; it never makes a second invoice."""
+    run = service.start_run(request_session(), current_caller(), data["period"], now())
+    response = jsonify(BillingRunSchema().dump(run))
+    response.status_code = 202
+    response.headers["Location"] = url_for("billing_runs.get_billing_run", run_id=run.id)
+    return response
+
+
+@runs.route("", methods=["GET"])
+@runs.auth(Role.FINANCE)
+@runs.arguments(ListArgs, location="query")
+@runs.response(200, page_of(BillingRunSchema))
+def list_billing_runs(args: dict[str, Any]) -> Any:
+    return service.list_runs(request_session(), **args)
+
+
+@runs.route("/<uuid:run_id>", methods=["GET"])
+@runs.auth(Role.FINANCE)
+@runs.response(200, BillingRunSchema)
+def get_billing_run(run_id: uuid.UUID) -> Any:
+    return service.get_run(request_session(), run_id)
+
+
+# Invoices ------------------------------------------------------------------------------------
+
+
+class InvoiceListArgs(ListArgs):
+    period = ma.fields.String(validate=ma.validate.Regexp(PERIOD["pattern"]))
+    state = ma.fields.Enum(InvoiceState, by_value=True)
+    agency_id = ma.fields.UUID(metadata={"description": "Finance: one agency's invoices"})
+
+
+class InvoiceLineSchema(ma.Schema):
+    position = ma.fields.Integer()
+    kind = ma.fields.String(metadata={"description": "`usage`, or `adjustment` (late usage)"})
+    period = ma.fields.String(metadata={"description": "The period the usage belongs to"})
+    resource_id = ma.fields.UUID()
+    provider_id = ma.fields.UUID()
+    metric = ma.fields.String()
+    quantity = ExactQuantity(metadata={"type": "string"})
+    unit_price = Money()
+    amount = Money(currency_from="invoice.currency")
+    tax_category = ma.fields.String()
+    tax_rate = ma.fields.Function(
+        lambda line: str(trim_decimals(line.tax_rate, keep=0)),
+        metadata={"type": "string", "description": "VAT rate in percent, e.g. \"20\""},
+    )
+    service_start = Timestamp()
+    service_end = Timestamp()
+
+
+class TaxSchema(ma.Schema):
+    category = ma.fields.String()
+    rate = ma.fields.String()
+    base = ma.fields.String()
+    amount = ma.fields.String()
+
+
+class InvoiceSummarySchema(ma.Schema):
+    id = ma.fields.UUID()
+    number = ma.fields.String(allow_none=True)
+    agency_id = agency_id_field()
+    period = ma.fields.String()
+    currency = ma.fields.String()
+    state = ma.fields.Enum(InvoiceState, by_value=True)
+    subtotal = Money(currency_from="currency")
+    tax = Money(currency_from="currency")
+    total = Money(currency_from="currency")
+    taxes = ma.fields.List(ma.fields.Nested(TaxSchema))
+    billing_run_id = ma.fields.UUID(allow_none=True)
+    built_at = Timestamp()
+    finalized_at = Timestamp(allow_none=True)
+    snapshot_sha256 = ma.fields.String(allow_none=True)
+    created_at = Timestamp()
+
+
+class InvoiceSchema(InvoiceSummarySchema):
+    lines = ma.fields.List(ma.fields.Nested(InvoiceLineSchema))
+    snapshot = ma.fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "Once finalized: the invoice as issued. `snapshot_sha256` is the "
+            "SHA-256 of its canonical JSON (sorted keys, no spaces, UTF-8)."
+        },
+    )
+
+
+@invoices.route("", methods=["GET"])
+@invoices.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@invoices.arguments(InvoiceListArgs, location="query")
+@invoices.response(200, page_of(InvoiceSummarySchema))
+def list_invoices(args: dict[str, Any]) -> Any:
+    """Invoices, newest first: your agency's, or (finance) every agency's."""
+    return service.list_invoices(request_session(), current_caller(), **args)
+
+
+@invoices.route("/<uuid:invoice_id>", methods=["GET"])
+@invoices.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@invoices.response(200, InvoiceSchema)
+def get_invoice(invoice_id: uuid.UUID) -> Any:
+    """An invoice with its lines (a line per resource, metric and period)."""
+    return service.get_invoice(request_session(), current_caller(), invoice_id)
+
+
+@invoices.route("/<uuid:invoice_id>/finalize", methods=["POST"])
+@invoices.auth(Role.FINANCE)
+@invoices.response(200, InvoiceSchema)
+def finalize_invoice(invoice_id: uuid.UUID) -> Any:
+    """Issue a draft once its period has ended: it gets the next number of the year's gapless
+    series and a snapshot with its SHA-256, and never changes again (409 afterwards). Usage
+    arriving later for its period is billed on the next period's invoice as adjustments."""
+    return service.finalize(
+        request_session(), current_caller(), invoice_id, now(), current_app.config
+    )

@@ -1,0 +1,238 @@
+"""The billing side: the usage ledger, billing profiles and runs, invoices and their numbers."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from billing.metering import from_quanta, to_quanta
+from broker.models.base import Base, IdMixin, TimestampMixin, enum_column, utcnow
+from broker.models.catalogue import Micros
+
+
+class Quantity(TypeDecorator[Fraction]):
+    """An exact quantity (a `Fraction`), stored as a whole number of `metering.QUANTUM`s."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type[Fraction]:
+        return Fraction
+
+    def process_bind_param(self, value: Fraction | None, dialect: Dialect) -> int | None:
+        return None if value is None else to_quanta(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Fraction | None:
+        return None if value is None else from_quanta(int(value))
+
+
+class UsageSource(enum.StrEnum):
+    BROKER = "broker"  # instance hours the broker metered from the resource's lifecycle
+    PUSH = "push"  # posted by the provider's operator (`POST /v1/usage`)
+    POLL = "poll"  # read from the provider's adapter by the polling job
+
+
+class UsageRecord(IdMixin, Base):
+    """One append-only entry of the usage ledger: a quantity of one metric used by one
+    resource over `[start, end)`, which never spans two periods.
+
+    `invoice_id` is the invoice that bills it: set when a draft takes it in (a rebuilt draft
+    lets go and takes again), frozen when that invoice is finalized.
+    """
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("provider_id", "source", "record_id"),
+        Index("ix_usage_records_billing", "organization_id", "period", "invoice_id"),
+        Index("ix_usage_records_listing", "organization_id", "start", "id"),
+        Index("ix_usage_records_provider_listing", "provider_id", "start", "id"),
+        Index("ix_usage_records_resource", "resource_id", "period", "metric"),
+    )
+
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"))
+    source: Mapped[UsageSource] = mapped_column(enum_column(UsageSource, length=10))
+    record_id: Mapped[str] = mapped_column(String(200))
+    resource_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resources.id", ondelete="RESTRICT"))
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    metric: Mapped[str] = mapped_column(String(30))
+    quantity: Mapped[Fraction] = mapped_column(Quantity())
+    start: Mapped[datetime]
+    end: Mapped[datetime]
+    period: Mapped[str] = mapped_column(String(7))
+    # SHA-256 of what the record says (resource, metric, quantity, interval): a replay with
+    # the same id must say the same.
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    invoice_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+
+
+class MeterCursor(Base):
+    """How far a periodic meter has closed its windows (`until`), by meter name."""
+
+    __tablename__ = "meter_cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    until: Mapped[datetime]
+
+
+class BillingProfile(TimestampMixin, Base):
+    """How an agency is invoiced: its legal identity and where and how it is taxed."""
+
+    __tablename__ = "billing_profiles"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    legal_name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(500))
+    country: Mapped[str] = mapped_column(String(2))
+    vat_id: Mapped[str | None] = mapped_column(String(30))
+    vat_rate: Mapped[Decimal] = mapped_column(Micros())  # standard rate, a percentage
+    version: Mapped[int] = mapped_column(default=1)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class BillingRunState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class BillingRun(IdMixin, TimestampMixin, Base):
+    """A request to (re)build the draft invoices of a period; its job does the work."""
+
+    __tablename__ = "billing_runs"
+    __table_args__ = (Index("ix_billing_runs_listing", "created_at", "id"),)
+
+    period: Mapped[str] = mapped_column(String(7), index=True)
+    state: Mapped[BillingRunState] = mapped_column(enum_column(BillingRunState))
+    requested_by: Mapped[str] = mapped_column(String(100))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    drafts: Mapped[int] = mapped_column(default=0)  # draft invoices built
+    finalized: Mapped[int] = mapped_column(default=0)  # agencies already invoiced (left alone)
+    error: Mapped[str | None] = mapped_column(String(1000))
+    finished_at: Mapped[datetime | None]
+
+
+class InvoiceState(enum.StrEnum):
+    DRAFT = "draft"
+    FINALIZED = "finalized"
+    PAID = "paid"
+    VOID = "void"
+
+
+class Invoice(IdMixin, TimestampMixin, Base):
+    """One agency's invoice for one period and currency (one live invoice each: a void one
+    does not count)."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        Index(
+            "uq_invoices_live",
+            "organization_id",
+            "period",
+            "currency",
+            unique=True,
+            sqlite_where=text("state != 'void'"),
+            postgresql_where=text("state != 'void'"),
+        ),
+        Index("ix_invoices_listing", "created_at", "id"),
+        Index("ix_invoices_agency_listing", "organization_id", "created_at", "id"),
+    )
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    period: Mapped[str] = mapped_column(String(7), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    state: Mapped[InvoiceState] = mapped_column(enum_column(InvoiceState))
+    # `<year>-<000001>`, from a gapless per-year series, given at finalization.
+    number: Mapped[str | None] = mapped_column(String(20), unique=True)
+    subtotal: Mapped[Decimal] = mapped_column(Micros())
+    tax: Mapped[Decimal] = mapped_column(Micros())
+    total: Mapped[Decimal] = mapped_column(Micros())
+    # [{category, rate, base, amount}] as decimal strings.
+    taxes: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    billing_run_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("billing_runs.id", ondelete="SET NULL")
+    )
+    built_at: Mapped[datetime]
+    finalized_at: Mapped[datetime | None]
+    finalized_by: Mapped[str | None] = mapped_column(String(100))
+    # The whole invoice as issued (seller, buyer, lines, taxes, totals) and its SHA-256.
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    snapshot_sha256: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    version: Mapped[int] = mapped_column(default=1)
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice",
+        order_by="InvoiceLine.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class InvoiceLine(IdMixin, Base):
+    """A resource's quantity of one metric in one period, priced at its order's prices.
+
+    `kind` is `usage` for the invoice's own period, `adjustment` for usage of an earlier,
+    already invoiced period (`period` says which).
+    """
+
+    __tablename__ = "invoice_lines"
+    __table_args__ = (UniqueConstraint("invoice_id", "position"),)
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("invoices.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(20))
+    period: Mapped[str] = mapped_column(String(7))
+    resource_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("resources.id", ondelete="RESTRICT"))
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"))
+    metric: Mapped[str] = mapped_column(String(30))
+    quantity: Mapped[Fraction] = mapped_column(Quantity())
+    unit_price: Mapped[Decimal] = mapped_column(Micros())
+    amount: Mapped[Decimal] = mapped_column(Micros())
+    tax_category: Mapped[str] = mapped_column(String(3))
+    tax_rate: Mapped[Decimal] = mapped_column(Micros())
+    service_start: Mapped[datetime]
+    service_end: Mapped[datetime]
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class InvoiceNumberSeries(Base):
+    """The last invoice number given in a year. Incremented in the finalizing transaction, so
+    a rolled-back finalization gives its number back: the series has no gaps."""
+
+    __tablename__ = "invoice_number_series"
+
+    year: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    last_number: Mapped[int]

@@ -1,0 +1,630 @@
+"""Billing: agencies' billing profiles, billing runs that build draft invoices, finalization.
+
+A billing run (finance, for one period) queues a job that first closes the meter's finished
+hours, then builds, per agency and currency, a draft invoice from the usage ledger: a line per
+resource and metric at the prices its order pinned, VAT per tax category, totals that add up.
+A draft takes the ledger records it bills (`usage_records.invoice_id`), so a rebuilt draft
+bills exactly what it shows and nothing is billed twice. Usage of an earlier, already
+invoiced period that arrives late is billed on the next draft as adjustment lines.
+
+Finalizing freezes a draft: in one transaction it takes the next number of the year's gapless
+series, stores a snapshot of the whole invoice with its SHA-256, and from then on nothing
+about the invoice or the usage it bills changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from billing import invoicing
+from billing.metering import parse_period, period_bounds, period_of, shown
+from billing.money import round_amount, trim_decimals
+from billing.rating import Price
+from broker.auth.identity import Caller
+from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.jobs.queue import JobContext, JobFailed, enqueue
+from broker.models import (
+    AgencyPolicy,
+    BillingProfile,
+    BillingRun,
+    BillingRunState,
+    Invoice,
+    InvoiceLine,
+    InvoiceNumberSeries,
+    InvoiceState,
+    Order,
+    Organization,
+    OrganizationKind,
+    Resource,
+    Role,
+    UsageRecord,
+)
+from broker.services import audit, offers, usage
+from broker.services.pagination import Page, paginate
+
+BILLING_JOB = "billing.run"
+DEFAULT_CURRENCY = "EUR"
+
+
+# Billing profiles ----------------------------------------------------------------------------
+
+
+def _agency(session: Session, organization_id: uuid.UUID) -> Organization:
+    organization = session.get(Organization, organization_id)
+    if organization is None or organization.kind is not OrganizationKind.AGENCY:
+        raise NotFound("No such agency.")
+    return organization
+
+
+def _may_read_agency(caller: Caller, organization_id: uuid.UUID) -> bool:
+    return bool(caller.roles & {Role.FINANCE, Role.ADMIN}) or (
+        organization_id == caller.organization_id
+        and bool(caller.roles & {Role.BUYER, Role.APPROVER})
+    )
+
+
+def profile_view(
+    session: Session, organization: Organization, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The agency's billing profile; without one, the consortium's defaults (version 0)."""
+    row = session.get(BillingProfile, organization.id)
+    if row is not None:
+        return {
+            "organization_id": organization.id,
+            "legal_name": row.legal_name,
+            "address": row.address,
+            "country": row.country,
+            "vat_id": row.vat_id,
+            "vat_rate": row.vat_rate,
+            "version": row.version,
+        }
+    return {
+        "organization_id": organization.id,
+        "legal_name": organization.name,
+        "address": None,
+        "country": config["SELLER"]["country"],
+        "vat_id": None,
+        "vat_rate": Decimal(config["DEFAULT_VAT_RATE"]),
+        "version": 0,
+    }
+
+
+def get_profile(
+    session: Session, caller: Caller, organization_id: uuid.UUID, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    if not _may_read_agency(caller, organization_id):
+        raise NotFound("No such agency.")
+    return profile_view(session, _agency(session, organization_id), config)
+
+
+def put_profile(
+    session: Session,
+    caller: Caller,
+    organization_id: uuid.UUID,
+    data: Mapping[str, Any],
+    *,
+    expected_version: int,
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Replace an agency's billing profile (finance, admins). Invoices already finalized keep
+    the profile they were issued with (in their snapshot); drafts use it when rebuilt."""
+    organization = _agency(session, organization_id)
+    row = session.get(BillingProfile, organization_id)
+    if (row.version if row is not None else 0) != expected_version:
+        raise PreconditionFailed("The billing profile changed since you read it; read it again.")
+    before = audit.snapshot(row) if row is not None else None
+    if row is None:
+        row = BillingProfile(organization_id=organization_id)
+        session.add(row)
+    for name in ("legal_name", "address", "country", "vat_id", "vat_rate"):
+        setattr(row, name, data.get(name))
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "billing_profile.updated",
+        "billing_profile",
+        organization_id,
+        organization_id=organization_id,
+        before=before,
+        after=audit.snapshot(row),
+    )
+    return profile_view(session, organization, config)
+
+
+# Billing runs --------------------------------------------------------------------------------
+
+
+def start_run(session: Session, caller: Caller, period: str, now: datetime) -> BillingRun:
+    """Queue the building of `period`'s drafts (the current period may be previewed; a future
+    one is refused)."""
+    try:
+        parse_period(period)
+    except ValueError as error:
+        raise ValidationFailed(errors={"period": [str(error)]}) from None
+    if period > period_of(now):
+        raise ValidationFailed(errors={"period": ["This period has not started yet."]})
+    run = BillingRun(
+        id=uuid.uuid4(), period=period, state=BillingRunState.QUEUED, requested_by=caller.client_id
+    )
+    session.add(run)
+    session.flush()
+    job = enqueue(session, BILLING_JOB, {"billing_run_id": str(run.id)}, max_attempts=5)
+    run.job_id = job.id
+    audit.record(
+        session,
+        caller,
+        "billing_run.requested",
+        "billing_run",
+        run.id,
+        organization_id=None,
+        after={"period": period},
+    )
+    return run
+
+
+def get_run(session: Session, run_id: uuid.UUID) -> BillingRun:
+    run = session.get(BillingRun, run_id)
+    if run is None:
+        raise NotFound("No such billing run.")
+    return run
+
+
+def list_runs(session: Session, *, limit: int, cursor: str | None) -> Page[BillingRun]:
+    return paginate(
+        session,
+        select(BillingRun),
+        [BillingRun.created_at, BillingRun.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+    )
+
+
+def run_billing_job(context: JobContext, job: Any) -> dict[str, Any]:
+    """Build every agency's drafts for the run's period, one agency per transaction (a
+    re-run after a crash rebuilds the same drafts)."""
+    run_id = uuid.UUID(job.payload["billing_run_id"])
+    with context.db.transaction() as session:
+        run = session.get(BillingRun, run_id)
+        if run is None:
+            raise JobFailed("The billing run no longer exists.")
+        run.state = BillingRunState.RUNNING
+        period = run.period
+    usage.meter_closed_hours(context)  # the period's last hours are in the ledger
+    _, period_end = period_bounds(period)
+    with context.db.session(read_only=True) as session:
+        agencies = list(
+            session.scalars(
+                select(Organization.id).where(
+                    Organization.kind == OrganizationKind.AGENCY,
+                    Organization.created_at < period_end,
+                )
+            )
+        )
+    drafts = finalized = 0
+    for organization_id in agencies:
+        with context.db.transaction() as session:
+            built, kept = build_drafts(
+                session, organization_id, period, run_id, context.now(), context.config
+            )
+        drafts, finalized = drafts + built, finalized + kept
+    with context.db.transaction() as session:
+        run = session.get(BillingRun, run_id)
+        assert run is not None
+        run.state, run.drafts, run.finalized = BillingRunState.SUCCEEDED, drafts, finalized
+        run.finished_at = context.now()
+    return {"period": period, "drafts": drafts, "finalized": finalized}
+
+
+def billing_job_dead(session: Session, job: Any, now: datetime) -> None:
+    run = session.get(BillingRun, uuid.UUID(job.payload["billing_run_id"]))
+    if run is not None:
+        run.state, run.error, run.finished_at = BillingRunState.FAILED, job.last_error, now
+
+
+# Building drafts -----------------------------------------------------------------------------
+
+
+def build_drafts(
+    session: Session,
+    organization_id: uuid.UUID,
+    period: str,
+    run_id: uuid.UUID | None,
+    now: datetime,
+    config: Mapping[str, Any],
+) -> tuple[int, int]:
+    """(Re)build the agency's draft for `period` in each currency it has usage in (a zero
+    invoice when it has none); returns (drafts built, currencies already finalized)."""
+    live = {
+        invoice.currency: invoice
+        for invoice in session.scalars(
+            select(Invoice)
+            .where(
+                Invoice.organization_id == organization_id,
+                Invoice.period == period,
+                Invoice.state != InvoiceState.VOID,
+            )
+            .with_for_update()
+        )
+    }
+    drafts = [invoice for invoice in live.values() if invoice.state is InvoiceState.DRAFT]
+    if drafts:  # a rebuilt draft lets go of what it billed, and takes again below
+        session.execute(
+            update(UsageRecord)
+            .where(UsageRecord.invoice_id.in_([invoice.id for invoice in drafts]))
+            .values(invoice_id=None)
+        )
+    currencies = set(
+        session.scalars(
+            select(Resource.currency)
+            .join(UsageRecord, UsageRecord.resource_id == Resource.id)
+            .where(
+                UsageRecord.organization_id == organization_id,
+                UsageRecord.invoice_id.is_(None),
+                UsageRecord.period <= period,
+            )
+            .distinct()
+        )
+    ) | {invoice.currency for invoice in drafts}
+    if not live and not currencies:
+        policy = session.get(AgencyPolicy, organization_id)
+        currencies = {policy.currency if policy else DEFAULT_CURRENCY}
+    organization = _agency(session, organization_id)
+    profile = profile_view(session, organization, config)
+    tax = invoicing.TaxProfile(profile["country"], profile["vat_rate"])
+    built = 0
+    for currency in sorted(currencies):
+        invoice = live.get(currency)
+        if invoice is not None and invoice.state is not InvoiceState.DRAFT:
+            continue  # issued: its usage stays put; late usage goes on the next period
+        if invoice is None:
+            invoice = Invoice(
+                id=uuid.uuid4(),
+                organization_id=organization_id,
+                period=period,
+                currency=currency,
+                state=InvoiceState.DRAFT,
+                subtotal=Decimal(0),
+                tax=Decimal(0),
+                total=Decimal(0),
+                built_at=now,
+            )
+            session.add(invoice)
+            session.flush()
+        _take_usage(session, invoice)
+        _fill(session, invoice, _consumption(session, invoice), tax)
+        invoice.billing_run_id, invoice.built_at = run_id, now
+        built += 1
+    return built, len(live) - len(drafts)
+
+
+def _take_usage(session: Session, invoice: Invoice) -> None:
+    """Give the draft the agency's unbilled usage in its currency: its period's, and earlier
+    periods' that arrived after they were invoiced (not those of a period still in draft)."""
+    other_drafts = select(Invoice.period).where(
+        Invoice.organization_id == invoice.organization_id,
+        Invoice.currency == invoice.currency,
+        Invoice.state == InvoiceState.DRAFT,
+        Invoice.id != invoice.id,
+    )
+    in_currency = select(Resource.id).where(
+        Resource.organization_id == invoice.organization_id,
+        Resource.currency == invoice.currency,
+    )
+    session.execute(
+        update(UsageRecord)
+        .where(
+            UsageRecord.organization_id == invoice.organization_id,
+            UsageRecord.invoice_id.is_(None),
+            UsageRecord.period <= invoice.period,
+            UsageRecord.period.not_in(other_drafts),
+            UsageRecord.resource_id.in_(in_currency),
+        )
+        .values(invoice_id=invoice.id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _consumption(session: Session, invoice: Invoice) -> list[invoicing.Consumption]:
+    """What the draft's usage amounts to, per resource, metric and period, with prices."""
+    groups = session.execute(
+        select(
+            UsageRecord.resource_id,
+            UsageRecord.metric,
+            UsageRecord.period,
+            func.sum(UsageRecord.quantity),
+            func.min(UsageRecord.start),
+            func.max(UsageRecord.end),
+        )
+        .where(UsageRecord.invoice_id == invoice.id)
+        .group_by(UsageRecord.resource_id, UsageRecord.metric, UsageRecord.period)
+    ).all()
+    resource_ids = {row[0] for row in groups}
+    placed = {
+        resource_id: (provider_id, order_id)
+        for resource_id, provider_id, order_id in session.execute(
+            select(Resource.id, Resource.provider_id, Resource.order_id).where(
+                Resource.id.in_(resource_ids)
+            )
+        )
+    }
+    prices = _prices(session, {order_id for _, order_id in placed.values()})
+    late = [(resource_id, metric, period) for resource_id, metric, period, *_ in groups]
+    late = [key for key in late if key[2] < invoice.period]
+    billed_before = _billed_before(session, late, invoice.id)
+    items = []
+    for resource_id, metric, period, quantity, start, end in groups:
+        provider_id, order_id = placed[resource_id]
+        price = prices[order_id].get(metric)
+        if price is None:
+            continue  # a metric the order has no price for is recorded, not charged
+        items.append(
+            invoicing.Consumption(
+                kind=invoicing.USAGE if period == invoice.period else invoicing.ADJUSTMENT,
+                period=period,
+                resource_id=str(resource_id),
+                provider_id=str(provider_id),
+                metric=metric,
+                quantity=quantity,
+                price=price,
+                service_start=start,
+                service_end=end,
+                tax_category=price.tax_category,
+                already_billed=billed_before.get((resource_id, metric, period), Fraction(0)),
+            )
+        )
+    return items
+
+
+def _prices(session: Session, order_ids: set[uuid.UUID]) -> dict[uuid.UUID, dict[str, Price]]:
+    return {
+        order_id: {price.metric: price for price in offers.parse_prices(raw)}
+        for order_id, raw in session.execute(
+            select(Order.id, Order.prices).where(Order.id.in_(order_ids))
+        )
+    }
+
+
+def _billed_before(
+    session: Session, keys: list[tuple[uuid.UUID, str, str]], invoice_id: uuid.UUID
+) -> dict[tuple[uuid.UUID, str, str], Fraction]:
+    """How much of each (resource, metric, period) other invoices billed already."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(
+            UsageRecord.resource_id,
+            UsageRecord.metric,
+            UsageRecord.period,
+            func.sum(UsageRecord.quantity),
+        )
+        .where(
+            UsageRecord.resource_id.in_({resource_id for resource_id, _, _ in keys}),
+            UsageRecord.invoice_id.is_not(None),
+            UsageRecord.invoice_id != invoice_id,
+        )
+        .group_by(UsageRecord.resource_id, UsageRecord.metric, UsageRecord.period)
+    )
+    wanted = set(keys)
+    return {
+        (resource_id, metric, period): total
+        for resource_id, metric, period, total in rows
+        if (resource_id, metric, period) in wanted
+    }
+
+
+def _fill(
+    session: Session,
+    invoice: Invoice,
+    items: list[invoicing.Consumption],
+    tax: invoicing.TaxProfile,
+) -> None:
+    totals = invoicing.build(invoice.currency, items, tax)
+    invoice.lines.clear()
+    session.flush()
+    for position, line in enumerate(totals.lines, start=1):
+        invoice.lines.append(
+            InvoiceLine(
+                id=uuid.uuid4(),
+                position=position,
+                kind=line.kind,
+                period=line.period,
+                resource_id=uuid.UUID(line.resource_id),
+                provider_id=uuid.UUID(line.provider_id),
+                metric=line.metric,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                amount=line.amount,
+                tax_category=line.tax_category,
+                tax_rate=line.tax_rate,
+                service_start=line.service_start,
+                service_end=line.service_end,
+            )
+        )
+    invoice.taxes = [
+        {
+            "category": tax_line.category,
+            "rate": str(trim_decimals(tax_line.rate, keep=0)),
+            "base": _money(tax_line.base, invoice.currency),
+            "amount": _money(tax_line.amount, invoice.currency),
+        }
+        for tax_line in totals.taxes
+    ]
+    invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
+
+
+# Invoices ------------------------------------------------------------------------------------
+
+
+def get_invoice(
+    session: Session, caller: Caller, invoice_id: uuid.UUID, *, lock: bool = False
+) -> Invoice:
+    invoice = session.get(Invoice, invoice_id, with_for_update=lock)
+    if invoice is None or not _may_read_agency(caller, invoice.organization_id):
+        raise NotFound("No such invoice.")
+    return invoice
+
+
+def list_invoices(
+    session: Session,
+    caller: Caller,
+    *,
+    limit: int,
+    cursor: str | None,
+    period: str | None = None,
+    state: InvoiceState | None = None,
+    agency_id: uuid.UUID | None = None,
+) -> Page[Invoice]:
+    statement = select(Invoice)
+    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
+        statement = statement.where(Invoice.organization_id == caller.organization_id)
+    if agency_id is not None:
+        statement = statement.where(Invoice.organization_id == agency_id)
+    if period is not None:
+        statement = statement.where(Invoice.period == period)
+    if state is not None:
+        statement = statement.where(Invoice.state == state)
+    return paginate(
+        session,
+        statement,
+        [Invoice.created_at, Invoice.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+        scope=f"{caller.organization_id}:{period}:{state}:{agency_id}",
+    )
+
+
+def next_number(session: Session, year: int) -> str:
+    """The year's next invoice number. The series row stays locked until the transaction
+    ends, so numbers are given one at a time, and a rollback gives its number back."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(InvoiceNumberSeries)
+        .values(year=year, last_number=1)
+        .on_conflict_do_update(
+            index_elements=["year"],
+            set_={"last_number": InvoiceNumberSeries.last_number + 1},
+        )
+        .returning(InvoiceNumberSeries.last_number)
+    )
+    number = session.scalar(statement)
+    return f"{year}-{number:06d}"
+
+
+def finalize(
+    session: Session,
+    caller: Caller,
+    invoice_id: uuid.UUID,
+    now: datetime,
+    config: Mapping[str, Any],
+) -> Invoice:
+    """Issue a draft: number, snapshot and hash, in this one transaction."""
+    invoice = get_invoice(session, caller, invoice_id, lock=True)
+    if invoice.state is not InvoiceState.DRAFT:
+        raise Conflict(f"The invoice is {invoice.state}: it cannot change.", code="invoice_issued")
+    _, period_end = period_bounds(invoice.period)
+    if now < period_end:
+        raise Conflict(f"The period {invoice.period} has not ended yet.", code="period_not_ended")
+    if invoice.built_at < period_end:
+        raise Conflict(
+            "This draft was built before its period ended: run billing for the period again.",
+            code="draft_outdated",
+        )
+    invoice.number = next_number(session, now.year)
+    invoice.state, invoice.finalized_at, invoice.finalized_by = (
+        InvoiceState.FINALIZED,
+        now,
+        caller.client_id,
+    )
+    organization = _agency(session, invoice.organization_id)
+    profile = profile_view(session, organization, config)
+    invoice.snapshot = snapshot(invoice, organization, profile, config)
+    invoice.snapshot_sha256 = invoicing.fingerprint(invoice.snapshot)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "invoice.finalized",
+        "invoice",
+        invoice.id,
+        organization_id=invoice.organization_id,
+        before={"state": InvoiceState.DRAFT.value},
+        after={
+            "state": invoice.state.value,
+            "number": invoice.number,
+            "total": str(invoice.total),
+            "snapshot_sha256": invoice.snapshot_sha256,
+        },
+    )
+    return invoice
+
+
+def snapshot(
+    invoice: Invoice,
+    organization: Organization,
+    profile: Mapping[str, Any],
+    config: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The invoice as issued, whole: what exports and payments work from, and what its hash
+    covers. Amounts and quantities are decimal strings."""
+    start, end = period_bounds(invoice.period)
+    assert invoice.finalized_at is not None
+    return {
+        "id": str(invoice.id),
+        "number": invoice.number,
+        "issued_at": _iso(invoice.finalized_at),
+        "period": invoice.period,
+        "period_start": _iso(start),
+        "period_end": _iso(end),
+        "currency": invoice.currency,
+        "seller": dict(config["SELLER"]),
+        "buyer": {
+            "organization_id": str(organization.id),
+            "name": organization.name,
+            "legal_name": profile["legal_name"],
+            "address": profile["address"],
+            "country": profile["country"],
+            "vat_id": profile["vat_id"],
+        },
+        "lines": [
+            {
+                "position": line.position,
+                "kind": line.kind,
+                "period": line.period,
+                "resource_id": str(line.resource_id),
+                "provider_id": str(line.provider_id),
+                "metric": line.metric,
+                "quantity": str(shown(line.quantity)),
+                "unit_price": str(trim_decimals(line.unit_price)),
+                "amount": _money(line.amount, invoice.currency),
+                "tax_category": line.tax_category,
+                "tax_rate": str(trim_decimals(line.tax_rate, keep=0)),
+                "service_start": _iso(line.service_start),
+                "service_end": _iso(line.service_end),
+            }
+            for line in invoice.lines
+        ],
+        "taxes": invoice.taxes,
+        "subtotal": _money(invoice.subtotal, invoice.currency),
+        "tax": _money(invoice.tax, invoice.currency),
+        "total": _money(invoice.total, invoice.currency),
+    }
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    return str(round_amount(amount, currency))
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
