@@ -184,7 +184,7 @@ class InvoiceLineSchema(ma.Schema):
     tax_category = ma.fields.String()
     tax_rate = ma.fields.Function(
         lambda line: str(trim_decimals(line.tax_rate, keep=0)),
-        metadata={"type": "string", "description": "VAT rate in percent, e.g. \"20\""},
+        metadata={"type": "string", "description": 'VAT rate in percent, e.g. "20"'},
     )
     service_start = Timestamp()
     service_end = Timestamp()

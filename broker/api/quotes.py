@@ -8,7 +8,7 @@ from typing import Any
 import marshmallow as ma
 
 from broker.api.base import Blueprint, current_caller, now, request_session
-from broker.api.schemas import Money, StrictSchema, WholeNumber
+from broker.api.schemas import Money, RatedLineSchema, StrictSchema, WholeNumber
 from broker.models import Role
 from broker.services import quotes as service
 
@@ -25,14 +25,6 @@ class QuoteRequestSchema(StrictSchema):
     )
 
 
-class QuoteLineSchema(ma.Schema):
-    metric = ma.fields.String()
-    quantity = ma.fields.Decimal(as_string=True)
-    unit_price = Money()
-    amount = Money(currency_from="currency")
-    currency = ma.fields.String()
-
-
 class ReasonSchema(ma.Schema):
     code = ma.fields.String()
     detail = ma.fields.String()
@@ -43,7 +35,7 @@ class QuoteSchema(ma.Schema):
     offer_version = ma.fields.Integer(attribute="offer.version")
     quantity = ma.fields.Integer()
     hours = ma.fields.Integer()
-    lines = ma.fields.List(ma.fields.Nested(QuoteLineSchema), attribute="estimate.lines")
+    lines = ma.fields.List(ma.fields.Nested(RatedLineSchema), attribute="estimate.lines")
     total = Money(attribute="estimate.total", currency_from="estimate.currency")
     currency = ma.fields.String(attribute="estimate.currency")
     allowed = ma.fields.Boolean()

@@ -10,7 +10,15 @@ from flask import Response, jsonify
 
 from broker.api.base import Blueprint, current_caller, now, request_session
 from broker.api.jobs import JobSchema, job_location
-from broker.api.schemas import ListArgs, Money, StrictSchema, Timestamp, agency_id_field, page_of
+from broker.api.schemas import (
+    ListArgs,
+    Money,
+    RatedLineSchema,
+    StrictSchema,
+    Timestamp,
+    agency_id_field,
+    page_of,
+)
 from broker.models import ResourceState, Role
 from broker.services import resources as service
 from broker.services import usage
@@ -49,19 +57,11 @@ class ResourceSchema(ma.Schema):
     terminated_at = Timestamp(allow_none=True)
 
 
-class CostLineSchema(ma.Schema):
-    metric = ma.fields.String()
-    quantity = ma.fields.Decimal(as_string=True)
-    unit_price = Money()
-    amount = Money(currency_from="currency")
-    currency = ma.fields.String()
-
-
 class CostSchema(ma.Schema):
     period = ma.fields.String()
     currency = ma.fields.String()
     amount = Money(currency_from="currency")
-    lines = ma.fields.List(ma.fields.Nested(CostLineSchema))
+    lines = ma.fields.List(ma.fields.Nested(RatedLineSchema))
 
 
 class ResourceDetailSchema(ResourceSchema):

@@ -90,6 +90,16 @@ class Money(ma.fields.Decimal):
 MONEY_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 
 
+class RatedLineSchema(ma.Schema):
+    """A quantity of one metric at a price (`billing.rating.Line`): quotes, costs so far."""
+
+    metric = ma.fields.String()
+    quantity = ma.fields.Decimal(as_string=True)
+    unit_price = Money()
+    amount = Money(currency_from="currency")
+    currency = ma.fields.String()
+
+
 def country_field(**kwargs: Any) -> ma.fields.String:
     """An ISO 3166-1 alpha-2 country code (`FR`, `CA`)."""
     return ma.fields.String(validate=ma.validate.Regexp(r"^[A-Z]{2}$"), **kwargs)
