@@ -76,9 +76,10 @@ class Clock:
 
 @pytest.fixture
 def clock(app: Flask) -> Clock:
-    """A second ahead of the real clock, so that jobs queued so far are ready at it; the API
-    reads it too (what it timestamps and what the jobs do then come in order)."""
-    clock = Clock(datetime.now(UTC) + timedelta(seconds=1))
+    """A minute ahead of the real clock, so that jobs queued (stamped with the real time) are
+    ready at it however slowly the test runs; the API reads it too (what it timestamps and
+    what the jobs do then come in order)."""
+    clock = Clock(datetime.now(UTC) + timedelta(minutes=1))
     app.config["CLOCK"] = clock
     return clock
 

@@ -194,6 +194,7 @@ def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
             unit_monthly_cost=order.unit_monthly_cost,
             currency=order.currency,
             addresses=[],
+            created_at=now,  # the boot timeout counts from here, on the broker's clock
         )
         session.add(resource)
         resources.record_event(session, resource, None, ResourceState.PROVISIONING, now=now)
