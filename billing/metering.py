@@ -36,10 +36,11 @@ class QuantityError(ValueError):
 
 def to_quanta(quantity: Fraction | Decimal | int) -> int:
     """`quantity` as a whole number of `QUANTUM`s; refuses what is not a whole number of them."""
-    scaled = Fraction(quantity) * QUANTA_PER_UNIT
-    if scaled.denominator != 1:
+    exact = quantity if isinstance(quantity, Fraction) else Fraction(quantity)
+    whole, rest = divmod(exact.numerator * QUANTA_PER_UNIT, exact.denominator)
+    if rest:
         raise QuantityError(f"{quantity} is finer than the ledger's resolution")
-    return scaled.numerator
+    return whole
 
 
 def from_quanta(quanta: int) -> Fraction:

@@ -55,13 +55,14 @@ class UsageRecord(IdMixin, Base):
     resource over `[start, end)`, which never spans two periods.
 
     `invoice_id` is the invoice that bills it: set when a draft takes it in (a rebuilt draft
-    lets go and takes again), frozen when that invoice is finalized.
+    keeps what it took and takes what is new), frozen when that invoice is finalized.
     """
 
     __tablename__ = "usage_records"
     __table_args__ = (
         UniqueConstraint("provider_id", "source", "record_id"),
-        Index("ix_usage_records_billing", "organization_id", "period", "invoice_id"),
+        # What a draft takes (the agency's unbilled records) and what it bills.
+        Index("ix_usage_records_billing", "organization_id", "invoice_id", "period"),
         Index("ix_usage_records_listing", "organization_id", "start", "id"),
         Index("ix_usage_records_provider_listing", "provider_id", "start", "id"),
         Index("ix_usage_records_resource", "resource_id", "period", "metric"),
@@ -84,7 +85,7 @@ class UsageRecord(IdMixin, Base):
     payload_hash: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     invoice_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+        ForeignKey("invoices.id", ondelete="RESTRICT")
     )
 
 

@@ -258,12 +258,6 @@ def build_drafts(
         )
     }
     drafts = [invoice for invoice in live.values() if invoice.state is InvoiceState.DRAFT]
-    if drafts:  # a rebuilt draft lets go of what it billed, and takes again below
-        session.execute(
-            update(UsageRecord)
-            .where(UsageRecord.invoice_id.in_([invoice.id for invoice in drafts]))
-            .values(invoice_id=None)
-        )
     currencies = set(
         session.scalars(
             select(Resource.currency)
@@ -310,7 +304,8 @@ def build_drafts(
 
 def _take_usage(session: Session, invoice: Invoice) -> None:
     """Give the draft the agency's unbilled usage in its currency: its period's, and earlier
-    periods' that arrived after they were invoiced (not those of a period still in draft)."""
+    periods' that arrived after they were invoiced (not those of a period still in draft).
+    What a rebuilt draft took before stays its own: only new usage is written to."""
     other_drafts = select(Invoice.period).where(
         Invoice.organization_id == invoice.organization_id,
         Invoice.currency == invoice.currency,
@@ -346,7 +341,10 @@ def _consumption(session: Session, invoice: Invoice) -> list[invoicing.Consumpti
             func.min(UsageRecord.start),
             func.max(UsageRecord.end),
         )
-        .where(UsageRecord.invoice_id == invoice.id)
+        .where(
+            UsageRecord.organization_id == invoice.organization_id,
+            UsageRecord.invoice_id == invoice.id,
+        )
         .group_by(UsageRecord.resource_id, UsageRecord.metric, UsageRecord.period)
     ).all()
     resource_ids = {row[0] for row in groups}

@@ -95,17 +95,13 @@ def _insert_ignoring_duplicates(
     if not rows:
         return set()
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    inserted: set[tuple[uuid.UUID, str]] = set()
-    # Bounded batches keep within SQLite's limit on bound parameters.
-    for offset in range(0, len(rows), 1000):
-        statement: Insert = (
-            dialect.insert(UsageRecord)
-            .values(list(rows[offset : offset + 1000]))
-            .on_conflict_do_nothing(index_elements=["provider_id", "source", "record_id"])
-            .returning(UsageRecord.provider_id, UsageRecord.record_id)
-        )
-        inserted.update((row.provider_id, row.record_id) for row in session.execute(statement))
-    return inserted
+    statement: Insert = (
+        dialect.insert(UsageRecord)
+        .on_conflict_do_nothing(index_elements=["provider_id", "source", "record_id"])
+        .returning(UsageRecord.provider_id, UsageRecord.record_id)
+    )
+    # One statement compiled once, sent as batched multi-row inserts ("insertmanyvalues").
+    return {(row.provider_id, row.record_id) for row in session.execute(statement, rows)}
 
 
 def _row(

@@ -141,8 +141,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('provider_id', 'source', 'record_id', name=op.f('uq_usage_records_provider_id_source_record_id'))
     )
     with op.batch_alter_table('usage_records', schema=None) as batch_op:
-        batch_op.create_index('ix_usage_records_billing', ['organization_id', 'period', 'invoice_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_usage_records_invoice_id'), ['invoice_id'], unique=False)
+        batch_op.create_index('ix_usage_records_billing', ['organization_id', 'invoice_id', 'period'], unique=False)
         batch_op.create_index('ix_usage_records_listing', ['organization_id', 'start', 'id'], unique=False)
         batch_op.create_index('ix_usage_records_provider_listing', ['provider_id', 'start', 'id'], unique=False)
         batch_op.create_index('ix_usage_records_resource', ['resource_id', 'period', 'metric'], unique=False)
@@ -182,7 +181,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_usage_records_resource')
         batch_op.drop_index('ix_usage_records_provider_listing')
         batch_op.drop_index('ix_usage_records_listing')
-        batch_op.drop_index(batch_op.f('ix_usage_records_invoice_id'))
         batch_op.drop_index('ix_usage_records_billing')
 
     op.drop_table('usage_records')

@@ -1,0 +1,542 @@
+"""How fast usage goes into the ledger through `POST /v1/usage`, and how long a billing run takes.
+
+Sets up a temporary SQLite database (removed at the end; or `BENCH_DATABASE_URL` when set:
+an empty database, migrated here; the rows are left there), an app, a consortium with an
+admin and a finance client, and a provider organization whose operator (role `provider`)
+sells one published offer on a provider on the `simulated` adapter, all through the services
+and the API. Orders and resources are inserted directly (one completed order of one machine
+per resource, at the offer's prices).
+
+1. Ingestion: `BENCH_USAGE_RECORDS` records (default 20 000; `vcpu_hour`, one clock hour each,
+   in the last 21 days) of the machines of one agency are pushed by the operator in batches of
+   1000 (`POST /v1/usage`, a fresh `Idempotency-Key` each) through the WSGI test client. The
+   same rows (built by `services.usage._row` beforehand, not timed) are then inserted raw
+   (SQLAlchemy Core `insert(UsageRecord)` executemany, one transaction per 1000 rows) into the
+   same table. Both timed runs start from the same state: the table had the same number of
+   rows inserted and deleted before (a raw warm-up round), and each run's rows are deleted
+   after it.
+2. Billing: `BENCH_AGENCIES` agencies (default 100), each with `BENCH_RESOURCES` machines
+   (default 10) that ran every hour of the latest ended month of 30 days (720 hourly
+   `instance_hour` records each, as the broker's meter writes them; inserted in bulk, with
+   commits that do not wait for the disk, not timed; the meter is taken as caught up). Table
+   statistics are then gathered (as `broker serve` does when it starts, and autovacuum after
+   such a load). Then `POST /v1/billing-runs` for that month
+   (as finance), with its job run in-process to the end, is timed; a second run of the same
+   period (rebuilding the drafts) too.
+
+Prints, for ingestion: records per second through the API, by the raw insert, and their
+ratio; for billing: the wall time of each run, ledger records per second, and the invoices and
+invoice lines made. Prints figures only; nothing here is a test.
+Run: `.venv/bin/python bench/billing.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import delete, event, func, insert, select, text, update
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from billing.metering import floor_hour, period_bounds, period_of  # noqa: E402
+from billing.rating import Specs, monthly_price  # noqa: E402
+from broker import create_app  # noqa: E402
+from broker.db import Database  # noqa: E402
+from broker.jobs.handlers import HANDLERS, ON_DEAD  # noqa: E402
+from broker.jobs.queue import JobContext, run_pending  # noqa: E402
+from broker.migrate import upgrade  # noqa: E402
+from broker.models import (  # noqa: E402
+    BillingRun,
+    BillingRunState,
+    Invoice,
+    InvoiceLine,
+    MeterCursor,
+    Offer,
+    Order,
+    OrderState,
+    Organization,
+    OrganizationKind,
+    Resource,
+    ResourceState,
+    Role,
+    UsageRecord,
+    UsageSource,
+)
+from broker.services import offers, organizations  # noqa: E402
+from broker.services import usage as usage_service  # noqa: E402
+from providers.base import order_token  # noqa: E402
+
+USAGE_RECORDS = int(os.environ.get("BENCH_USAGE_RECORDS", "20000"))
+AGENCIES = int(os.environ.get("BENCH_AGENCIES", "100"))
+RESOURCES = int(os.environ.get("BENCH_RESOURCES", "10"))
+BATCH = 1000
+INGEST_HOURS = 500  # hours of pushed usage per machine (within the 62 days' lookback)
+SKU = "bench-vm"
+REGION = "fr-par-1"
+FLAVOR = {"sku": SKU, "vcpu": 2, "ram_gib": "4", "disk_gib": 50, "region": REGION}
+
+
+# Set-up --------------------------------------------------------------------------------------
+
+
+def _organization(database: Database, kind: OrganizationKind, name: str) -> uuid.UUID:
+    with database.transaction() as session:
+        return organizations.create_organization(session, None, name=name, kind=kind).id
+
+
+def _client(database: Database, organization_id: uuid.UUID, role: Role) -> tuple[str, str]:
+    """An API client of the organization: (client id, secret)."""
+    with database.transaction() as session:
+        issued = organizations.create_client(
+            session, None, organization_id, name=f"bench {role.value}", roles=[role]
+        )
+        return issued.client.client_id, issued.secret
+
+
+def _headers(client: FlaskClient, credentials: tuple[str, str]) -> dict[str, str]:
+    response = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=credentials
+    )
+    body = _check(response, 200)
+    return {"Authorization": f"Bearer {body['access_token']}"}
+
+
+def _check(response: Any, status: int) -> dict[str, Any]:
+    if response.status_code != status:
+        raise SystemExit(
+            f"{response.request.method} {response.request.path}: {response.status_code} "
+            f"(expected {status}): {response.get_data(as_text=True)}"
+        )
+    return dict(response.json)
+
+
+def _provider_and_offer(
+    client: FlaskClient, admin: dict[str, str], operator: dict[str, str], org_id: uuid.UUID
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A provider on the simulated adapter, operated by `org_id`, and its published offer."""
+    provider_body = {
+        "name": "Bench cloud",
+        "organization_id": str(org_id),
+        "adapter": "simulated",
+        "adapter_config": {"provision_delay_seconds": 0, "flavors": [FLAVOR]},
+        "regions": [{"code": REGION, "country": "FR", "city": "Paris", "datacenter_tier": 3}],
+        "compliance": [
+            {
+                "scheme": "secnumcloud",
+                "level": "3.2",
+                "valid_from": "2020-01-01T00:00:00Z",
+                "valid_until": "2099-01-01T00:00:00Z",
+                "evidence_url": "https://cyber.gouv.fr/evidence/secnumcloud-42.pdf",
+            }
+        ],
+        "jurisdiction": {
+            "operator_country": "FR",
+            "parent_country": "FR",
+            "extraterritorial_exposure": [],
+        },
+    }
+    provider = _check(client.post("/v1/providers", json=provider_body, headers=admin), 201)
+    offer_body = {
+        "provider_id": provider["id"],
+        "sku": SKU,
+        "name": "General purpose 2 vCPU / 4 GiB",
+        "kind": "vm",
+        "region": REGION,
+        "specs": {"vcpu": 2, "ram_gib": 4, "disk_gib": 50},
+        "prices": [
+            {"metric": metric, "unit_price": unit_price, "currency": "EUR"}
+            for metric, unit_price in (
+                ("instance_hour", "0.05"),
+                ("vcpu_hour", "0.01"),
+                ("ram_gib_hour", "0.002"),
+                ("storage_gib_month", "0.04"),
+            )
+        ],
+    }
+    offer = _check(client.post("/v1/offers", json=offer_body, headers=operator), 201)
+    _check(client.post(f"/v1/offers/{offer['id']}/publish", headers=operator), 200)
+    return uuid.UUID(provider["id"]), uuid.UUID(offer["id"])
+
+
+def _machines(
+    database: Database,
+    offer_id: uuid.UUID,
+    agency_id: uuid.UUID,
+    count: int,
+    activated_at: datetime,
+) -> list[uuid.UUID]:
+    """`count` active machines of the agency, one completed order each (inserted directly,
+    at the published offer's prices, as `orders.place_order` copies them)."""
+    with database.session(read_only=True) as session:
+        offer = session.get(Offer, offer_id)
+        assert offer is not None
+        prices, currency, provider_id = offer.prices, offer.currency, offer.provider_id
+        unit = monthly_price(
+            offers.parse_prices(prices),
+            Specs(offer.vcpu, offer.ram_gib, offer.disk_gib),
+        )
+    order_rows: list[dict[str, Any]] = []
+    resource_rows: list[dict[str, Any]] = []
+    machines: list[uuid.UUID] = []
+    for number in range(count):
+        order_id, resource_id = uuid.uuid4(), uuid.uuid4()
+        machines.append(resource_id)
+        order_rows.append(
+            {
+                "id": order_id,
+                "organization_id": agency_id,
+                "created_by": "bench",
+                "offer_id": offer_id,
+                "provider_id": provider_id,
+                "name": f"vm-{number:04d}",
+                "quantity": 1,
+                "parameters": {},
+                "prices": prices,
+                "currency": currency,
+                "unit_monthly_cost": unit,
+                "monthly_cost": unit,
+                "state": OrderState.COMPLETED,
+                "completed_at": activated_at,
+                "created_at": activated_at,
+                "updated_at": activated_at,
+                "version": 1,
+            }
+        )
+        resource_rows.append(
+            {
+                "id": resource_id,
+                "order_id": order_id,
+                "organization_id": agency_id,
+                "provider_id": provider_id,
+                "offer_id": offer_id,
+                "index": 0,
+                "name": f"vm-{number:04d}",
+                "token": order_token(order_id, 0),
+                "provider_ref": f"sim-{resource_id}",
+                "addresses": [],
+                "state": ResourceState.ACTIVE,
+                "unit_monthly_cost": unit,
+                "currency": currency,
+                "activated_at": activated_at,
+                "created_at": activated_at,
+                "updated_at": activated_at,
+            }
+        )
+    with database.engine.begin() as connection:
+        connection.execute(insert(Order), order_rows)
+        connection.execute(insert(Resource), resource_rows)
+    return machines
+
+
+def _hour_row(
+    provider_id: uuid.UUID,
+    resource_id: uuid.UUID,
+    agency_id: uuid.UUID,
+    source: UsageSource,
+    record_id: str,
+    metric: str,
+    quantity: Fraction,
+    start: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    return usage_service._row(
+        provider_id=provider_id,
+        source=source,
+        record_id=record_id,
+        resource_id=resource_id,
+        organization_id=agency_id,
+        metric=metric,
+        quantity=quantity,
+        start=start,
+        end=start + timedelta(hours=1),
+        now=now,
+    )
+
+
+def _insert_batches(database: Database, rows: Sequence[dict[str, Any]]) -> None:
+    """Core executemany, one transaction per `BATCH` rows."""
+    for offset in range(0, len(rows), BATCH):
+        with database.engine.begin() as connection:
+            connection.execute(insert(UsageRecord), rows[offset : offset + BATCH])
+
+
+def _delete_usage(database: Database, source: UsageSource) -> None:
+    with database.engine.begin() as connection:
+        connection.execute(delete(UsageRecord).where(UsageRecord.source == source))
+
+
+def _loading_database(url: str) -> Database:
+    """The same database, for the untimed bulk set-up only: commits do not wait for the disk
+    (and SQLite gets a larger page cache)."""
+    if url.startswith(("postgres://", "postgresql")):
+        return Database(url, connect_args={"options": "-c synchronous_commit=off"})
+    database = Database(url)
+
+    @event.listens_for(database.engine, "connect")
+    def _relaxed(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=OFF")
+        cursor.execute("PRAGMA cache_size=-262144")
+        cursor.close()
+
+    return database
+
+
+# Ingestion -----------------------------------------------------------------------------------
+
+
+def ingestion(
+    client: FlaskClient,
+    database: Database,
+    operator: dict[str, str],
+    provider_id: uuid.UUID,
+    offer_id: uuid.UUID,
+) -> None:
+    agency_id = _organization(database, OrganizationKind.AGENCY, "Bench ingest agency")
+    now = datetime.now(UTC)
+    first_hour = floor_hour(now) - timedelta(hours=INGEST_HOURS + 1)
+    count = math.ceil(USAGE_RECORDS / INGEST_HOURS)
+    machines = _machines(database, offer_id, agency_id, count, first_hour)
+    pushed: list[tuple[uuid.UUID, str, datetime]] = []
+    for resource_id in machines:
+        for hour in range(INGEST_HOURS):
+            start = first_hour + timedelta(hours=hour)
+            pushed.append((resource_id, f"{resource_id}/{start:%Y-%m-%dT%H}", start))
+    pushed = pushed[:USAGE_RECORDS]
+    bodies = [
+        {
+            "records": [
+                {
+                    "record_id": record_id,
+                    "resource_id": str(resource_id),
+                    "metric": "vcpu_hour",
+                    "quantity": "2",
+                    "start": _iso(start),
+                    "end": _iso(start + timedelta(hours=1)),
+                }
+                for resource_id, record_id, start in pushed[offset : offset + BATCH]
+            ]
+        }
+        for offset in range(0, len(pushed), BATCH)
+    ]
+    rows = [
+        _hour_row(
+            provider_id,
+            resource_id,
+            agency_id,
+            UsageSource.PUSH,
+            record_id,
+            "vcpu_hour",
+            Fraction(2),
+            start,
+            now,
+        )
+        for resource_id, record_id, start in pushed
+    ]
+
+    _insert_batches(database, rows)  # warm-up: both timed runs find the table in this state
+    _delete_usage(database, UsageSource.PUSH)
+
+    started = time.perf_counter()
+    for body in bodies:
+        headers = {**operator, "Idempotency-Key": str(uuid.uuid4())}
+        result = _check(client.post("/v1/usage", json=body, headers=headers), 200)
+        assert result["created"] == len(body["records"]), result
+    api_seconds = time.perf_counter() - started
+    _delete_usage(database, UsageSource.PUSH)
+
+    started = time.perf_counter()
+    _insert_batches(database, rows)
+    raw_seconds = time.perf_counter() - started
+    _delete_usage(database, UsageSource.PUSH)
+
+    api_rate, raw_rate = len(rows) / api_seconds, len(rows) / raw_seconds
+    print(f"Usage ingestion, {len(rows)} records in batches of {BATCH}:")
+    print(f"  POST /v1/usage       {api_rate:9.0f} records/s   ({api_seconds:6.2f} s)")
+    print(f"  raw Core insert      {raw_rate:9.0f} records/s   ({raw_seconds:6.2f} s)")
+    print(f"  the API reaches {api_rate / raw_rate:.2f}x the raw insert rate")
+
+
+# Billing -------------------------------------------------------------------------------------
+
+
+def _billing_period(now: datetime) -> str:
+    """The latest month that has ended and has 30 days (720 hours)."""
+    period = period_of(now)
+    while True:
+        start, _ = period_bounds(period)
+        period = period_of(start - timedelta(days=1))
+        first, end = period_bounds(period)
+        if end - first == timedelta(days=30):
+            return period
+
+
+def billing_setup(
+    database: Database,
+    offer_id: uuid.UUID,
+    provider_id: uuid.UUID,
+    period: str,
+) -> int:
+    """The agencies, their machines and every hour of their usage in `period`; returns how
+    many ledger records that is."""
+    start, end = period_bounds(period)
+    hours = int((end - start) / timedelta(hours=1))
+    now = datetime.now(UTC)
+    records = 0
+    for number in range(AGENCIES):
+        agency_id = _organization(database, OrganizationKind.AGENCY, f"Bench agency {number:03d}")
+        machines = _machines(database, offer_id, agency_id, RESOURCES, start)
+        rows = [
+            _hour_row(
+                provider_id,
+                resource_id,
+                agency_id,
+                UsageSource.BROKER,
+                f"{resource_id}/{hour_start:%Y-%m-%dT%H}",
+                usage_service.INSTANCE_HOUR,
+                Fraction(1),
+                hour_start,
+                now,
+            )
+            for resource_id in machines
+            for hour_start in (start + timedelta(hours=hour) for hour in range(hours))
+        ]
+        with database.engine.begin() as connection:
+            # Agencies existing before the period ends are billed for it.
+            connection.execute(
+                update(Organization)
+                .where(Organization.id == agency_id)
+                .values(created_at=start - timedelta(days=30))
+            )
+            connection.execute(insert(UsageRecord), rows)
+        records += len(rows)
+    with database.engine.begin() as connection:
+        # The meter is caught up (it runs every five minutes): the run finds nothing to close.
+        cursor = floor_hour(now - usage_service.METER_GRACE)
+        connection.execute(delete(MeterCursor).where(MeterCursor.name == "meter:instance_hour"))
+        connection.execute(insert(MeterCursor), [{"name": "meter:instance_hour", "until": cursor}])
+        # Statistics, as `broker serve` gathers them at start and autovacuum after a load.
+        connection.execute(text("ANALYZE"))
+    return records
+
+
+def billing_run(
+    app: Flask, client: FlaskClient, database: Database, finance: dict[str, str], period: str
+) -> tuple[float, BillingRun]:
+    started = time.perf_counter()
+    headers = {**finance, "Idempotency-Key": str(uuid.uuid4())}
+    run = _check(client.post("/v1/billing-runs", json={"period": period}, headers=headers), 202)
+    run_pending(JobContext(database, app.config), HANDLERS, on_dead=ON_DEAD)
+    seconds = time.perf_counter() - started
+    with database.session(read_only=True) as session:
+        row = session.get(BillingRun, uuid.UUID(run["id"]))
+    assert row is not None
+    if row.state is not BillingRunState.SUCCEEDED:
+        raise SystemExit(f"the billing run is {row.state}: {row.error}")
+    return seconds, row
+
+
+def billing(
+    app: Flask,
+    client: FlaskClient,
+    database: Database,
+    finance_credentials: tuple[str, str],
+    offer_id: uuid.UUID,
+    provider_id: uuid.UUID,
+) -> None:
+    period = _billing_period(datetime.now(UTC))
+    started = time.perf_counter()
+    loading = _loading_database(database.url)
+    records = billing_setup(loading, offer_id, provider_id, period)
+    loading.dispose()
+    setup_seconds = time.perf_counter() - started
+    print(
+        f"Billing run for {period}: {AGENCIES} agencies x {RESOURCES} machines x "
+        f"{records // max(AGENCIES * RESOURCES, 1)} hours = {records} ledger records "
+        f"(inserted in {setup_seconds:.1f} s, not timed; table statistics gathered after)"
+    )
+    run_pending(JobContext(database, app.config), HANDLERS, on_dead=ON_DEAD)  # none expected
+    for label in ("first run", "second run (rebuild)"):
+        finance = _headers(client, finance_credentials)
+        seconds, run = billing_run(app, client, database, finance, period)
+        with database.session(read_only=True) as session:
+            invoices = session.scalar(
+                select(func.count()).select_from(Invoice).where(Invoice.period == period)
+            )
+            lines = session.scalar(
+                select(func.count())
+                .select_from(InvoiceLine)
+                .join(Invoice, Invoice.id == InvoiceLine.invoice_id)
+                .where(Invoice.period == period)
+            )
+        print(
+            f"  {label:<21} {seconds:7.2f} s   {records / seconds:9.0f} records/s   "
+            f"{run.drafts} drafts built; {invoices} invoices, {lines} lines in {period}"
+        )
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _timed(label: str, step: Callable[[], None]) -> None:
+    started = time.perf_counter()
+    step()
+    print(f"({label}: {time.perf_counter() - started:.1f} s in all)")
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-billing-"))
+    try:
+        run(workdir, os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{workdir / 'broker.db'}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # the SQLite file is large
+
+
+def run(workdir: Path, url: str) -> None:
+    upgrade(url)
+    database = Database(url)
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "INSTANCE_PATH": str(workdir),
+            "SIGNING_KEY_FILE": str(workdir / "signing-key.pem"),
+            "CREDENTIAL_KEYS": Fernet.generate_key().decode(),
+            "PROVIDER_STATE_DIR": str(workdir / "providers"),
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    client = app.test_client()
+    consortium = _organization(database, OrganizationKind.CONSORTIUM, "Bench consortium")
+    admin = _headers(client, _client(database, consortium, Role.ADMIN))
+    finance_credentials = _client(database, consortium, Role.FINANCE)
+    provider_org = _organization(database, OrganizationKind.PROVIDER, "Bench provider")
+    operator = _headers(client, _client(database, provider_org, Role.PROVIDER))
+    provider_id, offer_id = _provider_and_offer(client, admin, operator, provider_org)
+
+    kind = "PostgreSQL" if database.engine.dialect.name == "postgresql" else "SQLite"
+    print(f"python {sys.version.split()[0]}, {kind}")
+    _timed("ingestion", lambda: ingestion(client, database, operator, provider_id, offer_id))
+    _timed(
+        "billing",
+        lambda: billing(app, client, database, finance_credentials, offer_id, provider_id),
+    )
+    database.dispose()
+
+
+if __name__ == "__main__":
+    main()
