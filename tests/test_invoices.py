@@ -310,3 +310,47 @@ def test_billing_runs_are_for_finance_and_for_periods_that_have_started(
     )
     problem(response, 400, "idempotency_key_required")
     assert ledger.client.get("/v1/billing-runs", headers=ledger.finance.headers).json["items"] == []
+
+
+def test_a_billing_profile_is_replaced_with_if_match_and_used_by_the_next_draft(
+    ledger: Ledger,
+) -> None:
+    agency = ledger.market.buyer
+    path = f"/v1/organizations/{agency.organization_id}/billing-profile"
+    default = ledger.client.get(path, headers=agency.headers)
+    assert default.headers["ETag"] == '"v0"'
+    assert (default.json["country"], default.json["vat_rate"]) == ("FR", "20.00")
+    body = {"legal_name": "Agence X", "country": "DE", "vat_rate": "19", "vat_id": "DE123456789"}
+    problem(ledger.client.put(path, json=body, headers=ledger.finance.headers), 428)
+    stale = {**ledger.finance.headers, "If-Match": '"v7"'}
+    problem(ledger.client.put(path, json=body, headers=stale), 412)
+    for bad in ({"vat_rate": "101"}, {"country": "Germany"}, {"vat_id": "de 123"}):
+        response = ledger.client.put(
+            path, json={**body, **bad}, headers={**ledger.finance.headers, "If-Match": '"v0"'}
+        )
+        assert set(problem(response, 422)["errors"]) == set(bad)
+    saved = ledger.client.put(
+        path, json=body, headers={**ledger.finance.headers, "If-Match": '"v0"'}
+    )
+    assert saved.status_code == 200 and saved.headers["ETag"] == '"v1"'
+    assert ledger.client.get(path, headers=agency.headers).json == saved.json
+
+    machine = ledger.start_machine(t(10, 8))
+    ledger.act(machine, "terminate", t(10, 18))
+    ledger.bill("2030-03", when=t(1, 1, month=4))
+    invoice = ledger.invoice_of("2030-03")
+    assert invoice["taxes"] == [{"category": "S", "rate": "19", "base": "0.50", "amount": "0.10"}]
+    issued = ledger.finalize(invoice["id"]).json
+    assert issued["snapshot"]["buyer"]["vat_id"] == "DE123456789"
+    assert issued["snapshot"]["buyer"]["country"] == "DE"
+
+
+def test_usage_can_be_listed_by_time(ledger: Ledger) -> None:
+    machine = ledger.start_machine(t(10, 8))
+    ledger.act(machine, "terminate", t(10, 12, 30))
+    ledger.meter(t(11))
+    path = f"/v1/usage?resource_id={machine}&metric=instance_hour"
+    window = "&from=2030-03-10T09:30:00Z&to=2030-03-10T11:00:00Z"
+    items = ledger.client.get(path + window, headers=ledger.market.buyer.headers).json["items"]
+    # usage overlapping the window, newest first
+    assert [item["start"] for item in items] == ["2030-03-10T10:00:00Z", "2030-03-10T09:00:00Z"]
