@@ -63,7 +63,7 @@ def _documented_refusal(response, case) -> bool:
         ):
             return True  # each adapter names its own settings: the installed plugins decide
         if case.path == "/v1/usage" and all(
-            key.split(".")[-1] in {"resource_id", "end"} for key in body.get("errors", {})
+            key.split(".")[-1] in {"resource_id", "start", "end"} for key in body.get("errors", {})
         ):
             return True  # usage of your own machines, in the lookback window, within a month
         if case.path == "/v1/billing-runs" and set(body.get("errors", {})) == {"period"}:

@@ -127,7 +127,7 @@ def test_a_conflicting_payload_is_409_and_stores_nothing_of_its_batch(
         ({"end": "2030-03-06T00:00:00Z"}, "end", "future"),
         (
             {"start": "2029-12-01T00:00:00Z", "end": "2029-12-01T01:00:00Z"},
-            "end",
+            "start",
             "lookback",
         ),
         (

@@ -137,19 +137,17 @@ def _row(
 
 def interval_problem(
     start: datetime, end: datetime, now: datetime, config: Mapping[str, Any]
-) -> str | None:
-    """Why a record's `[start, end)` is refused, or None."""
+) -> tuple[str, str] | None:
+    """Why a record's `[start, end)` is refused (the field to blame, and why), or None."""
     if end <= start:
-        return "`end` must be after `start`."
+        return "end", "`end` must be after `start`."
     if end > now + timedelta(seconds=config["USAGE_CLOCK_SKEW_SECONDS"]):
-        return "The record ends in the future."
+        return "end", "The record ends in the future."
     if start < now - timedelta(days=config["USAGE_LOOKBACK_DAYS"]):
-        return (
-            f"The record starts more than {config['USAGE_LOOKBACK_DAYS']} days ago, "
-            "outside the lookback window."
-        )
+        days = config["USAGE_LOOKBACK_DAYS"]
+        return "start", f"The record starts more than {days} days ago, outside the lookback window."
     if end > period_bounds(period_of(start))[1]:
-        return "A record must not span two billing periods (months, UTC): split it."
+        return "end", "A record must not span two billing periods (months, UTC): split it."
     return None
 
 
@@ -190,9 +188,10 @@ def push(
         if resource is None:
             errors[f"records.{index}.resource_id"] = ["No such resource on your providers."]
             continue
-        problem = interval_problem(record["start"], record["end"], now, config)
-        if problem:
-            errors[f"records.{index}.end"] = [problem]
+        refused = interval_problem(record["start"], record["end"], now, config)
+        if refused:
+            field_name, reason = refused
+            errors[f"records.{index}.{field_name}"] = [reason]
             continue
         row = _row(
             provider_id=resource.provider_id,
