@@ -12,6 +12,7 @@ token endpoint answers bad credentials in RFC 6749's 400/401.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,20 @@ def valid_data_accepted(ctx, response, case):
     return positive_data_acceptance(ctx, response, case)
 
 
+@pytest.fixture
+def role_user(make_user: MakeUser) -> Callable[[str], ApiUser]:
+    """`role_user(role)`: a client holding `role`, made on first use; the operation's later
+    examples reuse it, as they reuse `admin` (fixtures are set up once per operation)."""
+    made: dict[str, ApiUser] = {}
+
+    def get(role: str) -> ApiUser:
+        if role not in made:
+            made[role] = make_user(KIND_OF_ROLE[role], [role])
+        return made[role]
+
+    return get
+
+
 @schema.parametrize()
 @settings(
     max_examples=25,
@@ -87,7 +102,7 @@ def valid_data_accepted(ctx, response, case):
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_operation_conforms(case, app, admin: ApiUser, make_user: MakeUser) -> None:
+def test_operation_conforms(case, app, admin: ApiUser, role_user: Callable[[str], ApiUser]) -> None:
     # A fresh app and database for every operation.
     case.operation.schema.app = case.operation.app = app
     # The admin token, unless the operation is for another role (then a client holding it),
@@ -95,7 +110,7 @@ def test_operation_conforms(case, app, admin: ApiUser, make_user: MakeUser) -> N
     roles = case.operation.definition.raw.get("x-roles", ["admin"])
     user = admin
     if "admin" not in roles and "any" not in roles:
-        user = make_user(KIND_OF_ROLE[roles[0]], [roles[0]])
+        user = role_user(roles[0])
     case.call_and_validate(
         headers=user.headers,
         excluded_checks=[positive_data_acceptance],

@@ -3,27 +3,37 @@
 The buyer's credentials come from the file the seed writes, and its token from
 `POST /oauth/token`, exactly as someone trying `make run` would get them. Every search filter
 must have something to show, and the seed must stay idempotent.
+
+The seed runs once for the module, into a migrated database of its own; every test gets a
+copy of that database (a file copy on SQLite, `CREATE DATABASE … TEMPLATE` on PostgreSQL) and
+of the credentials file the seed wrote, so that each still has a database of its own.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from sqlalchemy.engine import URL, make_url
 
 from broker.api.offers import OfferCreateSchema
 from broker.api.providers import ProviderCreateSchema
 from broker.db import Database
 from broker.jobs.handlers import HANDLERS
 from broker.jobs.queue import JobContext, run_pending
+from broker.migrate import upgrade
 from broker.models import AuditEvent, Offer, Provider
 from broker.models.base import utcnow
 from broker.seed import DEMO_PROVIDERS, offer_payload, provider_payload, seed_demo
@@ -34,15 +44,78 @@ from tests.helpers import all_pages
 HEXAGONE, NORDET, ATLANTIC = "Hexagone Cloud", "Nordet Nuagique", "Atlantic Compute Europe"
 
 
-@pytest.fixture
-def credentials_file(tmp_path: Path) -> Path:
-    return tmp_path / "seed-instance" / "demo-credentials.json"
+@dataclass(frozen=True)
+class Seeded:
+    """A migrated database seeded by `seed_demo`, and the credentials file it wrote."""
+
+    url: str
+    credentials_file: Path
+
+
+def _postgres_admin(url: URL, statement: str) -> None:
+    """Run `statement` (CREATE or DROP DATABASE) on the server of `url`."""
+    dsn = f"host={url.host} port={url.port} user={url.username} dbname=postgres"
+    with psycopg.connect(dsn, password=url.password, autocommit=True) as connection:
+        connection.execute(statement)
+
+
+@pytest.fixture(scope="module")
+def seeded(
+    db_kind: str,
+    pytestconfig: pytest.Config,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Seeded]:
+    """`seed_demo`, once for the module, into a migrated database of its own."""
+    root = tmp_path_factory.mktemp("seeded")
+    if db_kind == "postgresql":
+        server = make_url(pytestconfig.broker_pg_url)  # type: ignore[attr-defined]
+        name = f"broker_seeded_{uuid.uuid4().hex[:12]}"
+        _postgres_admin(server, f'CREATE DATABASE "{name}"')
+        url = server.set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+    else:
+        path = root / "broker.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+    database = Database(url)
+    try:
+        seed_demo(database, root / "demo-credentials.json")
+    finally:
+        database.dispose()  # no connection left: PostgreSQL copies only an unused template
+    yield Seeded(url, root / "demo-credentials.json")
+    if db_kind == "postgresql":
+        _postgres_admin(server, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def seeded_buyer(db: Database, client: FlaskClient, credentials_file: Path) -> ApiUser:
+def database_url(seeded: Seeded, tmp_path: Path) -> Iterator[str]:
+    """This test's own copy of the seeded database (instead of an empty one)."""
+    seeded_url = make_url(seeded.url)
+    if seeded_url.get_backend_name() == "sqlite":
+        assert seeded_url.database is not None
+        path = tmp_path / "broker.db"
+        shutil.copyfile(seeded_url.database, path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"broker_seeded_copy_{uuid.uuid4().hex[:12]}"
+    _postgres_admin(seeded_url, f'CREATE DATABASE "{name}" TEMPLATE "{seeded_url.database}"')
+    yield seeded_url.set(database=name).render_as_string(hide_password=False)
+    _postgres_admin(seeded_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def credentials_file(tmp_path: Path, seeded: Seeded) -> Path:
+    """This test's copy of the credentials file the seed wrote."""
+    path = tmp_path / "seed-instance" / "demo-credentials.json"
+    path.parent.mkdir()
+    shutil.copy2(seeded.credentials_file, path)
+    return path
+
+
+@pytest.fixture
+def seeded_buyer(client: FlaskClient, credentials_file: Path) -> ApiUser:
     """A buyer of a seeded agency, logged in with the credentials the seed wrote."""
-    seed_demo(db, credentials_file)
     written = json.loads(credentials_file.read_text())
     mine = next(c for c in written if c["kind"] == "agency" and c["roles"] == ["buyer"])
     token = fetch_token(client, mine["client_id"], mine["client_secret"])
