@@ -10,8 +10,10 @@ shows up on the next invoice.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import uuid
 from collections import defaultdict
@@ -354,3 +356,57 @@ def test_usage_can_be_listed_by_time(ledger: Ledger) -> None:
     items = ledger.client.get(path + window, headers=ledger.market.buyer.headers).json["items"]
     # usage overlapping the window, newest first
     assert [item["start"] for item in items] == ["2030-03-10T10:00:00Z", "2030-03-10T09:00:00Z"]
+
+
+def test_exports_are_byte_identical_and_made_from_the_snapshot_only(
+    ledger: Ledger, make_user: MakeUser
+) -> None:
+    machine = ledger.start_machine(t(30, 11, 20))
+    ledger.act(machine, "terminate", t(31, 12))
+    ledger.bill("2030-03", when=t(1, 1, month=4))
+    invoice = ledger.invoice_of("2030-03")
+    url = f"/v1/invoices/{invoice['id']}/export"
+    problem(ledger.client.get(f"{url}?format=csv", headers=ledger.finance.headers), 409)
+    issued = ledger.finalize(invoice["id"]).json
+
+    def download(fmt: str, user: ApiUser | None = None) -> Any:
+        response = ledger.client.get(
+            f"{url}?format={fmt}", headers=(user or ledger.finance).headers
+        )
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response
+
+    as_json, as_csv = download("json"), download("csv")
+    assert hashlib.sha256(as_json.get_data()).hexdigest() == issued["snapshot_sha256"]
+    assert as_csv.headers["Content-Disposition"] == (
+        f'attachment; filename="invoice-{issued["number"]}.csv"'
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv.get_data(as_text=True))))
+    assert [row["kind"] for row in rows] == ["usage", "tax"]
+    assert (
+        sum(money(row["amount"]) for row in rows) == money(issued["total"]) == money("1.48")
+    )  # 24 h 40 min: 1.23 + 0.25 VAT
+
+    ledger.at(t(2, month=4))  # late usage for March, and a rebuild of March
+    late = {
+        "record_id": "late",
+        "resource_id": machine,
+        "metric": "vcpu_hour",
+        "quantity": "3",
+        "start": "2030-03-31T10:00:00Z",
+        "end": "2030-03-31T11:00:00Z",
+    }
+    assert ledger.push([late]).json["created"] == 1
+    ledger.bill("2030-03")
+    for fmt, before in (("json", as_json), ("csv", as_csv)):
+        assert download(fmt).get_data() == before.get_data()
+        assert download(fmt, ledger.market.buyer).get_data() == before.get_data()
+    stranger = make_user("agency", ["buyer"])
+    problem(ledger.client.get(f"{url}?format=csv", headers=stranger.headers), 404)
+    problem(ledger.client.get(f"{url}?format=xls", headers=ledger.finance.headers), 422)
+
+    period = ledger.client.get(
+        "/v1/invoices/export?period=2030-03&format=csv", headers=ledger.finance.headers
+    )
+    assert period.status_code == 200
+    assert period.get_data() == as_csv.get_data()  # the period's one issued invoice

@@ -253,3 +253,43 @@ def finalize_invoice(invoice_id: uuid.UUID) -> Any:
     return service.finalize(
         request_session(), current_caller(), invoice_id, now(), current_app.config
     )
+
+
+class ExportArgs(StrictSchema):
+    format = ma.fields.String(
+        load_default="json", validate=ma.validate.OneOf(service.EXPORT_FORMATS)
+    )
+
+
+class PeriodExportArgs(StrictSchema):
+    period = ma.fields.String(required=True, validate=ma.validate.Regexp(PERIOD["pattern"]))
+    format = ma.fields.String(load_default="csv", validate=ma.validate.OneOf(["csv"]))
+
+
+def _file(content: bytes, media_type: str, name: str) -> Response:
+    response = Response(content, mimetype=media_type.split(";")[0])
+    response.headers["Content-Type"] = media_type
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@invoices.route("/<uuid:invoice_id>/export", methods=["GET"])
+@invoices.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@invoices.arguments(ExportArgs, location="query")
+@invoices.response(200, content_type="application/octet-stream")
+def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
+    """An issued invoice as a file made from its snapshot, byte-identical on every download:
+    `json` (the canonical snapshot: its SHA-256 is `snapshot_sha256`) or `csv` (a row per
+    line, then per tax category; the amounts sum to the total). 409 for a draft."""
+    return _file(
+        *service.export_invoice(request_session(), current_caller(), invoice_id, args["format"])
+    )
+
+
+@invoices.route("/export", methods=["GET"])
+@invoices.auth(Role.FINANCE)
+@invoices.arguments(PeriodExportArgs, location="query")
+@invoices.response(200, content_type="text/csv")
+def export_period(args: dict[str, Any]) -> Response:
+    """Every line of a period's issued invoices in one CSV, by invoice number."""
+    return _file(*service.export_period(request_session(), args["period"]))

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from billing import invoicing
+from billing import exports, invoicing
 from billing.metering import parse_period, period_bounds, period_of, shown
 from billing.money import round_amount, trim_decimals
 from billing.rating import Price
@@ -626,3 +626,35 @@ def _money(amount: Decimal, currency: str) -> str:
 
 def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
+
+
+# Exports -------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("json", "csv")
+
+
+def export_invoice(
+    session: Session, caller: Caller, invoice_id: uuid.UUID, fmt: str
+) -> tuple[bytes, str, str]:
+    """An issued invoice as a file, from its snapshot: (content, media type, file name)."""
+    invoice = get_invoice(session, caller, invoice_id)
+    if invoice.snapshot is None:
+        raise Conflict("Only issued invoices are exported: finalize it first.", code="not_issued")
+    name = f"invoice-{invoice.number}.{fmt}"
+    if fmt == "json":
+        return exports.to_json(invoice.snapshot), "application/json", name
+    return exports.to_csv([invoice.snapshot]), "text/csv; charset=utf-8", name
+
+
+def export_period(session: Session, period: str) -> tuple[bytes, str, str]:
+    """Every line of a period's issued invoices in one CSV (finance), by invoice number."""
+    snapshots = session.scalars(
+        select(Invoice.snapshot)
+        .where(Invoice.period == period, Invoice.number.is_not(None))
+        .order_by(Invoice.number)
+    )
+    return (
+        exports.to_csv(s for s in snapshots if s),
+        "text/csv; charset=utf-8",
+        f"invoices-{period}.csv",
+    )
