@@ -4,6 +4,10 @@ invoice is byte-identical, whatever happened since).
 - JSON: the snapshot in its canonical form, the very bytes its SHA-256 covers.
 - CSV (spreadsheets): a row per invoice line, then a row per tax category, so the `amount`
   column sums to the invoice's total.
+- PDF (people): `billing.pdf`.
+- CII (e-invoicing platforms): EN 16931 Cross Industry Invoice XML, `billing.cii`.
+
+Credit notes have the same snapshot shape (`document_type: credit_note`) and the same exports.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from billing import cii, pdf
 from billing.invoicing import canonical_json
 
 CSV_COLUMNS = (
@@ -39,6 +44,31 @@ CSV_COLUMNS = (
 def _text_cell(text: str) -> str:
     """Free text a spreadsheet must not run as a formula (CSV injection)."""
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+FORMATS = ("json", "csv", "pdf", "cii")
+MEDIA_TYPES = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "pdf": "application/pdf",
+    "cii": "application/xml",
+}
+EXTENSIONS = {"json": "json", "csv": "csv", "pdf": "pdf", "cii": "xml"}
+
+
+def render(snapshot: Mapping[str, Any], fmt: str) -> tuple[bytes, str]:
+    """The document in format `fmt`: (content, media type)."""
+    if fmt == "json":
+        content = to_json(snapshot)
+    elif fmt == "csv":
+        content = to_csv([snapshot])
+    elif fmt == "pdf":
+        content = pdf.to_pdf(snapshot)
+    elif fmt == "cii":
+        content = cii.to_cii(snapshot)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return content, MEDIA_TYPES[fmt]
 
 
 def to_json(snapshot: Mapping[str, Any]) -> bytes:

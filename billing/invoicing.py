@@ -148,6 +148,28 @@ def build(currency: str, items: Iterable[Consumption], profile: TaxProfile) -> T
     return Totals(lines, taxes, subtotal + zero, tax + zero, subtotal + tax + zero)
 
 
+def credit_taxes(
+    currency: str,
+    credit: Mapping[tuple[str, Decimal], Decimal],
+    credited_before: Mapping[tuple[str, Decimal], Decimal],
+) -> tuple[TaxLine, ...]:
+    """The tax of a credit note crediting `credit` (net per (category, rate)) of an invoice
+    of which `credited_before` was already credited.
+
+    Tax is rounded on the cumulative credited base: the tax credited so far is always the
+    rounded tax of everything credited so far, so several partial credits never credit more
+    tax than the invoice charged, and crediting everything gives back exactly its tax.
+    """
+    taxes = []
+    for (category, rate), base in sorted(credit.items()):
+        before = credited_before.get((category, rate), Decimal(0))
+        amount = round_amount((before + base) * rate / 100, currency) - round_amount(
+            before * rate / 100, currency
+        )
+        taxes.append(TaxLine(category, rate, base, amount))
+    return tuple(taxes)
+
+
 def canonical_json(document: Mapping[str, Any]) -> bytes:
     """The one byte form of a snapshot: sorted keys, no spaces, UTF-8."""
     return json.dumps(

@@ -27,10 +27,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         operations,
         orders,
         organizations,
+        payments,
         policies,
         providers,
         quotes,
         resources,
+        settlements,
         usage,
         webhooks,
     )
@@ -88,8 +90,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         billing.profiles,
         billing.runs,
         billing.invoices,
+        billing.credit_notes,
+        settlements.blp,
         jobs.blp,
         webhooks.blp,
+        payments.blp,
         audit.blp,
     ):
         api.register_blueprint(blueprint)

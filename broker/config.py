@@ -79,6 +79,17 @@ def load_config() -> dict[str, Any]:
             "vat_id": os.environ.get("BROKER_SELLER_VAT_ID", ""),
         },
         "DEFAULT_VAT_RATE": os.environ.get("BROKER_DEFAULT_VAT_RATE", "20"),
+        # Invoices are due this many days after they are issued.
+        "PAYMENT_TERMS_DAYS": _int("BROKER_PAYMENT_TERMS_DAYS", 30),
+        # The consortium's share of what providers' resources billed (percent of the net).
+        "CONSORTIUM_FEE_RATE": os.environ.get("BROKER_CONSORTIUM_FEE_RATE", "5"),
+        # Stripe collects payment of issued invoices; without an API key nothing is sent.
+        # STRIPE_API_BASE points the client elsewhere (the tests' fake Stripe).
+        "STRIPE_API_KEY": os.environ.get("BROKER_STRIPE_API_KEY") or None,
+        "STRIPE_API_BASE": os.environ.get("BROKER_STRIPE_API_BASE") or None,
+        "STRIPE_WEBHOOK_SECRET": os.environ.get("BROKER_STRIPE_WEBHOOK_SECRET") or None,
+        "STRIPE_WEBHOOK_TOLERANCE_SECONDS": _int("BROKER_STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300),
+        "STRIPE_TIMEOUT_SECONDS": _int("BROKER_STRIPE_TIMEOUT_SECONDS", 10),
         "MAX_CONTENT_LENGTH": _int("BROKER_MAX_BODY_BYTES", 1024 * 1024),
         "IDEMPOTENCY_TTL_HOURS": _int("BROKER_IDEMPOTENCY_TTL_HOURS", 24),
         # How long a duplicate request waits for the first one to finish before answering 409.

@@ -21,9 +21,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import facturx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from lxml import etree
+from pypdf import PdfReader
 
 from broker.db import Database
 from broker.services import billing as billing_service
@@ -376,7 +379,7 @@ def test_exports_are_byte_identical_and_made_from_the_snapshot_only(
         assert response.status_code == 200, response.get_data(as_text=True)
         return response
 
-    as_json, as_csv = download("json"), download("csv")
+    as_json, as_csv, as_pdf, as_cii = (download(fmt) for fmt in ("json", "csv", "pdf", "cii"))
     assert hashlib.sha256(as_json.get_data()).hexdigest() == issued["snapshot_sha256"]
     assert as_csv.headers["Content-Disposition"] == (
         f'attachment; filename="invoice-{issued["number"]}.csv"'
@@ -386,6 +389,34 @@ def test_exports_are_byte_identical_and_made_from_the_snapshot_only(
     assert (
         sum(money(row["amount"]) for row in rows) == money(issued["total"]) == money("1.48")
     )  # 24 h 40 min: 1.23 + 0.25 VAT
+
+    # The PDF opens and shows the number, both parties, the line, the tax and the total.
+    assert as_pdf.mimetype == "application/pdf"
+    text = " ".join(page.extract_text() for page in PdfReader(io.BytesIO(as_pdf.get_data())).pages)
+    snapshot = as_json.json
+    for shown in (
+        issued["number"],
+        snapshot["seller"]["name"],
+        snapshot["buyer"]["legal_name"],
+        "1.23",
+        "0.25",
+        "1.48",
+    ):
+        assert shown in text, shown
+    # The CII passes the EN 16931 XSD with its VAT per category and the invoice's totals.
+    xml = as_cii.get_data()
+    assert facturx.xml_check_xsd(xml, flavor="factur-x", level="en16931")
+    tree = etree.fromstring(xml)
+    ram = {"ram": tree.nsmap["ram"]}
+    (breakdown,) = tree.findall(
+        ".//ram:ApplicableHeaderTradeSettlement/ram:ApplicableTradeTax", ram
+    )
+    assert (
+        breakdown.findtext("ram:CategoryCode", namespaces=ram),
+        breakdown.findtext("ram:BasisAmount", namespaces=ram),
+        breakdown.findtext("ram:CalculatedAmount", namespaces=ram),
+    ) == ("S", "1.23", "0.25")
+    assert tree.findtext(".//ram:GrandTotalAmount", namespaces=ram) == "1.48"
 
     ledger.at(t(2, month=4))  # late usage for March, and a rebuild of March
     late = {
@@ -398,7 +429,7 @@ def test_exports_are_byte_identical_and_made_from_the_snapshot_only(
     }
     assert ledger.push([late]).json["created"] == 1
     ledger.bill("2030-03")
-    for fmt, before in (("json", as_json), ("csv", as_csv)):
+    for fmt, before in (("json", as_json), ("csv", as_csv), ("pdf", as_pdf), ("cii", as_cii)):
         assert download(fmt).get_data() == before.get_data()
         assert download(fmt, ledger.market.buyer).get_data() == before.get_data()
     stranger = make_user("agency", ["buyer"])

@@ -6,8 +6,8 @@ request accepted, no valid request refused.
 Documented refusals are taught to its checks: a missing `If-Match` answers 428 (RFC 6585), a
 cursor this API never issued is refused on `cursor`, an Idempotency-Key reused with another
 body is 422, a price bound without its currency is 422, pushed usage must be of the caller's
-own machines and within its time window, a billing run's period must have started, and the
-token endpoint answers bad credentials in RFC 6749's 400/401.
+own machines and within its time window, a billing run's period must have started, the
+token endpoint answers bad credentials in RFC 6749's 400/401, and only Stripe signs webhooks.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def _documented_refusal(response, case) -> bool:
     """Refusals of schema-valid requests that the contract itself prescribes."""
     if case.path == "/oauth/token":
         return response.status_code in (400, 401)  # RFC 6749: bad client or grant
+    if case.path == "/v1/webhooks/stripe":
+        # Only Stripe can sign an event (and Stripe is not configured here).
+        return response.status_code in (400, 404)
     if response.status_code == 412:  # a well-formed but stale If-Match
         return True
     if response.status_code == 422:

@@ -1,5 +1,5 @@
-"""Billing: agencies' billing profiles, billing runs (`/v1/billing-runs`) and invoices
-(`/v1/invoices`)."""
+"""Billing: agencies' billing profiles, billing runs (`/v1/billing-runs`), invoices
+(`/v1/invoices`) and their corrections (void, `/v1/credit-notes`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 import marshmallow as ma
 from flask import Response, current_app, jsonify, url_for
 
+from billing import exports
 from billing.money import trim_decimals
-from broker.api.base import Blueprint, current_caller, now, request_session
+from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.idempotency import idempotent
 from broker.api.schemas import (
@@ -24,14 +25,18 @@ from broker.api.schemas import (
     page_of,
 )
 from broker.api.usage import ExactQuantity
-from broker.models import BillingRunState, InvoiceState, Role
+from broker.models import BillingRunState, InvoiceState, PaymentState, Role
 from broker.services import billing as service
+from broker.services import corrections
 
 profiles = Blueprint(
     "billing_profiles", __name__, url_prefix="/v1/organizations", description="Billing profiles"
 )
 runs = Blueprint("billing_runs", __name__, url_prefix="/v1/billing-runs", description="Billing")
 invoices = Blueprint("invoices", __name__, url_prefix="/v1/invoices", description="Invoices")
+credit_notes = Blueprint(
+    "credit_notes", __name__, url_prefix="/v1/credit-notes", description="Credit notes"
+)
 
 PERIOD = {"pattern": r"^\d{4}-(0[1-9]|1[0-2])$", "example": "2026-11"}
 _ETAG = {"ETag": {"schema": {"type": "string"}}}
@@ -212,6 +217,23 @@ class InvoiceSummarySchema(ma.Schema):
     built_at = Timestamp()
     finalized_at = Timestamp(allow_none=True)
     snapshot_sha256 = ma.fields.String(allow_none=True)
+    voided_at = Timestamp(allow_none=True)
+    void_reason = ma.fields.String(allow_none=True)
+    payment_state = ma.fields.Enum(
+        PaymentState,
+        by_value=True,
+        allow_none=True,
+        metadata={
+            "description": "Once issued: `pending` (being sent to Stripe), `not_configured` "
+            "(no payment processor), `sync_failed` (see `payment_error`), `open`, "
+            "`payment_failed` (may still be paid), `paid`. It only moves forward."
+        },
+    )
+    payment_error = ma.fields.String(allow_none=True)
+    payment_url = ma.fields.String(
+        allow_none=True, metadata={"description": "Where the agency pays (Stripe)"}
+    )
+    paid_at = Timestamp(allow_none=True)
     created_at = Timestamp()
 
 
@@ -256,9 +278,7 @@ def finalize_invoice(invoice_id: uuid.UUID) -> Any:
 
 
 class ExportArgs(StrictSchema):
-    format = ma.fields.String(
-        load_default="json", validate=ma.validate.OneOf(service.EXPORT_FORMATS)
-    )
+    format = ma.fields.String(load_default="json", validate=ma.validate.OneOf(exports.FORMATS))
 
 
 class PeriodExportArgs(StrictSchema):
@@ -279,8 +299,9 @@ def _file(content: bytes, media_type: str, name: str) -> Response:
 @invoices.response(200, content_type="application/octet-stream")
 def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
     """An issued invoice as a file made from its snapshot, byte-identical on every download:
-    `json` (the canonical snapshot: its SHA-256 is `snapshot_sha256`) or `csv` (a row per
-    line, then per tax category; the amounts sum to the total). 409 for a draft."""
+    `json` (the canonical snapshot: its SHA-256 is `snapshot_sha256`), `csv` (a row per
+    line, then per tax category; the amounts sum to the total), `pdf`, or `cii` (EN 16931
+    Cross Industry Invoice XML, Factur-X EN 16931 profile). 409 for a draft."""
     return _file(
         *service.export_invoice(request_session(), current_caller(), invoice_id, args["format"])
     )
@@ -293,3 +314,149 @@ def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
 def export_period(args: dict[str, Any]) -> Response:
     """Every line of a period's issued invoices in one CSV, by invoice number."""
     return _file(*service.export_period(request_session(), args["period"]))
+
+
+# Corrections ---------------------------------------------------------------------------------
+
+
+def reason_field() -> ma.fields.String:
+    return ma.fields.String(
+        required=True,
+        validate=[ma.validate.Length(min=1, max=500), ma.validate.Regexp(r"^[^\x00-\x1f\x7f]*$")],
+    )
+
+
+class VoidSchema(StrictSchema):
+    reason = reason_field()
+
+
+@invoices.route("/<uuid:invoice_id>/void", methods=["POST"])
+@invoices.auth(Role.FINANCE)
+@invoices.arguments(VoidSchema)
+@invoices.response(200, InvoiceSchema)
+def void_invoice(data: dict[str, Any], invoice_id: uuid.UUID) -> Any:
+    """Cancel an issued invoice nobody paid and nothing credited (409 `invoice_paid`,
+    `invoice_credited`, `not_issued` for a draft). It keeps its number and snapshot; the usage
+    it billed is billable again, so the period's next billing run drafts its replacement. An
+    invoice sent to Stripe is voided there too."""
+    return corrections.void(
+        request_session(), current_caller(), invoice_id, data["reason"], now(), current_app.config
+    )
+
+
+class CreditLineSchema(StrictSchema):
+    position = ma.fields.Integer(required=True, metadata={"description": "The invoice line"})
+    amount = Money(required=True, metadata={"description": "Net amount credited"})
+
+
+class CreditNoteCreateSchema(StrictSchema):
+    reason = reason_field()
+    lines = ma.fields.List(
+        ma.fields.Nested(CreditLineSchema),
+        validate=ma.validate.Length(min=1, max=1000),
+        load_default=None,
+        metadata={"description": "What to credit; without it, all that remains of every line"},
+    )
+
+
+class CreditNoteLineSchema(ma.Schema):
+    position = ma.fields.Integer()
+    invoice_line_id = ma.fields.UUID()
+    provider_id = ma.fields.UUID()
+    amount = Money(currency_from="credit_note.currency")
+    tax_category = ma.fields.String()
+    tax_rate = ma.fields.Function(
+        lambda line: str(trim_decimals(line.tax_rate, keep=0)), metadata={"type": "string"}
+    )
+
+
+class CreditNoteSchema(ma.Schema):
+    id = ma.fields.UUID()
+    number = ma.fields.String()
+    invoice_id = ma.fields.UUID()
+    agency_id = agency_id_field()
+    currency = ma.fields.String()
+    reason = ma.fields.String()
+    subtotal = Money(currency_from="currency")
+    tax = Money(currency_from="currency")
+    total = Money(currency_from="currency")
+    taxes = ma.fields.List(ma.fields.Nested(TaxSchema))
+    issued_at = Timestamp()
+    snapshot_sha256 = ma.fields.String()
+    lines = ma.fields.List(ma.fields.Nested(CreditNoteLineSchema))
+    created_at = Timestamp()
+
+
+class CreditableSchema(ma.Schema):
+    lines = ma.fields.Dict(
+        keys=ma.fields.String(),
+        values=ma.fields.String(),
+        metadata={"description": 'Position → net amount left, e.g. {"1": "11.73"}'},
+    )
+
+
+class CreditNoteListArgs(ListArgs):
+    invoice_id = ma.fields.UUID()
+
+
+@invoices.route("/<uuid:invoice_id>/credit-notes", methods=["POST"])
+@invoices.auth(Role.FINANCE)
+@idempotent(required=True)
+@invoices.arguments(CreditNoteCreateSchema)
+@invoices.response(201, CreditNoteSchema)
+def credit_invoice(data: dict[str, Any], invoice_id: uuid.UUID) -> Response:
+    """Issue a credit note for an issued invoice (`Idempotency-Key`): net amounts of some of
+    its lines, or without `lines` all that remains. It takes the next number of the credit
+    note series (`CN-<year>-<000001>`) and is frozen at once. Crediting more of a line than
+    remains is 409 `exceeds_creditable`."""
+    note = corrections.issue_credit_note(
+        request_session(), current_caller(), invoice_id, data["reason"], data["lines"], now()
+    )
+    return created(
+        jsonify(CreditNoteSchema().dump(note)), "credit_notes.get_credit_note", note_id=note.id
+    )
+
+
+@invoices.route("/<uuid:invoice_id>/creditable", methods=["GET"])
+@invoices.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@invoices.response(200, CreditableSchema)
+def creditable(invoice_id: uuid.UUID) -> Any:
+    """What remains creditable of each line of an invoice, by position (net)."""
+    session = request_session()
+    invoice = service.get_invoice(session, current_caller(), invoice_id)
+    return {
+        "lines": {
+            str(position): service.money_text(amount, invoice.currency)
+            for position, amount in corrections.creditable(session, invoice).items()
+        }
+    }
+
+
+@credit_notes.route("", methods=["GET"])
+@credit_notes.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@credit_notes.arguments(CreditNoteListArgs, location="query")
+@credit_notes.response(200, page_of(CreditNoteSchema))
+def list_credit_notes(args: dict[str, Any]) -> Any:
+    """Credit notes, newest first: your agency's, or (finance) every agency's."""
+    return corrections.list_credit_notes(request_session(), current_caller(), **args)
+
+
+@credit_notes.route("/<uuid:note_id>", methods=["GET"])
+@credit_notes.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@credit_notes.response(200, CreditNoteSchema)
+def get_credit_note(note_id: uuid.UUID) -> Any:
+    return corrections.get_credit_note(request_session(), current_caller(), note_id)
+
+
+@credit_notes.route("/<uuid:note_id>/export", methods=["GET"])
+@credit_notes.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@credit_notes.arguments(ExportArgs, location="query")
+@credit_notes.response(200, content_type="application/octet-stream")
+def export_credit_note(args: dict[str, Any], note_id: uuid.UUID) -> Response:
+    """A credit note as a file from its snapshot (same formats as invoices; CII type 381
+    referencing the corrected invoice)."""
+    note = corrections.get_credit_note(request_session(), current_caller(), note_id)
+    content, media_type = exports.render(note.snapshot, args["format"])
+    return _file(
+        content, media_type, f"credit-note-{note.number}.{exports.EXTENSIONS[args['format']]}"
+    )

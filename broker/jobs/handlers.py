@@ -6,7 +6,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from broker.jobs.queue import DeadHandler, Handler, Periodic
-from broker.services import billing, offer_sync, orders, provisioning, resources, usage, webhooks
+from broker.services import (
+    billing,
+    offer_sync,
+    orders,
+    payments,
+    provisioning,
+    resources,
+    usage,
+    webhooks,
+)
 
 HANDLERS: dict[str, Handler] = {
     offer_sync.JOB_KIND: offer_sync.run_sync_job,
@@ -17,12 +26,15 @@ HANDLERS: dict[str, Handler] = {
     usage.METER_JOB: usage.run_meter_job,
     usage.POLL_JOB: usage.run_poll_job,
     billing.BILLING_JOB: billing.run_billing_job,
+    payments.SYNC_JOB: payments.run_sync_job,
+    payments.VOID_JOB: payments.run_void_job,
 }
 
 ON_DEAD: dict[str, DeadHandler] = {
     orders.PROVISION_JOB: provisioning.provision_job_dead,
     resources.ACTION_JOB: resources.action_job_dead,
     billing.BILLING_JOB: billing.billing_job_dead,
+    payments.SYNC_JOB: payments.sync_job_dead,
 }
 
 PERIODIC: list[Periodic] = [

@@ -147,6 +147,28 @@ class InvoiceState(enum.StrEnum):
     VOID = "void"
 
 
+class PaymentState(enum.StrEnum):
+    """Where an issued invoice's payment stands, as Stripe reported it. It only moves forward
+    (`PAYMENT_ORDER`): a late or replayed event never moves it back."""
+
+    PENDING = "pending"  # issued, the sync to the payment processor is queued
+    NOT_CONFIGURED = "not_configured"  # no payment processor configured: not sent
+    SYNC_FAILED = "sync_failed"  # the sync gave up (see `payment_error`)
+    OPEN = "open"  # in Stripe, awaiting payment
+    PAYMENT_FAILED = "payment_failed"  # a payment attempt failed; it may still be paid
+    PAID = "paid"
+
+
+PAYMENT_ORDER = {
+    PaymentState.PENDING: 0,
+    PaymentState.NOT_CONFIGURED: 0,
+    PaymentState.SYNC_FAILED: 0,
+    PaymentState.OPEN: 1,
+    PaymentState.PAYMENT_FAILED: 2,
+    PaymentState.PAID: 3,
+}
+
+
 class Invoice(IdMixin, TimestampMixin, Base):
     """One agency's invoice for one period and currency (one live invoice each: a void one
     does not count)."""
@@ -188,6 +210,17 @@ class Invoice(IdMixin, TimestampMixin, Base):
     # The whole invoice as issued (seller, buyer, lines, taxes, totals) and its SHA-256.
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     snapshot_sha256: Mapped[str | None] = mapped_column(String(64))
+    voided_at: Mapped[datetime | None]
+    voided_by: Mapped[str | None] = mapped_column(String(100))
+    void_reason: Mapped[str | None] = mapped_column(String(500))
+    # Payment, collected by Stripe; our database stays the record of what is owed.
+    payment_state: Mapped[PaymentState | None] = mapped_column(
+        enum_column(PaymentState, length=20), nullable=True
+    )
+    payment_error: Mapped[str | None] = mapped_column(String(1000))
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    payment_url: Mapped[str | None] = mapped_column(String(1000))
+    paid_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(default=1)
 
@@ -229,11 +262,94 @@ class InvoiceLine(IdMixin, Base):
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
 
 
-class InvoiceNumberSeries(Base):
-    """The last invoice number given in a year. Incremented in the finalizing transaction, so
-    a rolled-back finalization gives its number back: the series has no gaps."""
+class DocumentNumberSeries(Base):
+    """The last number given in a year of one series (`invoice`, `credit_note`). Incremented
+    in the issuing transaction, so a rolled-back issue gives its number back: no gaps."""
 
-    __tablename__ = "invoice_number_series"
+    __tablename__ = "document_number_series"
 
+    series: Mapped[str] = mapped_column(String(20), primary_key=True)
     year: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     last_number: Mapped[int]
+
+
+class CreditNote(IdMixin, TimestampMixin, Base):
+    """A correction of an issued invoice: it credits parts of the invoice's lines (never
+    more than remains uncredited), has its own gapless series (`CN-<year>-<000001>`) and is
+    frozen like an invoice from the moment it exists."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (Index("ix_credit_notes_listing", "created_at", "id"),)
+
+    number: Mapped[str] = mapped_column(String(20), unique=True)
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
+    )
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str] = mapped_column(String(500))
+    subtotal: Mapped[Decimal] = mapped_column(Micros())
+    tax: Mapped[Decimal] = mapped_column(Micros())
+    total: Mapped[Decimal] = mapped_column(Micros())
+    taxes: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    issued_at: Mapped[datetime]
+    issued_by: Mapped[str] = mapped_column(String(100))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
+    snapshot_sha256: Mapped[str] = mapped_column(String(64))
+
+    lines: Mapped[list[CreditNoteLine]] = relationship(
+        back_populates="credit_note",
+        order_by="CreditNoteLine.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class CreditNoteLine(IdMixin, Base):
+    """The part of one invoice line a credit note credits (net, before tax)."""
+
+    __tablename__ = "credit_note_lines"
+    __table_args__ = (UniqueConstraint("credit_note_id", "position"),)
+
+    credit_note_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("credit_notes.id", ondelete="CASCADE")
+    )
+    position: Mapped[int]
+    invoice_line_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("invoice_lines.id", ondelete="RESTRICT"), index=True
+    )
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"))
+    amount: Mapped[Decimal] = mapped_column(Micros())
+    tax_category: Mapped[str] = mapped_column(String(3))
+    tax_rate: Mapped[Decimal] = mapped_column(Micros())
+
+    credit_note: Mapped[CreditNote] = relationship(back_populates="lines")
+
+
+class StripeCustomer(Base):
+    """The Stripe customer of an agency, made once and reused for all its invoices."""
+
+    __tablename__ = "stripe_customers"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    customer_id: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StripeEvent(Base):
+    """A webhook event already received: a replay (same id) changes nothing."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[datetime]  # when Stripe says the event happened
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    invoice_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("invoices.id", ondelete="SET NULL")
+    )
+    outcome: Mapped[str] = mapped_column(String(200))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -37,9 +37,9 @@ from broker.models import (
     BillingProfile,
     BillingRun,
     BillingRunState,
+    DocumentNumberSeries,
     Invoice,
     InvoiceLine,
-    InvoiceNumberSeries,
     InvoiceState,
     Order,
     Organization,
@@ -48,7 +48,7 @@ from broker.models import (
     Role,
     UsageRecord,
 )
-from broker.services import audit, offers, usage
+from broker.services import audit, offers, payments, usage
 from broker.services.pagination import Page, paginate
 
 BILLING_JOB = "billing.run"
@@ -65,7 +65,7 @@ def _agency(session: Session, organization_id: uuid.UUID) -> Organization:
     return organization
 
 
-def _may_read_agency(caller: Caller, organization_id: uuid.UUID) -> bool:
+def may_read_agency(caller: Caller, organization_id: uuid.UUID) -> bool:
     return bool(caller.roles & {Role.FINANCE, Role.ADMIN}) or (
         organization_id == caller.organization_id
         and bool(caller.roles & {Role.BUYER, Role.APPROVER})
@@ -101,7 +101,7 @@ def profile_view(
 def get_profile(
     session: Session, caller: Caller, organization_id: uuid.UUID, config: Mapping[str, Any]
 ) -> dict[str, Any]:
-    if not _may_read_agency(caller, organization_id):
+    if not may_read_agency(caller, organization_id):
         raise NotFound("No such agency.")
     return profile_view(session, _agency(session, organization_id), config)
 
@@ -449,15 +449,7 @@ def _fill(
                 service_end=line.service_end,
             )
         )
-    invoice.taxes = [
-        {
-            "category": tax_line.category,
-            "rate": str(trim_decimals(tax_line.rate, keep=0)),
-            "base": _money(tax_line.base, invoice.currency),
-            "amount": _money(tax_line.amount, invoice.currency),
-        }
-        for tax_line in totals.taxes
-    ]
+    invoice.taxes = [tax_row(tax_line, invoice.currency) for tax_line in totals.taxes]
     invoice.subtotal, invoice.tax, invoice.total = totals.subtotal, totals.tax, totals.total
 
 
@@ -468,7 +460,7 @@ def get_invoice(
     session: Session, caller: Caller, invoice_id: uuid.UUID, *, lock: bool = False
 ) -> Invoice:
     invoice = session.get(Invoice, invoice_id, with_for_update=lock)
-    if invoice is None or not _may_read_agency(caller, invoice.organization_id):
+    if invoice is None or not may_read_agency(caller, invoice.organization_id):
         raise NotFound("No such invoice.")
     return invoice
 
@@ -503,21 +495,25 @@ def list_invoices(
     )
 
 
-def next_number(session: Session, year: int) -> str:
-    """The year's next invoice number. The series row stays locked until the transaction
-    ends, so numbers are given one at a time, and a rollback gives its number back."""
+SERIES_PREFIX = {"invoice": "", "credit_note": "CN-"}
+
+
+def next_number(session: Session, year: int, series: str = "invoice") -> str:
+    """The next number of the year's `invoice` or `credit_note` series. The series row stays
+    locked until the transaction ends, so numbers are given one at a time, and a rollback
+    gives its number back."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(InvoiceNumberSeries)
-        .values(year=year, last_number=1)
+        dialect.insert(DocumentNumberSeries)
+        .values(series=series, year=year, last_number=1)
         .on_conflict_do_update(
-            index_elements=["year"],
-            set_={"last_number": InvoiceNumberSeries.last_number + 1},
+            index_elements=["series", "year"],
+            set_={"last_number": DocumentNumberSeries.last_number + 1},
         )
-        .returning(InvoiceNumberSeries.last_number)
+        .returning(DocumentNumberSeries.last_number)
     )
     number = session.scalar(statement)
-    return f"{year}-{number:06d}"
+    return f"{SERIES_PREFIX[series]}{year}-{number:06d}"
 
 
 def finalize(
@@ -549,6 +545,7 @@ def finalize(
     profile = profile_view(session, organization, config)
     invoice.snapshot = snapshot(invoice, organization, profile, config)
     invoice.snapshot_sha256 = invoicing.fingerprint(invoice.snapshot)
+    payments.queue_sync(session, invoice, config)
     session.flush()
     audit.record(
         session,
@@ -578,13 +575,17 @@ def snapshot(
     covers. Amounts and quantities are decimal strings."""
     start, end = period_bounds(invoice.period)
     assert invoice.finalized_at is not None
+    terms = int(config["PAYMENT_TERMS_DAYS"])
     return {
+        "document_type": "invoice",
         "id": str(invoice.id),
         "number": invoice.number,
-        "issued_at": _iso(invoice.finalized_at),
+        "issued_at": iso(invoice.finalized_at),
+        "due_date": (invoice.finalized_at + timedelta(days=terms)).date().isoformat(),
+        "payment_terms": f"{terms} days net",
         "period": invoice.period,
-        "period_start": _iso(start),
-        "period_end": _iso(end),
+        "period_start": iso(start),
+        "period_end": iso(end),
         "currency": invoice.currency,
         "seller": dict(config["SELLER"]),
         "buyer": {
@@ -605,32 +606,39 @@ def snapshot(
                 "metric": line.metric,
                 "quantity": str(shown(line.quantity)),
                 "unit_price": str(trim_decimals(line.unit_price)),
-                "amount": _money(line.amount, invoice.currency),
+                "amount": money_text(line.amount, invoice.currency),
                 "tax_category": line.tax_category,
                 "tax_rate": str(trim_decimals(line.tax_rate, keep=0)),
-                "service_start": _iso(line.service_start),
-                "service_end": _iso(line.service_end),
+                "service_start": iso(line.service_start),
+                "service_end": iso(line.service_end),
             }
             for line in invoice.lines
         ],
         "taxes": invoice.taxes,
-        "subtotal": _money(invoice.subtotal, invoice.currency),
-        "tax": _money(invoice.tax, invoice.currency),
-        "total": _money(invoice.total, invoice.currency),
+        "subtotal": money_text(invoice.subtotal, invoice.currency),
+        "tax": money_text(invoice.tax, invoice.currency),
+        "total": money_text(invoice.total, invoice.currency),
     }
 
 
-def _money(amount: Decimal, currency: str) -> str:
+def tax_row(tax_line: invoicing.TaxLine, currency: str) -> dict[str, str]:
+    return {
+        "category": tax_line.category,
+        "rate": str(trim_decimals(tax_line.rate, keep=0)),
+        "base": money_text(tax_line.base, currency),
+        "amount": money_text(tax_line.amount, currency),
+    }
+
+
+def money_text(amount: Decimal, currency: str) -> str:
     return str(round_amount(amount, currency))
 
 
-def _iso(value: datetime) -> str:
+def iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
 # Exports -------------------------------------------------------------------------------------
-
-EXPORT_FORMATS = ("json", "csv")
 
 
 def export_invoice(
@@ -640,10 +648,8 @@ def export_invoice(
     invoice = get_invoice(session, caller, invoice_id)
     if invoice.snapshot is None:
         raise Conflict("Only issued invoices are exported: finalize it first.", code="not_issued")
-    name = f"invoice-{invoice.number}.{fmt}"
-    if fmt == "json":
-        return exports.to_json(invoice.snapshot), "application/json", name
-    return exports.to_csv([invoice.snapshot]), "text/csv; charset=utf-8", name
+    content, media_type = exports.render(invoice.snapshot, fmt)
+    return content, media_type, f"invoice-{invoice.number}.{exports.EXTENSIONS[fmt]}"
 
 
 def export_period(session: Session, period: str) -> tuple[bytes, str, str]:

@@ -1,0 +1,492 @@
+"""The payments side of billing: issued invoices mirrored in Stripe, and Stripe's webhooks read.
+
+Our frozen snapshot is the invoice; Stripe gets a copy of it to collect the money. A sync is
+safe to run again after a crash at any point: every POST carries a deterministic idempotency
+key, and what exists is looked up before anything is added (Stripe forgets idempotency keys
+after about a day, and job retries can be that far apart): the customer's invoice carrying
+`metadata[broker_invoice_id]`, then that invoice's items, each carrying `metadata[broker_item]`
+(`line:<position>`, `tax:<category>:<rate>`).
+
+Tax rows are items of their own, not Stripe tax rates: Stripe computes and rounds tax per
+item, EN 16931 once per category on the summed nets, and only our rows make Stripe's total
+equal ours to the cent. That total is compared before the invoice is finalized (a wrong draft
+can still be fixed) and after.
+
+Errors: `GatewayRetryable` (network, 409, 429, 5xx: the job queue tries again, with the same
+keys) and `GatewayPermanent` (any other refusal: bad request, bad key, idempotency key reused
+with other parameters, a total that does not match). No Flask, no database: the caller stores
+the ids this module returns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from email.utils import parsedate_to_datetime
+from typing import Any, ParamSpec, TypeVar
+
+import stripe
+from stripe import StripeClient
+from stripe.params import CustomerCreateParams, InvoiceItemCreateParams
+
+from billing.money import MINOR_UNITS, MoneyError, round_amount
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DAYS_UNTIL_DUE = 30
+
+# Stripe's amount exponent where it differs from ISO 4217 (`MINOR_UNITS`): for backwards
+# compatibility Stripe still takes ISK in hundredths (always ending in 00).
+_STRIPE_EXPONENT = {"ISK": 2}
+
+_METRICS = {
+    "instance_hour": "Instance hours",
+    "vcpu_hour": "vCPU hours",
+    "ram_gib_hour": "RAM GiB-hours",
+    "storage_gib_month": "Storage GiB-months",
+    "egress_gib": "Egress GiB",
+}
+
+
+class GatewayError(Exception):
+    """Base of the errors of this module."""
+
+
+class GatewayRetryable(GatewayError):
+    """Nothing is lost by trying again later with the same keys (`retry_after`: Stripe's wish)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class GatewayPermanent(GatewayError):
+    """Trying again cannot succeed: `code` is Stripe's error code (or type), or ours."""
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class StripeTotalMismatch(GatewayPermanent):
+    """Stripe's total for the invoice is not ours (in minor units): a human must look."""
+
+    def __init__(self, ours: int, theirs: int) -> None:
+        super().__init__(
+            f"Stripe's invoice total {theirs} differs from ours {ours} (minor units)",
+            code="total_mismatch",
+        )
+        self.ours = ours
+        self.theirs = theirs
+
+
+class BadSignature(Exception):
+    """A webhook that is not provably Stripe's, recent, and an event."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    stripe_invoice_id: str
+    status: str
+    total_minor: int
+    hosted_invoice_url: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """The part of a Stripe event the broker acts on."""
+
+    id: str
+    type: str
+    created: int
+    invoice_id: str | None  # the Stripe invoice, when the event's object is one
+    broker_invoice_id: str | None  # from the object's metadata
+    amount_paid: int | None
+
+
+@dataclass(frozen=True)
+class _PlannedItem:
+    broker_item: str
+    amount: int
+    description: str
+    period: tuple[int, int] | None
+
+
+def make_client(api_key: str, api_base: str | None = None, timeout: float = 10) -> StripeClient:
+    """A client that never retries by itself (the job queue does, with the same keys).
+
+    `api_base` points it elsewhere (a fake Stripe): the client ignores `stripe.api_base`.
+    """
+    return StripeClient(
+        api_key,
+        base_addresses={"api": api_base} if api_base else None,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
+def ensure_customer(client: StripeClient, organization_id: str, buyer: Mapping[str, Any]) -> str:
+    """Create the organization's Stripe customer and return its id.
+
+    Call it only when no id is stored yet: the key makes a retry within Stripe's key lifetime
+    answer the same customer, not find one made earlier.
+    """
+    params: CustomerCreateParams = {"metadata": {"broker_organization_id": organization_id}}
+    name = buyer.get("legal_name") or buyer.get("name")
+    if name:
+        params["name"] = str(name)
+    customer = _call(
+        client.v1.customers.create,
+        params,
+        options={"idempotency_key": f"customer:{organization_id}"},
+    )
+    return customer.id
+
+
+def sync_invoice(client: StripeClient, snapshot: Mapping[str, Any], customer_id: str) -> SyncResult:
+    """Make Stripe hold the issued invoice `snapshot`, finalized, with our total; idempotent.
+
+    Raises `StripeTotalMismatch` (before finalizing a draft when it can), `GatewayRetryable`,
+    `GatewayPermanent` (also for a snapshot that cannot be expressed in Stripe's units).
+    """
+    broker_id = str(snapshot["id"])
+    currency = str(snapshot["currency"]).upper()
+    planned = _planned_items(snapshot, currency)
+    ours = _minor_or_refuse(snapshot["total"], currency)
+    key = f"invoice:{broker_id}"
+
+    # Found first, then created with a key: the key covers two runs at once, the lookup a
+    # run after Stripe forgot the key (job retries can be a day apart).
+    stripe_id = _call(_find_invoice, client, customer_id, broker_id) or _create_invoice(
+        client, snapshot, customer_id, currency
+    )
+
+    present = _call(_broker_items, client, stripe_id)
+    for item in planned:
+        if item.broker_item in present:
+            continue
+        params: InvoiceItemCreateParams = {
+            "customer": customer_id,
+            "invoice": stripe_id,
+            "currency": currency.lower(),
+            "amount": item.amount,
+            "description": item.description,
+            "metadata": {"broker_item": item.broker_item},
+        }
+        if item.period is not None:
+            params["period"] = {"start": item.period[0], "end": item.period[1]}
+        _call(
+            client.v1.invoice_items.create,
+            params,
+            options={"idempotency_key": f"{key}:item:{item.broker_item}"},
+        )
+
+    invoice = _call(client.v1.invoices.retrieve, stripe_id)
+    _check_total(ours, invoice.total)
+    if invoice.status == "draft":
+        invoice = _call(
+            client.v1.invoices.finalize_invoice,
+            stripe_id,
+            {"auto_advance": False},
+            options={"idempotency_key": f"{key}:finalize"},
+        )
+        _check_total(ours, invoice.total)
+    return SyncResult(
+        stripe_invoice_id=stripe_id,
+        status=str(invoice.status),
+        total_minor=invoice.total,
+        hosted_invoice_url=invoice.hosted_invoice_url,
+    )
+
+
+def void_invoice(client: StripeClient, stripe_invoice_id: str, broker_invoice_id: str) -> None:
+    """Void the Stripe copy of a cancelled invoice; one already void is fine.
+
+    Refuses (`GatewayPermanent`) an invoice made for another broker invoice, and what Stripe
+    cannot void (a draft, a paid invoice).
+    """
+    invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
+    metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+    if metadata.get("broker_invoice_id") != broker_invoice_id:
+        raise GatewayPermanent(
+            f"Stripe invoice {stripe_invoice_id} is not the copy of {broker_invoice_id}",
+            code="broker_invoice_mismatch",
+        )
+    if invoice.status == "void":
+        return
+    _call(
+        client.v1.invoices.void_invoice,
+        stripe_invoice_id,
+        options={"idempotency_key": f"invoice:{broker_invoice_id}:void"},
+    )
+
+
+def sign_payload(payload: bytes, secret: str, timestamp: int) -> str:
+    """The `Stripe-Signature` header Stripe would send for `payload` (tests, fake Stripe)."""
+    return stripe.WebhookSignature.generate_signature_header(
+        payload.decode("utf-8"), secret, timestamp
+    )
+
+
+def parse_event(payload: bytes, signature_header: str, secret: str, tolerance: int = 300) -> Event:
+    """Verify a webhook on its raw bytes (signature, and a timestamp at most `tolerance`
+    seconds old) and read it. Raises `BadSignature` for anything else."""
+    if tolerance <= 0:  # the SDK would take 0 as "do not check the timestamp"
+        raise ValueError("tolerance must be positive")
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature_header, secret, tolerance)
+    except stripe.SignatureVerificationError as exc:
+        raise BadSignature(exc.user_message or "signature verification failed") from exc
+    except UnicodeDecodeError as exc:
+        raise BadSignature("the body is not UTF-8") from exc
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise BadSignature("the body is not JSON") from exc
+    if not isinstance(body, dict) or body.get("object") != "event":
+        raise BadSignature("the body is not a Stripe event")
+    event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
+    data = body.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if (
+        not isinstance(event_id, str)
+        or not isinstance(event_type, str)
+        or not isinstance(created, int)
+        or isinstance(created, bool)
+        or not isinstance(obj, dict)
+    ):
+        raise BadSignature("the body is not a Stripe event")
+    metadata = obj.get("metadata")
+    broker_id = metadata.get("broker_invoice_id") if isinstance(metadata, dict) else None
+    invoice_id = obj.get("id") if obj.get("object") == "invoice" else None
+    amount_paid = obj.get("amount_paid")
+    return Event(
+        id=event_id,
+        type=event_type,
+        created=created,
+        invoice_id=invoice_id if isinstance(invoice_id, str) else None,
+        broker_invoice_id=broker_id if isinstance(broker_id, str) else None,
+        amount_paid=amount_paid if _is_int(amount_paid) else None,
+    )
+
+
+def to_stripe_amount(amount: str | Decimal, currency: str) -> int:
+    """`amount` in Stripe's integer units (`"11.73"` EUR → 1173), exactly, or `MoneyError`."""
+    try:
+        value = Decimal(amount)
+    except (InvalidOperation, TypeError, ValueError) as exc:
+        raise MoneyError(f"not a decimal amount: {amount!r}") from exc
+    currency = currency.upper()
+    if not value.is_finite() or round_amount(value, currency) != value:
+        raise MoneyError(f"{amount} is not a whole number of {currency} minor units")
+    scaled = value.scaleb(_STRIPE_EXPONENT.get(currency, MINOR_UNITS[currency]))
+    return int(scaled)  # exact: `scaled` is integral (checked above), and never a float
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _planned_items(snapshot: Mapping[str, Any], currency: str) -> list[_PlannedItem]:
+    """The items Stripe must hold: one per line, then one per non-zero tax row."""
+    try:
+        items = [
+            _PlannedItem(
+                broker_item=f"line:{line['position']}",
+                amount=to_stripe_amount(line["amount"], currency),
+                description=_line_description(line, currency),
+                period=_service_period(line),
+            )
+            for line in snapshot["lines"]
+        ]
+        for tax in snapshot["taxes"]:
+            amount = to_stripe_amount(tax["amount"], currency)
+            if amount == 0:
+                continue
+            items.append(
+                _PlannedItem(
+                    broker_item=f"tax:{tax['category']}:{tax['rate']}",
+                    amount=amount,
+                    description=_tax_description(tax, currency),
+                    period=None,
+                )
+            )
+    except (KeyError, TypeError, ValueError) as exc:  # MoneyError is a ValueError
+        raise GatewayPermanent(f"invoice snapshot unusable: {exc}", "invalid_snapshot") from exc
+    names = [item.broker_item for item in items]
+    if len(set(names)) != len(names):
+        raise GatewayPermanent("invoice snapshot repeats a line or a tax row", "invalid_snapshot")
+    return items
+
+
+def _line_description(line: Mapping[str, Any], currency: str) -> str:
+    """`Instance hours: 234.633333 × 0.05 EUR, resource 5c1e…, 2030-03-10 13:37 – … UTC`."""
+    metric = _METRICS.get(str(line["metric"]), str(line["metric"]))
+    text = (
+        f"{metric}: {line['quantity']} × {line['unit_price']} {currency}, "
+        f"resource {line['resource_id']}, "
+        f"{_minute(line['service_start'])} – {_minute(line['service_end'])} UTC"
+    )
+    if line.get("kind") == "adjustment":
+        text = f"Adjustment for {line['period']}: {text}"
+    return text
+
+
+def _tax_description(tax: Mapping[str, Any], currency: str) -> str:
+    """`VAT S 20 % on 11.73 EUR`."""
+    return f"VAT {tax['category']} {tax['rate']} % on {tax['base']} {currency}"
+
+
+def _service_period(line: Mapping[str, Any]) -> tuple[int, int] | None:
+    start, end = _timestamp(line.get("service_start")), _timestamp(line.get("service_end"))
+    if start is None or end is None or end < start:
+        return None
+    return start, end
+
+
+def _timestamp(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def _minute(value: object) -> str:
+    stamp = _timestamp(value)
+    if stamp is None:
+        return str(value)
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _minor_or_refuse(amount: object, currency: str) -> int:
+    try:
+        return to_stripe_amount(str(amount), currency)
+    except MoneyError as exc:
+        raise GatewayPermanent(f"invoice snapshot unusable: {exc}", "invalid_snapshot") from exc
+
+
+def _check_total(ours: int, theirs: int) -> None:
+    if theirs != ours:
+        raise StripeTotalMismatch(ours, theirs)
+
+
+def _days_until_due(snapshot: Mapping[str, Any]) -> int:
+    """The snapshot's payment terms (its due date after its issue date), else the default."""
+    if not snapshot.get("due_date"):
+        return DAYS_UNTIL_DUE
+    issued = datetime.fromisoformat(snapshot["issued_at"]).date()
+    return max(0, (date.fromisoformat(snapshot["due_date"]) - issued).days)
+
+
+def _create_invoice(
+    client: StripeClient, snapshot: Mapping[str, Any], customer_id: str, currency: str
+) -> str:
+    broker_id = str(snapshot["id"])
+    created = _call(
+        client.v1.invoices.create,
+        {
+            "customer": customer_id,
+            "currency": currency.lower(),
+            "collection_method": "send_invoice",
+            "days_until_due": _days_until_due(snapshot),
+            "auto_advance": False,
+            "pending_invoice_items_behavior": "exclude",
+            "number": str(snapshot["number"]),
+            "metadata": {
+                "broker_invoice_id": broker_id,
+                "broker_invoice_number": str(snapshot["number"]),
+            },
+        },
+        options={"idempotency_key": f"invoice:{broker_id}:create"},
+    )
+    # The answer may be a replay from an earlier run: its id is right, its state stale.
+    return created.id
+
+
+def _find_invoice(client: StripeClient, customer_id: str, broker_invoice_id: str) -> str | None:
+    """The customer's Stripe invoice made for `broker_invoice_id`, if there is one (all pages)."""
+    listing = client.v1.invoices.list({"customer": customer_id, "limit": 100})
+    for invoice in listing.auto_paging_iter():
+        metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+        if metadata.get("broker_invoice_id") == broker_invoice_id:
+            return invoice.id
+    return None
+
+
+def _broker_items(client: StripeClient, stripe_invoice_id: str) -> set[str]:
+    """`metadata[broker_item]` of the items the Stripe invoice already has (all pages)."""
+    found = set()
+    listing = client.v1.invoice_items.list({"invoice": stripe_invoice_id, "limit": 100})
+    for item in listing.auto_paging_iter():
+        metadata = item.metadata.to_dict() if item.metadata else {}
+        if isinstance(metadata.get("broker_item"), str):
+            found.add(metadata["broker_item"])
+    return found
+
+
+def _call(operation: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run one Stripe call (or a listing, all its pages), its errors made ours."""
+    try:
+        return operation(*args, **kwargs)
+    except stripe.APIConnectionError as exc:  # refused, reset, timed out: nothing answered
+        raise GatewayRetryable(_message(exc)) from exc
+    except stripe.StripeError as exc:
+        status = exc.http_status
+        # 409: a request with the same key is still running at Stripe; 429: rate limited
+        # (the SDK also reports an old-style 400 `rate_limit` as RateLimitError).
+        if isinstance(exc, stripe.RateLimitError) or status in (409, 429) or (status or 0) >= 500:
+            raise GatewayRetryable(_message(exc), _retry_after(exc.headers)) from exc
+        raise GatewayPermanent(_message(exc), _code(exc), status) from exc
+
+
+def _message(exc: stripe.StripeError) -> str:
+    status = f"HTTP {exc.http_status}: " if exc.http_status else ""
+    return f"Stripe: {status}{exc.user_message or type(exc).__name__}"
+
+
+def _code(exc: stripe.StripeError) -> str:
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    error = body.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    for candidate in (exc.code, error.get("code"), error.get("type")):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return type(exc).__name__
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """`Retry-After` in seconds (a number, or an HTTP date), if the answer had one."""
+    value = next(
+        (v for k, v in (headers or {}).items() if k.lower() == "retry-after"),
+        None,
+    )
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

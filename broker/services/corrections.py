@@ -1,0 +1,283 @@
+"""Corrections of issued invoices: voiding an unpaid one, and credit notes.
+
+- **Void** cancels an issued invoice that nobody paid and nothing credited: it keeps its
+  number and snapshot (the series stays gapless, the document stays downloadable) and lets go
+  of the usage it billed, so the period's next billing run drafts a replacement.
+- A **credit note** credits parts of an invoice's lines (net amounts; by default everything
+  that remains). It takes the next number of its own gapless series (`CN-<year>-<000001>`),
+  is frozen with a snapshot and its SHA-256 the moment it exists, and can never credit more
+  of a line than remains uncredited. Its tax is rounded on the cumulative credited base per
+  category (`billing.invoicing.credit_taxes`), so credits never give back more tax than the
+  invoice charged. Each credited line keeps its provider: settlements take it off the right
+  provider's share.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from billing import invoicing
+from billing.money import round_amount
+from broker.auth.identity import Caller
+from broker.errors import Conflict, NotFound, ValidationFailed
+from broker.models import (
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceState,
+    Role,
+    UsageRecord,
+)
+from broker.services import audit, billing, payments
+from broker.services.pagination import Page, paginate
+
+ISSUED = (InvoiceState.FINALIZED, InvoiceState.PAID)
+
+
+def void(
+    session: Session,
+    caller: Caller,
+    invoice_id: uuid.UUID,
+    reason: str,
+    now: datetime,
+    config: Mapping[str, Any],
+) -> Invoice:
+    invoice = billing.get_invoice(session, caller, invoice_id, lock=True)
+    if invoice.state is InvoiceState.DRAFT:
+        raise Conflict("A draft is not voided: run billing again to rebuild it.", code="not_issued")
+    if invoice.state is InvoiceState.PAID:
+        raise Conflict("This invoice is paid: correct it with a credit note.", code="invoice_paid")
+    if invoice.state is InvoiceState.VOID:
+        raise Conflict("This invoice is already void.", code="invoice_void")
+    if _credited(session, invoice.id):
+        raise Conflict(
+            "Credit notes correct this invoice: credit the rest instead of voiding it.",
+            code="invoice_credited",
+        )
+    invoice.state = InvoiceState.VOID
+    invoice.voided_at, invoice.voided_by, invoice.void_reason = now, caller.client_id, reason
+    # Its usage is billable again: the period's next run drafts the replacement.
+    session.execute(
+        update(UsageRecord).where(UsageRecord.invoice_id == invoice.id).values(invoice_id=None)
+    )
+    payments.queue_void(session, invoice, config)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "invoice.voided",
+        "invoice",
+        invoice.id,
+        organization_id=invoice.organization_id,
+        before={"state": InvoiceState.FINALIZED.value},
+        after={"state": invoice.state.value, "number": invoice.number, "reason": reason},
+    )
+    return invoice
+
+
+def _credited(session: Session, invoice_id: uuid.UUID) -> dict[uuid.UUID, Decimal]:
+    """How much of each of the invoice's lines credit notes have credited so far."""
+    rows = session.execute(
+        select(CreditNoteLine.invoice_line_id, func.sum(CreditNoteLine.amount))
+        .join(CreditNote, CreditNote.id == CreditNoteLine.credit_note_id)
+        .where(CreditNote.invoice_id == invoice_id)
+        .group_by(CreditNoteLine.invoice_line_id)
+    )
+    return {line_id: amount for line_id, amount in rows}
+
+
+def creditable(session: Session, invoice: Invoice) -> dict[int, Decimal]:
+    """What remains creditable of each line, by position."""
+    credited = _credited(session, invoice.id)
+    return {
+        line.position: line.amount - credited.get(line.id, Decimal(0)) for line in invoice.lines
+    }
+
+
+def issue_credit_note(
+    session: Session,
+    caller: Caller,
+    invoice_id: uuid.UUID,
+    reason: str,
+    lines: Sequence[Mapping[str, Any]] | None,
+    now: datetime,
+) -> CreditNote:
+    """Credit `lines` (`[{position, amount}]`, net) of an issued invoice, or all that remains
+    of every line when `lines` is None."""
+    invoice = billing.get_invoice(session, caller, invoice_id, lock=True)
+    if invoice.state not in ISSUED:
+        code = "invoice_void" if invoice.state is InvoiceState.VOID else "not_issued"
+        raise Conflict(
+            f"Only issued invoices are credited; this one is {invoice.state}.", code=code
+        )
+    assert invoice.snapshot is not None and invoice.number is not None
+    remaining = creditable(session, invoice)
+    wanted = _wanted(lines, remaining, invoice.currency)
+    if not wanted:
+        raise Conflict("Nothing remains to credit on this invoice.", code="nothing_to_credit")
+    over = {
+        str(position): billing.money_text(remaining[position], invoice.currency)
+        for position, amount in sorted(wanted.items())
+        if amount > remaining[position]
+    }
+    if over:
+        raise Conflict(
+            "A credit note cannot credit more than remains of a line: "
+            + ", ".join(f"line {p} has {amount} left" for p, amount in over.items()),
+            code="exceeds_creditable",
+            remaining=over,
+        )
+    by_position = {line.position: line for line in invoice.lines}
+    credited_before: dict[tuple[str, Decimal], Decimal] = defaultdict(Decimal)
+    for line in invoice.lines:
+        credited_before[(line.tax_category, line.tax_rate)] += (
+            line.amount - remaining[line.position]
+        )
+    credit: dict[tuple[str, Decimal], Decimal] = defaultdict(Decimal)
+    for position, amount in wanted.items():
+        line = by_position[position]
+        credit[(line.tax_category, line.tax_rate)] += amount
+    taxes = invoicing.credit_taxes(invoice.currency, credit, credited_before)
+    subtotal = sum(wanted.values(), Decimal(0))
+    tax = sum((tax.amount for tax in taxes), Decimal(0))
+    note = CreditNote(
+        id=uuid.uuid4(),
+        number=billing.next_number(session, now.year, "credit_note"),
+        invoice_id=invoice.id,
+        organization_id=invoice.organization_id,
+        currency=invoice.currency,
+        reason=reason,
+        subtotal=subtotal,
+        tax=tax,
+        total=subtotal + tax,
+        taxes=[billing.tax_row(tax_line, invoice.currency) for tax_line in taxes],
+        issued_at=now,
+        issued_by=caller.client_id,
+        lines=[
+            CreditNoteLine(
+                position=index,
+                invoice_line_id=by_position[position].id,
+                provider_id=by_position[position].provider_id,
+                amount=amount,
+                tax_category=by_position[position].tax_category,
+                tax_rate=by_position[position].tax_rate,
+            )
+            for index, (position, amount) in enumerate(sorted(wanted.items()), start=1)
+        ],
+    )
+    note.snapshot = _snapshot(note, invoice, wanted)
+    note.snapshot_sha256 = invoicing.fingerprint(note.snapshot)
+    session.add(note)
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "credit_note.issued",
+        "credit_note",
+        note.id,
+        organization_id=invoice.organization_id,
+        after={
+            "number": note.number,
+            "invoice_number": invoice.number,
+            "total": str(note.total),
+            "snapshot_sha256": note.snapshot_sha256,
+        },
+    )
+    return note
+
+
+def _wanted(
+    lines: Sequence[Mapping[str, Any]] | None, remaining: Mapping[int, Decimal], currency: str
+) -> dict[int, Decimal]:
+    """{position: amount} asked for; 422 naming `lines.<n>.<field>` for what cannot be."""
+    if lines is None:
+        return {position: amount for position, amount in remaining.items() if amount > 0}
+    errors: dict[str, list[str]] = {}
+    wanted: dict[int, Decimal] = {}
+    for index, item in enumerate(lines):
+        position, amount = item["position"], item["amount"]
+        if position not in remaining:
+            errors[f"lines.{index}.position"] = [f"The invoice has no line {position}."]
+        elif position in wanted:
+            errors[f"lines.{index}.position"] = [f"Line {position} is named twice."]
+        if amount <= 0 or round_amount(amount, currency) != amount:
+            errors[f"lines.{index}.amount"] = [
+                f"A positive amount in whole {currency} minor units is required."
+            ]
+        wanted[position] = amount
+    if errors:
+        raise ValidationFailed(errors=errors)
+    return wanted
+
+
+def _snapshot(note: CreditNote, invoice: Invoice, wanted: Mapping[int, Decimal]) -> dict[str, Any]:
+    """The credit note as issued, in the invoice snapshot's shape: its lines are the credited
+    parts of the invoice's lines (a part of a line is credited as a lump sum: quantity 1)."""
+    issued = invoice.snapshot
+    assert issued is not None
+    lines = []
+    for index, (position, amount) in enumerate(sorted(wanted.items()), start=1):
+        line = dict(next(item for item in issued["lines"] if item["position"] == position))
+        whole = billing.money_text(amount, note.currency)
+        if whole != line["amount"]:
+            line["quantity"], line["unit_price"] = "1", whole
+        line.update(position=index, credits_position=position, amount=whole)
+        lines.append(line)
+    return {
+        **{key: issued[key] for key in ("period", "period_start", "period_end", "seller", "buyer")},
+        "document_type": "credit_note",
+        "id": str(note.id),
+        "number": note.number,
+        "issued_at": billing.iso(note.issued_at),
+        "currency": note.currency,
+        "corrects": {
+            "id": str(invoice.id),
+            "number": invoice.number,
+            "issued_at": issued["issued_at"],
+        },
+        "reason": note.reason,
+        "lines": lines,
+        "taxes": note.taxes,
+        "subtotal": billing.money_text(note.subtotal, note.currency),
+        "tax": billing.money_text(note.tax, note.currency),
+        "total": billing.money_text(note.total, note.currency),
+    }
+
+
+def get_credit_note(session: Session, caller: Caller, note_id: uuid.UUID) -> CreditNote:
+    note = session.get(CreditNote, note_id)
+    if note is None or not billing.may_read_agency(caller, note.organization_id):
+        raise NotFound("No such credit note.")
+    return note
+
+
+def list_credit_notes(
+    session: Session,
+    caller: Caller,
+    *,
+    limit: int,
+    cursor: str | None,
+    invoice_id: uuid.UUID | None = None,
+) -> Page[CreditNote]:
+    statement = select(CreditNote)
+    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
+        statement = statement.where(CreditNote.organization_id == caller.organization_id)
+    if invoice_id is not None:
+        statement = statement.where(CreditNote.invoice_id == invoice_id)
+    return paginate(
+        session,
+        statement,
+        [CreditNote.created_at, CreditNote.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+        scope=f"{caller.organization_id}:{invoice_id}",
+    )

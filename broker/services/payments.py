@@ -1,0 +1,298 @@
+"""Payments: Stripe collects, our database stays the record of what is owed.
+
+- Finalizing an invoice queues a sync job (in the same transaction): the agency's Stripe
+  customer (made once, kept in `stripe_customers`), a Stripe invoice with our number, an item
+  per line and per tax category, finalized; every call carries a deterministic idempotency
+  key, so a re-run after a crash at any point creates nothing twice (`billing.stripe_gateway`).
+  Stripe's total must equal ours, or the sync stops (`sync_failed`) for finance to look at.
+  Without `BROKER_STRIPE_API_KEY` nothing is sent: the invoice says `not_configured`.
+- Voiding an invoice that went to Stripe queues a job that voids it there too.
+- `POST /v1/webhooks/stripe`: the signature is checked on the raw body (and its timestamp
+  within `STRIPE_WEBHOOK_TOLERANCE_SECONDS`); each event id is applied once (a replay is
+  answered `duplicate` and changes nothing); the payment state only moves forward
+  (`PAYMENT_ORDER`), so events arriving out of order never move a paid invoice back. The event
+  is applied in the request (one row update, no remote call) rather than through a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from billing import stripe_gateway as gateway
+from broker.errors import BrokerError, NotFound
+from broker.jobs.queue import JobContext, JobFailed, Reschedule, enqueue
+from broker.models import (
+    Invoice,
+    InvoiceState,
+    PaymentState,
+    StripeCustomer,
+    StripeEvent,
+)
+from broker.models.billing import PAYMENT_ORDER
+from broker.services import audit
+
+SYNC_JOB = "payments.stripe_sync"
+VOID_JOB = "payments.stripe_void"
+
+log = logging.getLogger("broker.payments")
+
+
+class BadSignature(BrokerError):
+    status, code, title = 400, "bad_signature", "The webhook signature is not valid"
+
+
+def configured(config: Mapping[str, Any]) -> bool:
+    return bool(config.get("STRIPE_API_KEY"))
+
+
+def _client(config: Mapping[str, Any]) -> Any:
+    return gateway.make_client(
+        config["STRIPE_API_KEY"],
+        config.get("STRIPE_API_BASE"),
+        timeout=float(config.get("STRIPE_TIMEOUT_SECONDS", 10)),
+    )
+
+
+# Sync ----------------------------------------------------------------------------------------
+
+
+def queue_sync(session: Session, invoice: Invoice, config: Mapping[str, Any]) -> None:
+    """Called in the finalizing transaction."""
+    if not configured(config):
+        invoice.payment_state = PaymentState.NOT_CONFIGURED
+        invoice.payment_error = "Stripe is not configured: the invoice was not sent for payment."
+        log.info("stripe not configured: invoice %s not sent for payment", invoice.number)
+        return
+    invoice.payment_state = PaymentState.PENDING
+    enqueue(
+        session,
+        SYNC_JOB,
+        {"invoice_id": str(invoice.id)},
+        organization_id=invoice.organization_id,
+        dedupe_key=f"stripe-sync:{invoice.id}",
+    )
+
+
+def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
+    invoice_id = uuid.UUID(job.payload["invoice_id"])
+    with context.db.session(read_only=True) as session:
+        invoice = session.get(Invoice, invoice_id)
+        if invoice is None:
+            raise JobFailed("The invoice no longer exists.")
+        if invoice.state is InvoiceState.VOID or invoice.snapshot is None:
+            return {"skipped": f"the invoice is {invoice.state}"}
+        snapshot, organization_id = invoice.snapshot, invoice.organization_id
+        customer_id = session.scalar(
+            select(StripeCustomer.customer_id).where(
+                StripeCustomer.organization_id == organization_id
+            )
+        )
+    if not configured(context.config):
+        raise JobFailed("Stripe is not configured.")
+    client = _client(context.config)
+    with _gateway_errors():
+        if customer_id is None:
+            customer_id = gateway.ensure_customer(client, str(organization_id), snapshot["buyer"])
+            with context.db.transaction() as session:
+                _keep_customer(session, organization_id, customer_id)
+        result = gateway.sync_invoice(client, snapshot, customer_id)
+    with context.db.transaction() as session:
+        invoice = session.get(Invoice, invoice_id, with_for_update=True)
+        assert invoice is not None
+        invoice.stripe_invoice_id, invoice.payment_url = (
+            result.stripe_invoice_id,
+            result.hosted_invoice_url,
+        )
+        invoice.payment_error = None
+        _advance(invoice, PaymentState.OPEN)
+    return {"stripe_invoice_id": result.stripe_invoice_id, "total_minor": result.total_minor}
+
+
+def sync_job_dead(session: Session, job: Any, now: datetime) -> None:
+    invoice = session.get(Invoice, uuid.UUID(job.payload["invoice_id"]))
+    if invoice is not None and invoice.payment_state is PaymentState.PENDING:
+        invoice.payment_state = PaymentState.SYNC_FAILED
+        invoice.payment_error = job.last_error
+
+
+def _keep_customer(session: Session, organization_id: uuid.UUID, customer_id: str) -> None:
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(StripeCustomer)
+        .values(organization_id=organization_id, customer_id=customer_id)
+        .on_conflict_do_nothing(index_elements=["organization_id"])
+    )
+
+
+@contextmanager
+def _gateway_errors() -> Iterator[None]:
+    """Stripe's answers as job outcomes: retry later, wait as asked, or give up (dead)."""
+    try:
+        yield
+    except gateway.GatewayRetryable as error:
+        if error.retry_after:
+            raise Reschedule(error.retry_after, str(error)) from error
+        raise
+    except (gateway.GatewayPermanent, gateway.StripeTotalMismatch) as error:
+        raise JobFailed(str(error)) from error
+
+
+# Void ----------------------------------------------------------------------------------------
+
+
+def queue_void(session: Session, invoice: Invoice, config: Mapping[str, Any]) -> None:
+    """Called in the voiding transaction: void the Stripe invoice too, if one was (or is
+    being) made."""
+    if invoice.payment_state in (PaymentState.PENDING, PaymentState.OPEN) or (
+        invoice.payment_state is PaymentState.PAYMENT_FAILED
+    ):
+        enqueue(
+            session,
+            VOID_JOB,
+            {"invoice_id": str(invoice.id)},
+            organization_id=invoice.organization_id,
+            dedupe_key=f"stripe-void:{invoice.id}",
+        )
+
+
+def run_void_job(context: JobContext, job: Any) -> dict[str, Any]:
+    with context.db.session(read_only=True) as session:
+        invoice = session.get(Invoice, uuid.UUID(job.payload["invoice_id"]))
+        if invoice is None or invoice.stripe_invoice_id is None:
+            # Never reached Stripe (a sync still queued finds the invoice void and stops).
+            return {"skipped": "not in Stripe"}
+        stripe_invoice_id, broker_id = invoice.stripe_invoice_id, str(invoice.id)
+    with _gateway_errors():
+        gateway.void_invoice(_client(context.config), stripe_invoice_id, broker_id)
+    return {"voided": stripe_invoice_id}
+
+
+# Webhooks ------------------------------------------------------------------------------------
+
+# What each Stripe event says about the payment of one of our invoices.
+EVENT_STATES = {
+    "invoice.finalized": PaymentState.OPEN,
+    "invoice.payment_failed": PaymentState.PAYMENT_FAILED,
+    "invoice.payment_succeeded": PaymentState.PAID,
+    "invoice.paid": PaymentState.PAID,
+}
+
+
+def receive_event(
+    session: Session,
+    payload: bytes,
+    signature: str | None,
+    config: Mapping[str, Any],
+    now: datetime,
+) -> dict[str, str]:
+    if not signature:
+        raise BadSignature("The Stripe-Signature header is missing.")
+    secret = config.get("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        raise NotFound("Stripe webhooks are not configured here.", code="stripe_not_configured")
+    try:
+        event = gateway.parse_event(
+            payload,
+            signature,
+            secret,
+            tolerance=max(1, int(config.get("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300))),
+        )
+    except gateway.BadSignature as error:
+        raise BadSignature(str(error)) from None
+    try:
+        created = datetime.fromtimestamp(event.created, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BadSignature("The event's time is not a valid timestamp.") from None
+    if len(event.id) > 255 or len(event.type) > 100:
+        raise BadSignature("The event's id or type is too long.")
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    first = session.scalar(
+        dialect.insert(StripeEvent)
+        .values(
+            id=event.id,
+            type=event.type,
+            created=created,
+            received_at=now,
+            outcome="received",
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(StripeEvent.id)
+    )
+    if first is None:
+        return {"status": "duplicate", "event_id": event.id}
+    invoice = _invoice_of(session, event)
+    outcome = _apply(session, invoice, event, now)
+    row = session.get(StripeEvent, event.id)
+    assert row is not None
+    row.outcome, row.invoice_id = outcome, invoice.id if invoice else None
+    return {"status": "processed", "event_id": event.id, "outcome": outcome}
+
+
+def _invoice_of(session: Session, event: gateway.Event) -> Invoice | None:
+    invoice = None
+    if event.broker_invoice_id:
+        try:
+            invoice = session.get(Invoice, uuid.UUID(event.broker_invoice_id), with_for_update=True)
+        except ValueError:
+            invoice = None
+    if invoice is None and event.invoice_id:
+        invoice = session.scalar(
+            select(Invoice).where(Invoice.stripe_invoice_id == event.invoice_id).with_for_update()
+        )
+    # An event naming one of our invoices must be about the Stripe invoice we made for it.
+    if invoice is not None and invoice.stripe_invoice_id not in (None, event.invoice_id):
+        return None
+    return invoice
+
+
+def _apply(session: Session, invoice: Invoice | None, event: gateway.Event, now: datetime) -> str:
+    target = EVENT_STATES.get(event.type)
+    if target is None:
+        return "ignored: not a payment event"
+    if invoice is None:
+        return "ignored: not one of our invoices"
+    if invoice.state is InvoiceState.VOID:
+        if target is PaymentState.PAID:
+            log.warning("payment received for void invoice %s", invoice.number)
+        return f"ignored: the invoice is void ({target.value} reported)"
+    before = invoice.payment_state
+    if not _advance(invoice, target):
+        return f"ignored: already {before}"
+    if invoice.stripe_invoice_id is None:
+        invoice.stripe_invoice_id = event.invoice_id
+    if target is PaymentState.PAID:
+        invoice.state, invoice.paid_at = (
+            InvoiceState.PAID,
+            datetime.fromtimestamp(event.created, UTC),
+        )
+        audit.record(
+            session,
+            None,
+            "invoice.paid",
+            "invoice",
+            invoice.id,
+            organization_id=invoice.organization_id,
+            before={"state": InvoiceState.FINALIZED.value, "payment_state": str(before)},
+            after={"state": invoice.state.value, "stripe_event": event.id},
+        )
+    return f"{before} -> {target.value}"
+
+
+def _advance(invoice: Invoice, target: PaymentState) -> bool:
+    """Move the payment state forward only."""
+    if (
+        invoice.payment_state is not None
+        and PAYMENT_ORDER[target] <= PAYMENT_ORDER[invoice.payment_state]
+    ):
+        return False
+    invoice.payment_state = target
+    return True
