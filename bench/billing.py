@@ -23,10 +23,14 @@ per resource, at the offer's prices).
    such a load). Then `POST /v1/billing-runs` for that month
    (as finance), with its job run in-process to the end, is timed; a second run of the same
    period (rebuilding the drafts) too.
+3. Issuing: every draft of that month is finalized through the API (number, snapshot, hash;
+   Stripe is not configured), `GET /v1/settlements` for the month, each export format of one
+   invoice (5 downloads each), and the PDF and CII of an invoice of 100 times its lines.
 
 Prints, for ingestion: records per second through the API, by the raw insert, and their
 ratio; for billing: the wall time of each run, ledger records per second, and the invoices and
-invoice lines made. Prints figures only; nothing here is a test.
+invoice lines made; for issuing: milliseconds per finalization, for the settlements and for
+each export. Prints figures only; nothing here is a test.
 Run: `.venv/bin/python bench/billing.py`.
 """
 
@@ -52,6 +56,7 @@ from sqlalchemy import delete, event, func, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from billing import exports  # noqa: E402
 from billing.metering import floor_hour, period_bounds, period_of  # noqa: E402
 from billing.rating import Specs, monthly_price  # noqa: E402
 from broker import create_app  # noqa: E402
@@ -489,6 +494,53 @@ def billing(
         )
 
 
+def issuing(client: FlaskClient, database: Database, finance_credentials: tuple[str, str]) -> None:
+    """Finalize the billed period's drafts, settle the period, export an invoice."""
+    finance = _headers(client, finance_credentials)
+    period = _billing_period(datetime.now(UTC))
+    with database.session(read_only=True) as session:
+        ids = list(session.scalars(select(Invoice.id).where(Invoice.period == period)))
+    started = time.perf_counter()
+    for invoice_id in ids:
+        _check(client.post(f"/v1/invoices/{invoice_id}/finalize", headers=finance), 200)
+    seconds = time.perf_counter() - started
+    print(f"Issuing {period}: {len(ids)} invoices")
+    print(f"  finalize (number, snapshot, hash)  {1000 * seconds / len(ids):7.1f} ms/invoice")
+    started = time.perf_counter()
+    report = _check(client.get(f"/v1/settlements?period={period}", headers=finance), 200)
+    print(
+        f"  GET /v1/settlements               {1000 * (time.perf_counter() - started):7.1f} ms"
+        f"   ({len(report['items'])} provider(s); net {report['totals'][0]['net']},"
+        f" fee {report['totals'][0]['fee']})"
+    )
+    with database.session(read_only=True) as session:
+        snapshot = session.scalar(select(Invoice.snapshot).where(Invoice.id == ids[0]))
+    assert snapshot is not None
+    lines = len(snapshot["lines"])
+    for fmt in exports.FORMATS:
+        url = f"/v1/invoices/{ids[0]}/export?format={fmt}"
+        started = time.perf_counter()
+        for _ in range(5):
+            size = len(client.get(url, headers=finance).get_data())
+        per = (time.perf_counter() - started) / 5
+        print(f"  export {fmt:<4} ({lines} lines)         {1000 * per:7.1f} ms   {size:8d} bytes")
+    # A large invoice: the same lines a hundred times over (pure functions, no HTTP).
+    big = {
+        **snapshot,
+        "lines": [
+            {**line, "position": index}
+            for index, line in enumerate(snapshot["lines"] * 100, start=1)
+        ],
+    }
+    for fmt in ("pdf", "cii"):
+        started = time.perf_counter()
+        content, _ = exports.render(big, fmt)
+        print(
+            f"  {fmt} of {len(big['lines'])} lines              "
+            f"{1000 * (time.perf_counter() - started):7.0f} ms   {len(content):8d} bytes"
+        )
+
+
 def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
@@ -535,6 +587,7 @@ def run(workdir: Path, url: str) -> None:
         "billing",
         lambda: billing(app, client, database, finance_credentials, offer_id, provider_id),
     )
+    _timed("issuing", lambda: issuing(client, database, finance_credentials))
     database.dispose()
 
 

@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import stripe
 from stripe import StripeClient
-from stripe.params import CustomerCreateParams, InvoiceItemCreateParams
+from stripe.params import CreditNoteCreateParams, CustomerCreateParams, InvoiceItemCreateParams
 
 from billing.money import MINOR_UNITS, MoneyError, round_amount
 
@@ -96,6 +96,12 @@ class SyncResult:
     status: str
     total_minor: int
     hosted_invoice_url: str | None
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    stripe_credit_note_id: str
+    total_minor: int
 
 
 @dataclass(frozen=True)
@@ -205,11 +211,68 @@ def sync_invoice(client: StripeClient, snapshot: Mapping[str, Any], customer_id:
     )
 
 
+def credit_invoice(
+    client: StripeClient, snapshot: Mapping[str, Any], stripe_invoice_id: str
+) -> CreditResult:
+    """Make Stripe hold the credit note `snapshot` against the invoice it corrects; idempotent.
+
+    On an open invoice the credit lowers what is left to pay; on a paid one it is recorded as
+    settled outside Stripe (`out_of_band_amount`: the consortium refunds by transfer). A
+    Stripe invoice still in draft (its sync has not finished) is retried later.
+    """
+    broker_id = str(snapshot["id"])
+    currency = str(snapshot["currency"]).upper()
+    planned = _planned_items(snapshot, currency)
+    ours = _minor_or_refuse(snapshot["total"], currency)
+    found = _call(_find_credit_note, client, stripe_invoice_id, broker_id)
+    if found is None:
+        invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
+        if invoice.status == "draft":
+            raise GatewayRetryable(f"Stripe invoice {stripe_invoice_id} is still a draft")
+        params: CreditNoteCreateParams = {
+            "invoice": stripe_invoice_id,
+            "lines": [
+                {
+                    "type": "custom_line_item",
+                    "description": item.description,
+                    "quantity": 1,
+                    "unit_amount": item.amount,
+                }
+                for item in planned
+            ],
+            "memo": str(snapshot.get("reason") or "")[:500],
+            "metadata": {
+                "broker_credit_note_id": broker_id,
+                "broker_credit_note_number": str(snapshot["number"]),
+            },
+        }
+        if invoice.status == "paid":
+            params["out_of_band_amount"] = ours
+        found = _call(
+            client.v1.credit_notes.create,
+            params,
+            options={"idempotency_key": f"credit_note:{broker_id}:create"},
+        )
+    _check_total(ours, found.total)
+    return CreditResult(found.id, found.total)
+
+
+def _find_credit_note(client: StripeClient, stripe_invoice_id: str, broker_id: str) -> Any:
+    """The credit note already made for `broker_id` on the Stripe invoice, if any."""
+    listing = client.v1.credit_notes.list({"invoice": stripe_invoice_id, "limit": 100})
+    for note in listing.auto_paging_iter():
+        metadata = note.metadata.to_dict() if note.metadata else {}
+        if metadata.get("broker_credit_note_id") == broker_id:
+            return note
+    return None
+
+
 def void_invoice(client: StripeClient, stripe_invoice_id: str, broker_invoice_id: str) -> None:
-    """Void the Stripe copy of a cancelled invoice; one already void is fine.
+    """Cancel the Stripe copy of a voided invoice: void it, or delete it while it is a draft
+    (Stripe voids only finalized invoices); one already void is fine.
 
     Refuses (`GatewayPermanent`) an invoice made for another broker invoice, and what Stripe
-    cannot void (a draft, a paid invoice).
+    cannot cancel (a paid invoice).
     """
     invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
     metadata = invoice.metadata.to_dict() if invoice.metadata else {}
@@ -220,11 +283,19 @@ def void_invoice(client: StripeClient, stripe_invoice_id: str, broker_invoice_id
         )
     if invoice.status == "void":
         return
+    if invoice.status == "draft":
+        _call(client.v1.invoices.delete, stripe_invoice_id)
+        return
     _call(
         client.v1.invoices.void_invoice,
         stripe_invoice_id,
         options={"idempotency_key": f"invoice:{broker_invoice_id}:void"},
     )
+
+
+def find_invoice(client: StripeClient, customer_id: str, broker_invoice_id: str) -> str | None:
+    """The id of the customer's Stripe invoice made for `broker_invoice_id`, if any."""
+    return _call(_find_invoice, client, customer_id, broker_invoice_id)
 
 
 def sign_payload(payload: bytes, secret: str, timestamp: int) -> str:

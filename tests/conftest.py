@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -41,6 +41,9 @@ from broker.models import Base, OrganizationKind, Role
 from broker.services import organizations
 from broker.services.audit import GENESIS_HASH
 from tests.pgcluster import PostgresCluster
+
+if TYPE_CHECKING:
+    from tests.billing_fixtures import Ledger
 
 hypothesis_settings.register_profile("broker", derandomize=True, deadline=None)
 hypothesis_settings.load_profile("broker")
@@ -324,6 +327,16 @@ def admin(make_user: MakeUser) -> ApiUser:
 @pytest.fixture
 def buyer(make_user: MakeUser) -> ApiUser:
     return make_user("agency", ["buyer"])
+
+
+@pytest.fixture
+def ledger(
+    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
+) -> Ledger:
+    """A market on a clock the test moves, with its provider's operator and finance."""
+    from tests.billing_fixtures import make_ledger  # it builds on this module's fixtures
+
+    return make_ledger(app, client, db, admin, make_user)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

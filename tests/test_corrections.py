@@ -14,23 +14,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
-from broker.db import Database
-from tests.billing_fixtures import Ledger, _operator_org, make_ledger, money
+from tests.billing_fixtures import Ledger, _operator_org, money
 from tests.conftest import ApiUser, MakeUser
 from tests.helpers import problem
 from tests.test_invoices import start_for
 from tests.test_provisioning import make_market, place_order
-
-
-@pytest.fixture
-def ledger(
-    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
-) -> Ledger:
-    return make_ledger(app, client, db, admin, make_user)
 
 
 def t(day: int, hour: int = 0, minute: int = 0, month: int = 3) -> datetime:

@@ -23,14 +23,11 @@ from typing import Any
 
 import facturx
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 from lxml import etree
 from pypdf import PdfReader
 
-from broker.db import Database
 from broker.services import billing as billing_service
-from tests.billing_fixtures import Ledger, make_ledger, money
+from tests.billing_fixtures import Ledger, money
 from tests.conftest import ApiUser, MakeUser
 from tests.helpers import problem, run_concurrently
 from tests.test_provisioning import place_order
@@ -41,13 +38,6 @@ PRICES = {
     "vcpu_hour": Decimal("0.01"),
     "ram_gib_hour": Decimal("0.002"),
 }
-
-
-@pytest.fixture
-def ledger(
-    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
-) -> Ledger:
-    return make_ledger(app, client, db, admin, make_user)
 
 
 def t(day: int, hour: int = 0, minute: int = 0, month: int = 3) -> datetime:

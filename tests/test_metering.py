@@ -12,25 +12,13 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import delete, func, select
 
-from broker.db import Database
 from broker.jobs.queue import JobContext
 from broker.models import MeterCursor, UsageRecord, UsageSource
 from broker.services import usage as usage_service
-from tests.billing_fixtures import Ledger, make_ledger, money
-from tests.conftest import ApiUser, MakeUser
+from tests.billing_fixtures import Ledger, money
 from tests.helpers import all_pages
-
-
-@pytest.fixture
-def ledger(
-    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
-) -> Ledger:
-    return make_ledger(app, client, db, admin, make_user)
 
 
 def t(day: int, hour: int = 0, minute: int = 0, month: int = 3) -> datetime:

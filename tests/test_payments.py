@@ -17,13 +17,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from billing.stripe_gateway import make_client, sign_payload
-from broker.db import Database
 from tests.billing import fake_stripe
-from tests.billing_fixtures import Ledger, make_ledger
-from tests.conftest import ApiUser, MakeUser
+from tests.billing_fixtures import Ledger
 from tests.helpers import problem
 
 SECRET = "whsec_test_0123456789"
@@ -44,13 +41,6 @@ def stripe(app: Flask) -> Iterator[fake_stripe.FakeStripe]:
         yield fake
 
 
-@pytest.fixture
-def ledger(
-    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
-) -> Ledger:
-    return make_ledger(app, client, db, admin, make_user)
-
-
 def issued_invoice(ledger: Ledger, machines: int) -> dict[str, Any]:
     """March's invoice of `machines` machines (a line each), finalized (not synced yet)."""
     started = [ledger.start_machine(t(2, 9, index), f"vm-{index}") for index in range(machines)]
@@ -66,6 +56,16 @@ def read(ledger: Ledger, invoice_id: str) -> dict[str, Any]:
     return dict(
         ledger.client.get(f"/v1/invoices/{invoice_id}", headers=ledger.finance.headers).json
     )
+
+
+def credit(ledger: Ledger, invoice_id: str, lines: list[dict[str, Any]] | None) -> dict[str, Any]:
+    response = ledger.client.post(
+        f"/v1/invoices/{invoice_id}/credit-notes",
+        json={"reason": "Goodwill", **({"lines": lines} if lines else {})},
+        headers={**ledger.finance.headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return dict(response.json)
 
 
 def cents(amount: str) -> int:
@@ -129,6 +129,27 @@ def test_the_stripe_sync_survives_a_crash_and_creates_each_item_once(
     assert stripe.invoices[stripe_invoice["id"]]["status"] == "void"
 
 
+def test_an_invoice_voided_while_its_sync_was_stopped_leaves_nothing_to_pay_in_stripe(
+    ledger: Ledger, stripe: fake_stripe.FakeStripe
+) -> None:
+    stripe.fail_before("POST /v1/invoiceitems", call_number=2)  # the sync stops half-way
+    invoice = issued_invoice(ledger, machines=2)
+    ledger.run_jobs()
+    (draft,) = stripe.invoices.values()
+    assert draft["status"] == "draft" and len(stripe.items_of(draft["id"])) == 1
+    assert read(ledger, invoice["id"])["stripe_invoice_id"] is None  # never recorded
+    voided = ledger.client.post(
+        f"/v1/invoices/{invoice['id']}/void",
+        json={"reason": "Duplicate"},
+        headers=ledger.finance.headers,
+    )
+    assert voided.status_code == 200, voided.get_data(as_text=True)
+    ledger.at(t(1, 3, month=4))  # the sync's retry is due too: it finds the invoice void
+    ledger.run_jobs()
+    assert stripe.invoices == {}  # the half-made draft was found and deleted
+    assert read(ledger, invoice["id"])["state"] == "void"
+
+
 def event(kind: str, invoice: dict[str, Any], created: int, event_id: str | None = None) -> bytes:
     return json.dumps(
         {
@@ -157,6 +178,18 @@ def test_webhooks_are_verified_applied_once_and_never_move_a_paid_invoice_back(
     invoice = {**invoice, "stripe_invoice_id": stripe_id}
     now = int(time.time())
 
+    # A credit note on the open invoice lowers what is left to pay in Stripe too.
+    (line,) = invoice["lines"]
+    partial = credit(ledger, invoice["id"], [{"position": line["position"], "amount": "0.10"}])
+    ledger.run_jobs()
+    (stripe_note,) = stripe.credit_notes.values()
+    assert stripe_note["total"] == cents(partial["total"]) == 12  # 0.10 + 0.02 VAT
+    client = make_client(fake_stripe.API_KEY, ledger.app.config["STRIPE_API_BASE"])
+    due = client.v1.invoices.retrieve(stripe_id).amount_due
+    assert due == cents(invoice["total"]) - cents(partial["total"])
+    shown = ledger.client.get(f"/v1/credit-notes/{partial['id']}", headers=ledger.finance.headers)
+    assert shown.json["stripe_credit_note_id"] == stripe_note["id"]
+
     def deliver(payload: bytes, signature: str | None = None, **headers: str) -> Any:
         sent = {"Content-Type": "application/json", **headers}
         sent["Stripe-Signature"] = signature or sign_payload(payload, SECRET, now)
@@ -183,6 +216,7 @@ def test_webhooks_are_verified_applied_once_and_never_move_a_paid_invoice_back(
     failed = deliver(event("invoice.payment_failed", invoice, now - 120))
     assert failed.status_code == 200, failed.get_data(as_text=True)
     assert read(ledger, invoice["id"])["payment_state"] == "payment_failed"
+    stripe.mark_paid(stripe_id)  # the agency pays; Stripe tells us
     first = deliver(paid)
     assert first.json["status"] == "processed"
     settled = read(ledger, invoice["id"])
@@ -206,12 +240,13 @@ def test_webhooks_are_verified_applied_once_and_never_move_a_paid_invoice_back(
     )
     problem(void, 409, "invoice_paid")
     assert read(ledger, invoice["id"])["state"] == "paid"
-    note = ledger.client.post(
-        f"/v1/invoices/{invoice['id']}/credit-notes",
-        json={"reason": "Goodwill"},
-        headers={**ledger.finance.headers, "Idempotency-Key": str(uuid.uuid4())},
-    )
-    assert note.status_code == 201 and note.json["total"] == invoice["total"]
+    rest = credit(ledger, invoice["id"], None)
+    assert cents(rest["total"]) + cents(partial["total"]) == cents(invoice["total"])
+    ledger.run_jobs()  # recorded in Stripe as refunded outside it
+    assert [note["out_of_band_amount"] for note in stripe.credit_notes.values()] == [
+        None,
+        cents(rest["total"]),
+    ]
 
     ledger.app.config["STRIPE_WEBHOOK_SECRET"] = None
     problem(deliver(event("invoice.paid", invoice, now)), 404, "stripe_not_configured")

@@ -11,22 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from broker.db import Database
 from broker.models import UsageRecord
-from tests.billing_fixtures import Ledger, make_ledger
-from tests.conftest import ApiUser, MakeUser
+from tests.billing_fixtures import Ledger
+from tests.conftest import MakeUser
 from tests.helpers import all_pages, problem, run_concurrently
-
-
-@pytest.fixture
-def ledger(
-    app: Flask, client: FlaskClient, db: Database, admin: ApiUser, make_user: MakeUser
-) -> Ledger:
-    return make_ledger(app, client, db, admin, make_user)
 
 
 @pytest.fixture

@@ -230,6 +230,7 @@ class InvoiceSummarySchema(ma.Schema):
         },
     )
     payment_error = ma.fields.String(allow_none=True)
+    stripe_invoice_id = ma.fields.String(allow_none=True)
     payment_url = ma.fields.String(
         allow_none=True, metadata={"description": "Where the agency pays (Stripe)"}
     )
@@ -339,9 +340,7 @@ def void_invoice(data: dict[str, Any], invoice_id: uuid.UUID) -> Any:
     `invoice_credited`, `not_issued` for a draft). It keeps its number and snapshot; the usage
     it billed is billable again, so the period's next billing run drafts its replacement. An
     invoice sent to Stripe is voided there too."""
-    return corrections.void(
-        request_session(), current_caller(), invoice_id, data["reason"], now(), current_app.config
-    )
+    return corrections.void(request_session(), current_caller(), invoice_id, data["reason"], now())
 
 
 class CreditLineSchema(StrictSchema):
@@ -383,6 +382,7 @@ class CreditNoteSchema(ma.Schema):
     taxes = ma.fields.List(ma.fields.Nested(TaxSchema))
     issued_at = Timestamp()
     snapshot_sha256 = ma.fields.String()
+    stripe_credit_note_id = ma.fields.String(allow_none=True)
     lines = ma.fields.List(ma.fields.Nested(CreditNoteLineSchema))
     created_at = Timestamp()
 

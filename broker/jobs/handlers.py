@@ -28,6 +28,7 @@ HANDLERS: dict[str, Handler] = {
     billing.BILLING_JOB: billing.run_billing_job,
     payments.SYNC_JOB: payments.run_sync_job,
     payments.VOID_JOB: payments.run_void_job,
+    payments.CREDIT_JOB: payments.run_credit_job,
 }
 
 ON_DEAD: dict[str, DeadHandler] = {

@@ -298,6 +298,8 @@ class CreditNote(IdMixin, TimestampMixin, Base):
     issued_by: Mapped[str] = mapped_column(String(100))
     snapshot: Mapped[dict[str, Any]] = mapped_column(JSON)
     snapshot_sha256: Mapped[str] = mapped_column(String(64))
+    # Its copy in Stripe, when the invoice it corrects went there.
+    stripe_credit_note_id: Mapped[str | None] = mapped_column(String(255))
 
     lines: Mapped[list[CreditNoteLine]] = relationship(
         back_populates="credit_note",

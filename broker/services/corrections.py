@@ -48,7 +48,6 @@ def void(
     invoice_id: uuid.UUID,
     reason: str,
     now: datetime,
-    config: Mapping[str, Any],
 ) -> Invoice:
     invoice = billing.get_invoice(session, caller, invoice_id, lock=True)
     if invoice.state is InvoiceState.DRAFT:
@@ -68,7 +67,7 @@ def void(
     session.execute(
         update(UsageRecord).where(UsageRecord.invoice_id == invoice.id).values(invoice_id=None)
     )
-    payments.queue_void(session, invoice, config)
+    payments.queue_void(session, invoice)
     session.flush()
     audit.record(
         session,
@@ -177,6 +176,7 @@ def issue_credit_note(
     note.snapshot_sha256 = invoicing.fingerprint(note.snapshot)
     session.add(note)
     session.flush()
+    payments.queue_credit(session, note, invoice)
     audit.record(
         session,
         caller,

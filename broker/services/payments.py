@@ -6,7 +6,9 @@
   key, so a re-run after a crash at any point creates nothing twice (`billing.stripe_gateway`).
   Stripe's total must equal ours, or the sync stops (`sync_failed`) for finance to look at.
   Without `BROKER_STRIPE_API_KEY` nothing is sent: the invoice says `not_configured`.
-- Voiding an invoice that went to Stripe queues a job that voids it there too.
+- Voiding an invoice that went to Stripe queues a job that voids it there too; a credit note
+  on one queues a job that issues it there (lowering what is left to pay, or, once paid,
+  recorded as refunded outside Stripe).
 - `POST /v1/webhooks/stripe`: the signature is checked on the raw body (and its timestamp
   within `STRIPE_WEBHOOK_TOLERANCE_SECONDS`); each event id is applied once (a replay is
   answered `duplicate` and changes nothing); the payment state only moves forward
@@ -31,6 +33,7 @@ from billing import stripe_gateway as gateway
 from broker.errors import BrokerError, NotFound
 from broker.jobs.queue import JobContext, JobFailed, Reschedule, enqueue
 from broker.models import (
+    CreditNote,
     Invoice,
     InvoiceState,
     PaymentState,
@@ -42,6 +45,7 @@ from broker.services import audit
 
 SYNC_JOB = "payments.stripe_sync"
 VOID_JOB = "payments.stripe_void"
+CREDIT_JOB = "payments.stripe_credit"
 
 log = logging.getLogger("broker.payments")
 
@@ -73,13 +77,7 @@ def queue_sync(session: Session, invoice: Invoice, config: Mapping[str, Any]) ->
         log.info("stripe not configured: invoice %s not sent for payment", invoice.number)
         return
     invoice.payment_state = PaymentState.PENDING
-    enqueue(
-        session,
-        SYNC_JOB,
-        {"invoice_id": str(invoice.id)},
-        organization_id=invoice.organization_id,
-        dedupe_key=f"stripe-sync:{invoice.id}",
-    )
+    _enqueue(session, SYNC_JOB, "invoice_id", invoice.id, invoice.organization_id)
 
 
 def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
@@ -114,6 +112,8 @@ def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
         )
         invoice.payment_error = None
         _advance(invoice, PaymentState.OPEN)
+        if invoice.state is InvoiceState.VOID:  # voided while this sync ran: void it there too
+            _enqueue_void(session, invoice)
     return {"stripe_invoice_id": result.stripe_invoice_id, "total_minor": result.total_minor}
 
 
@@ -149,31 +149,83 @@ def _gateway_errors() -> Iterator[None]:
 # Void ----------------------------------------------------------------------------------------
 
 
-def queue_void(session: Session, invoice: Invoice, config: Mapping[str, Any]) -> None:
+def queue_void(session: Session, invoice: Invoice) -> None:
     """Called in the voiding transaction: void the Stripe invoice too, if one was (or is
     being) made."""
-    if invoice.payment_state in (PaymentState.PENDING, PaymentState.OPEN) or (
-        invoice.payment_state is PaymentState.PAYMENT_FAILED
+    if invoice.payment_state in (
+        PaymentState.PENDING,
+        PaymentState.OPEN,
+        PaymentState.PAYMENT_FAILED,
     ):
-        enqueue(
-            session,
-            VOID_JOB,
-            {"invoice_id": str(invoice.id)},
-            organization_id=invoice.organization_id,
-            dedupe_key=f"stripe-void:{invoice.id}",
-        )
+        _enqueue_void(session, invoice)
+
+
+def _enqueue_void(session: Session, invoice: Invoice) -> None:
+    _enqueue(session, VOID_JOB, "invoice_id", invoice.id, invoice.organization_id)
+
+
+def _enqueue(
+    session: Session, kind: str, field: str, object_id: uuid.UUID, organization_id: uuid.UUID
+) -> None:
+    """One job of `kind` per object at a time (`{field: object_id}`)."""
+    payload = {field: str(object_id)}
+    enqueue(
+        session, kind, payload, organization_id=organization_id, dedupe_key=f"{kind}:{object_id}"
+    )
 
 
 def run_void_job(context: JobContext, job: Any) -> dict[str, Any]:
     with context.db.session(read_only=True) as session:
         invoice = session.get(Invoice, uuid.UUID(job.payload["invoice_id"]))
-        if invoice is None or invoice.stripe_invoice_id is None:
-            # Never reached Stripe (a sync still queued finds the invoice void and stops).
-            return {"skipped": "not in Stripe"}
+        if invoice is None:
+            raise JobFailed("The invoice no longer exists.")
         stripe_invoice_id, broker_id = invoice.stripe_invoice_id, str(invoice.id)
+        customer_id = session.scalar(
+            select(StripeCustomer.customer_id).where(
+                StripeCustomer.organization_id == invoice.organization_id
+            )
+        )
+    client = _client(context.config)
     with _gateway_errors():
-        gateway.void_invoice(_client(context.config), stripe_invoice_id, broker_id)
+        if stripe_invoice_id is None and customer_id is not None:
+            # A sync that stopped half-way may have made it without recording it.
+            stripe_invoice_id = gateway.find_invoice(client, customer_id, broker_id)
+        if stripe_invoice_id is None:
+            return {"skipped": "not in Stripe"}
+        gateway.void_invoice(client, stripe_invoice_id, broker_id)
     return {"voided": stripe_invoice_id}
+
+
+# Credit notes --------------------------------------------------------------------------------
+
+
+def queue_credit(session: Session, note: CreditNote, invoice: Invoice) -> None:
+    """Called in the crediting transaction: mirror the credit note in Stripe when the invoice
+    it corrects went (or is going) there."""
+    if invoice.payment_state not in (None, PaymentState.NOT_CONFIGURED, PaymentState.SYNC_FAILED):
+        _enqueue(session, CREDIT_JOB, "credit_note_id", note.id, note.organization_id)
+
+
+def run_credit_job(context: JobContext, job: Any) -> dict[str, Any]:
+    note_id = uuid.UUID(job.payload["credit_note_id"])
+    with context.db.session(read_only=True) as session:
+        note = session.get(CreditNote, note_id)
+        if note is None:
+            raise JobFailed("The credit note no longer exists.")
+        invoice = session.get(Invoice, note.invoice_id)
+        assert invoice is not None
+        if invoice.stripe_invoice_id is None:
+            if invoice.payment_state is PaymentState.PENDING:
+                raise Reschedule(60, "the invoice is not in Stripe yet")
+            return {"skipped": f"the invoice is not in Stripe ({invoice.payment_state})"}
+        snapshot, stripe_invoice_id = note.snapshot, invoice.stripe_invoice_id
+    with _gateway_errors():
+        result = gateway.credit_invoice(_client(context.config), snapshot, stripe_invoice_id)
+    with context.db.transaction() as session:
+        note = session.get(CreditNote, note_id)
+        assert note is not None
+        note.stripe_credit_note_id = result.stripe_credit_note_id
+    return {"stripe_credit_note_id": note.stripe_credit_note_id, "total_minor": result.total_minor}
 
 
 # Webhooks ------------------------------------------------------------------------------------

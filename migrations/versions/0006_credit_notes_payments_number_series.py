@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.Column('issued_by', sa.String(length=100), nullable=False),
     sa.Column('snapshot', sa.JSON(), nullable=False),
     sa.Column('snapshot_sha256', sa.String(length=64), nullable=False),
+    sa.Column('stripe_credit_note_id', sa.String(length=255), nullable=True),
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['invoice_id'], ['invoices.id'], name=op.f('fk_credit_notes_invoice_id_invoices'), ondelete='RESTRICT'),

@@ -12,8 +12,13 @@ It speaks what the gateway uses, the way the real SDK sends it (form-encoded bod
 | GET  /v1/invoices/<id>            | the invoice: total = sum of its items                  |
 | POST /v1/invoices/<id>/finalize   | draft → open (400 for any other status)                |
 | POST /v1/invoices/<id>/void       | open/uncollectible → void (400 for any other status)   |
+| DELETE /v1/invoices/<id>          | a draft and its items are gone (400 for any other)     |
 | POST /v1/invoiceitems             | an `ii_` item on a draft invoice (400 otherwise)       |
 | GET  /v1/invoiceitems             | the same, filtered by `invoice`                        |
+| POST /v1/credit_notes             | a `cn_` credit note of custom lines on an open or paid |
+|                                   | invoice, never more than remains; a paid invoice's     |
+|                                   | must say how it is settled (`out_of_band_amount`)      |
+| GET  /v1/credit_notes             | the same, filtered by `invoice`                        |
 
 Pages of lists are capped at `page_size` (default 2), so clients must paginate.
 
@@ -101,8 +106,11 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"/v1/invoices/(?P<id>[^/]+)"), "GET /v1/invoices/<id>"),
     ("POST", re.compile(r"/v1/invoices/(?P<id>[^/]+)/finalize"), "POST /v1/invoices/<id>/finalize"),
     ("POST", re.compile(r"/v1/invoices/(?P<id>[^/]+)/void"), "POST /v1/invoices/<id>/void"),
+    ("DELETE", re.compile(r"/v1/invoices/(?P<id>[^/]+)"), "DELETE /v1/invoices/<id>"),
     ("POST", re.compile(r"/v1/invoiceitems"), "POST /v1/invoiceitems"),
     ("GET", re.compile(r"/v1/invoiceitems"), "GET /v1/invoiceitems"),
+    ("POST", re.compile(r"/v1/credit_notes"), "POST /v1/credit_notes"),
+    ("GET", re.compile(r"/v1/credit_notes"), "GET /v1/credit_notes"),
 )
 
 # Top-level parameters each endpoint takes (Stripe refuses any other one).
@@ -126,6 +134,7 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     "GET /v1/invoices/<id>": frozenset({"expand"}),
     "POST /v1/invoices/<id>/finalize": frozenset({"auto_advance", "expand"}),
     "POST /v1/invoices/<id>/void": frozenset({"expand"}),
+    "DELETE /v1/invoices/<id>": frozenset(),
     "POST /v1/invoiceitems": frozenset(
         {
             "customer",
@@ -141,6 +150,10 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     "GET /v1/invoiceitems": frozenset(
         {"invoice", "customer", "limit", "starting_after", "ending_before", "expand"}
     ),
+    "POST /v1/credit_notes": frozenset(
+        {"invoice", "lines", "memo", "metadata", "out_of_band_amount", "reason", "expand"}
+    ),
+    "GET /v1/credit_notes": frozenset({"invoice", "limit", "starting_after", "expand"}),
 }
 
 
@@ -154,6 +167,7 @@ class FakeStripe:
         self.customers: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
         self.items: dict[str, dict[str, Any]] = {}  # in creation order
+        self.credit_notes: dict[str, dict[str, Any]] = {}
         self.requests: Counter[str] = Counter()  # authenticated requests per endpoint
         self.replays: Counter[str] = Counter()  # idempotent replays per endpoint
         self._stored: dict[str, _Stored] = {}
@@ -167,8 +181,11 @@ class FakeStripe:
             "GET /v1/invoices/<id>": self._retrieve_invoice,
             "POST /v1/invoices/<id>/finalize": self._finalize_invoice,
             "POST /v1/invoices/<id>/void": self._void_invoice,
+            "DELETE /v1/invoices/<id>": self._delete_invoice,
             "POST /v1/invoiceitems": self._create_item,
             "GET /v1/invoiceitems": self._list_items,
+            "POST /v1/credit_notes": self._create_credit_note,
+            "GET /v1/credit_notes": self._list_credit_notes,
         }
 
     # -- for tests ----------------------------------------------------------------------------
@@ -193,6 +210,13 @@ class FakeStripe:
         with self._lock:
             invoice = self.invoices[invoice_id]
             self._store_item(invoice, amount, description, {})
+
+    def mark_paid(self, invoice_id: str) -> None:
+        """The agency paid what it owed (in Stripe's dashboard, say)."""
+        with self._lock:
+            invoice = self.invoices[invoice_id]
+            invoice["status"] = "paid"
+            invoice["amount_paid"] = self._invoice_view(invoice)["amount_due"]
 
     def forget_idempotency_keys(self) -> None:
         """What Stripe does to a key after 24 hours: the next request with it runs afresh."""
@@ -335,6 +359,17 @@ class FakeStripe:
         invoice["finalized_at"] = int(time.time())
         return self._invoice_view(invoice)
 
+    def _delete_invoice(self, _: dict[str, Any], invoice_id: str | None) -> dict[str, Any]:
+        invoice = self._invoice(invoice_id)
+        if invoice["status"] != "draft":
+            raise ApiError(
+                400, f"You can only delete draft invoices; this one is {invoice['status']}."
+            )
+        del self.invoices[invoice["id"]]
+        for item_id in [i for i, item in self.items.items() if item["invoice"] == invoice["id"]]:
+            del self.items[item_id]
+        return {"id": invoice["id"], "object": "invoice", "deleted": True}
+
     def _void_invoice(self, _: dict[str, Any], invoice_id: str | None) -> dict[str, Any]:
         invoice = self._invoice(invoice_id)
         if invoice["status"] not in ("open", "uncollectible"):
@@ -384,6 +419,52 @@ class FakeStripe:
             and params.get("customer") in (None, item["customer"])
         ]
         return self._page(params, "/v1/invoiceitems", "invoiceitem", found)
+
+    def _create_credit_note(self, params: dict[str, Any], _: str | None) -> dict[str, Any]:
+        invoice = self._invoice(_required(params, "invoice"), param="invoice")
+        if invoice["status"] not in ("open", "paid"):
+            raise ApiError(
+                400, f"Credit notes need an open or paid invoice; this one is {invoice['status']}."
+            )
+        lines = params.get("lines")
+        if not isinstance(lines, dict) or not lines:
+            raise ApiError(400, "Missing required param: lines.", param="lines")
+        total = 0
+        for index in sorted(lines, key=int):
+            line = lines[index]
+            if not isinstance(line, dict) or line.get("type") != "custom_line_item":
+                raise ApiError(400, "This fake only takes custom line items.", param="lines")
+            total += _integer(line, "quantity") * _integer(line, "unit_amount")
+        view = self._invoice_view(invoice)
+        if total > view["total"] - view["credited"]:
+            raise ApiError(400, "The credit note exceeds what remains of the invoice.")
+        out_of_band = (
+            _integer(params, "out_of_band_amount") if "out_of_band_amount" in params else 0
+        )
+        if invoice["status"] == "paid" and out_of_band != total:
+            raise ApiError(400, "A paid invoice's credit note must say how it is settled.")
+        note = {
+            "id": self._new_id("cn"),
+            "object": "credit_note",
+            "invoice": invoice["id"],
+            "currency": invoice["currency"],
+            "total": total,
+            "amount": total,
+            "out_of_band_amount": out_of_band or None,
+            "memo": params.get("memo"),
+            "metadata": _metadata(params),
+            "status": "issued",
+        }
+        self.credit_notes[note["id"]] = note
+        return dict(note)
+
+    def _list_credit_notes(self, params: dict[str, Any], _: str | None) -> dict[str, Any]:
+        found = [
+            dict(note)
+            for note in reversed(self.credit_notes.values())
+            if params.get("invoice") in (None, note["invoice"])
+        ]
+        return self._page(params, "/v1/credit_notes", "credit_note", found)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -435,8 +516,17 @@ class FakeStripe:
     def _invoice_view(self, invoice: dict[str, Any]) -> dict[str, Any]:
         total = sum(i["amount"] for i in self.items.values() if i["invoice"] == invoice["id"])
         total += self.total_skew
-        view = dict(invoice, subtotal=total, total=total, amount_due=total)
-        view["amount_remaining"] = total - invoice["amount_paid"]
+        credited = sum(
+            note["total"] for note in self.credit_notes.values() if note["invoice"] == invoice["id"]
+        )
+        pre_payment = sum(
+            note["total"]
+            for note in self.credit_notes.values()
+            if note["invoice"] == invoice["id"] and not note["out_of_band_amount"]
+        )
+        view = dict(invoice, subtotal=total, total=total, amount_due=total - pre_payment)
+        view["credited"] = credited
+        view["amount_remaining"] = max(0, view["amount_due"] - invoice["amount_paid"])
         return view
 
     def _customer(self, customer_id: object) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from billing.stripe_gateway import (
     GatewayPermanent,
     GatewayRetryable,
     StripeTotalMismatch,
+    credit_invoice,
     ensure_customer,
+    find_invoice,
     make_client,
     parse_event,
     sign_payload,
@@ -433,7 +435,59 @@ def test_void_voids_once_and_an_already_void_invoice_is_fine(
     assert sync_invoice(client, eur_snapshot(), customer).status == "void"
 
 
-def test_void_refuses_the_copy_of_another_invoice_and_a_draft(
+def credit_snapshot() -> dict[str, Any]:
+    """A credit note of 5.00 of line 1 (+ 1.00 VAT) of `eur_snapshot()`."""
+    return {
+        **eur_snapshot(),
+        "document_type": "credit_note",
+        "id": "c4ed17a0-0000-4000-8000-000000000001",
+        "number": "CN-2030-000001",
+        "reason": "Outage",
+        "lines": [{**_line(1, "5.00", quantity="1", unit_price="5.00"), "credits_position": 1}],
+        "taxes": [{"category": "S", "rate": "20", "base": "5.00", "amount": "1.00"}],
+        "subtotal": "5.00",
+        "tax": "1.00",
+        "total": "6.00",
+    }
+
+
+def test_a_credit_note_lowers_what_is_due_once_even_when_its_answer_is_lost(
+    stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
+) -> None:
+    fake, client, _ = stripe_api
+    synced = sync_invoice(client, eur_snapshot(), customer)
+    fake.fail_after_commit("POST /v1/credit_notes")
+    with pytest.raises(GatewayRetryable):
+        credit_invoice(client, credit_snapshot(), synced.stripe_invoice_id)
+    fake.forget_idempotency_keys()  # a retry a day later: found, not made again
+    result = credit_invoice(client, credit_snapshot(), synced.stripe_invoice_id)
+
+    (note,) = fake.credit_notes.values()
+    assert (result.stripe_credit_note_id, result.total_minor) == (note["id"], 600)
+    assert note["metadata"]["broker_credit_note_number"] == "CN-2030-000001"
+    assert note["out_of_band_amount"] is None  # unpaid: it lowers what is left to pay
+    assert client.v1.invoices.retrieve(synced.stripe_invoice_id).amount_due == 2396 - 600
+
+    # Once the invoice is paid, a credit note is settled outside Stripe (a transfer back).
+    fake.mark_paid(synced.stripe_invoice_id)
+    second = {**credit_snapshot(), "id": "c4ed17a0-0000-4000-8000-000000000002"}
+    credit_invoice(client, second, synced.stripe_invoice_id)
+    assert [n["out_of_band_amount"] for n in fake.credit_notes.values()] == [None, 600]
+
+
+def test_a_credit_note_waits_for_its_invoice_to_leave_draft(
+    stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
+) -> None:
+    fake, client, _ = stripe_api
+    fake.fail_before(FINALIZE)
+    with pytest.raises(GatewayRetryable):
+        sync_invoice(client, eur_snapshot(), customer)
+    with pytest.raises(GatewayRetryable, match="draft"):
+        credit_invoice(client, credit_snapshot(), _only_invoice(fake)["id"])
+    assert fake.credit_notes == {}
+
+
+def test_void_refuses_the_copy_of_another_invoice_and_deletes_a_draft(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
@@ -444,12 +498,13 @@ def test_void_refuses_the_copy_of_another_invoice_and_a_draft(
 
     with pytest.raises(GatewayPermanent) as other:
         void_invoice(client, draft, "another-invoice")
-    with pytest.raises(GatewayPermanent) as drafted:
-        void_invoice(client, draft, eur_snapshot()["id"])
-
     assert other.value.code == "broker_invoice_mismatch"
-    assert drafted.value.status == 400
-    assert fake.count("POST /v1/invoices/<id>/void") == 1
+    assert find_invoice(client, customer, eur_snapshot()["id"]) == draft
+
+    void_invoice(client, draft, eur_snapshot()["id"])  # a draft cannot be voided: deleted
+    assert fake.invoices == {} and fake.items_of(draft) == []
+    assert find_invoice(client, customer, eur_snapshot()["id"]) is None
+    assert fake.count("POST /v1/invoices/<id>/void") == 0
 
 
 # -- webhooks -------------------------------------------------------------------------------------
