@@ -18,7 +18,7 @@ from flask import Flask
 
 from tests.billing_fixtures import Ledger, _operator_org, money
 from tests.conftest import ApiUser, MakeUser
-from tests.helpers import problem
+from tests.helpers import problem, run_concurrently
 from tests.test_invoices import start_for
 from tests.test_provisioning import make_market, place_order
 
@@ -200,7 +200,15 @@ def test_credit_notes_never_exceed_what_remains_and_void_needs_an_unpaid_uncredi
         ledger, invoice["id"], {"reason": "x", "lines": [{"position": big, "amount": "7.00"}]}
     )
     problem(over, 409, "exceeds_creditable")
-    rest = credit(ledger, invoice["id"], {"reason": "Contract ended"}).json
+    # Eight finance clerks credit "all that remains" at once: one credit note is issued.
+    racing = run_concurrently(
+        8, lambda _: credit(ledger, invoice["id"], {"reason": "Contract ended"})
+    )
+    assert sorted(response.status_code for response in racing) == [201] + [409] * 7
+    for response in racing:
+        if response.status_code == 409:
+            problem(response, 409, "nothing_to_credit")
+    (rest,) = [response.json for response in racing if response.status_code == 201]
     assert rest["number"] == "CN-2030-000002"
     credited = {line["invoice_line_id"]: line["amount"] for line in rest["lines"]}
     assert sorted(credited.values()) == ["11.95", "6.99"]
@@ -249,6 +257,9 @@ def test_credit_notes_never_exceed_what_remains_and_void_needs_an_unpaid_uncredi
     ledger.act(machine, "terminate", t(1, 5, 30, month=4), by=other)
     ledger.bill("2030-04", when=t(1, 1, month=5))
     april = ledger.finalize(ledger.invoice_of("2030-04", other)["id"]).json
+    # No Stripe key here: nothing is sent for payment, and the invoice says so.
+    assert april["payment_state"] == "not_configured"
+    assert "not configured" in april["payment_error"]
     for body in ({}, {"reason": ""}, {"reason": "x", "more": 1}):
         problem(
             ledger.client.post(

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from broker.db import make_engine
@@ -29,9 +29,7 @@ def empty_database_url(db_kind: str, tmp_path: Path, pytestconfig: pytest.Config
         return
     server = make_url(pytestconfig.broker_pg_url)  # type: ignore[attr-defined]
     name = f"migrations_{uuid.uuid4().hex[:12]}"
-    admin_dsn = (
-        f"host={server.host} port={server.port} user={server.username} dbname=postgres"
-    )
+    admin_dsn = f"host={server.host} port={server.port} user={server.username} dbname=postgres"
     with psycopg.connect(admin_dsn, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     yield server.set(database=name).render_as_string(hide_password=False)
@@ -75,4 +73,30 @@ def test_downgrade_to_base_and_up_again(empty_database_url: str) -> None:
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_heads()
     assert frozenset(current) == head_revisions()
+    engine.dispose()
+
+
+def test_the_invoice_number_series_carries_over_to_the_document_series(
+    empty_database_url: str,
+) -> None:
+    """0006 moves the invoice counter into the series table shared with credit notes (and
+    back on downgrade): the next invoice number after the upgrade follows the last one."""
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0005")
+    engine = make_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO invoice_number_series VALUES (2030, 41)"))
+    command.upgrade(config, "0006")
+    with engine.begin() as connection:
+        rows = connection.execute(
+            text("SELECT series, year, last_number FROM document_number_series")
+        )
+        assert rows.all() == [("invoice", 2030, 41)]
+        connection.execute(
+            text("INSERT INTO document_number_series VALUES ('credit_note', 2030, 3)")
+        )
+    command.downgrade(config, "0005")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT year, last_number FROM invoice_number_series"))
+        assert rows.all() == [(2030, 41)]
     engine.dispose()

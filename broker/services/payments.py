@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from stripe import StripeClient
 
 from billing import stripe_gateway as gateway
 from broker.errors import BrokerError, NotFound
@@ -58,7 +59,7 @@ def configured(config: Mapping[str, Any]) -> bool:
     return bool(config.get("STRIPE_API_KEY"))
 
 
-def _client(config: Mapping[str, Any]) -> Any:
+def _client(config: Mapping[str, Any]) -> StripeClient:
     return gateway.make_client(
         config["STRIPE_API_KEY"],
         config.get("STRIPE_API_BASE"),
