@@ -14,6 +14,14 @@ snapshot only, so the same snapshot always gives the same bytes.
   days, quantity, unit price, VAT, amount), repeated headings on every page; the VAT
   breakdown per category; subtotal, VAT and total in the currency. Every figure is the
   snapshot's string, as issued.
+- Tables are drawn here rather than with fpdf2's `table()`, which lays every cell out with
+  `multi_cell` twice (seconds for a 1000-line invoice): each cell's text is wrapped once
+  (`_wrap` breaks lines where `multi_cell` would, from character widths measured once per
+  font) and its lines are placed with `text()` where `table()` placed them. A row that does
+  not fit goes to the next page, under the headings again.
+- Most of the time of a short document is the fonts: `add_font` parses each TTF and `output`
+  subsets it. Both stay per document: fpdf2 subsets the parsed font in place, so a parsed font
+  cannot be shared between documents.
 """
 
 from __future__ import annotations
@@ -21,11 +29,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
-from fpdf.fonts import FontFace
+from fpdf.line_break import BREAKING_SPACE_SYMBOLS_STR, NBSP, SOFT_HYPHEN
 
 from billing.cii import (
     CREDIT_NOTE,
@@ -44,13 +52,37 @@ FONTS = Path(__file__).resolve().parent / "fonts"
 MISSING = "?"
 FONT = "dejavu"
 MARGIN = 15.0
-LINE_COLUMNS = ("#", "Description", "Service days", "Quantity", "Unit price", "VAT", "Amount")
-LINE_WIDTHS = (7, 69, 36, 20, 15, 12, 21)
-LINE_ALIGN = ("RIGHT", "LEFT", "LEFT", "RIGHT", "RIGHT", "LEFT", "RIGHT")
-TAX_COLUMNS = ("VAT category", "Rate", "Base", "VAT amount")
-TAX_WIDTHS = (70, 30, 40, 40)
-TAX_ALIGN = ("LEFT", "RIGHT", "RIGHT", "RIGHT")
-BOLD = FontFace(emphasis="BOLD")
+
+
+class Column(NamedTuple):
+    """A column of a table: its heading, width and how its text aligns."""
+
+    heading: str
+    width: float  # mm
+    align: str  # "L" or "R"
+    amounts: bool = False  # in the document's currency, which the heading then names
+
+
+LINE_COLUMNS = (
+    Column("#", 7, "R"),
+    Column("Description", 69, "L"),
+    Column("Service days", 36, "L"),
+    Column("Quantity", 20, "R"),
+    Column("Unit price", 15, "R"),
+    Column("VAT", 12, "L"),
+    Column("Amount", 21, "R", amounts=True),
+)
+TAX_COLUMNS = (
+    Column("VAT category", 70, "L"),
+    Column("Rate", 30, "R"),
+    Column("Base", 40, "R", amounts=True),
+    Column("VAT amount", 40, "R", amounts=True),
+)
+TABLE_FONT_SIZE = 8  # pt
+TABLE_LINE_HEIGHT = 4.5  # mm, a line of text in a cell
+TABLE_PADDING = 1.0  # mm, around a cell's text
+TOLERANCE = 1e-9  # fpdf2's, when it compares a line's width with the room for it
+BREAKING_SPACES = frozenset(BREAKING_SPACE_SYMBOLS_STR)
 
 
 @functools.cache
@@ -63,6 +95,8 @@ def _glyphs() -> frozenset[int]:
 def printable(text: str) -> str:
     """`text` with what the font cannot draw replaced by "?" (line breaks kept)."""
     glyphs = _glyphs()
+    if glyphs.issuperset(map(ord, text)):
+        return text
     return "".join(c if c == "\n" or ord(c) in glyphs else MISSING for c in text)
 
 
@@ -170,28 +204,120 @@ def _parties(pdf: FPDF, snapshot: Mapping[str, Any]) -> None:
     pdf.set_xy(pdf.l_margin, bottom)
 
 
+class _Widths(dict[str, float]):
+    """Widths of texts in the current font: each character is measured once (a call to
+    `FPDF.get_string_width` costs about as much for one character as for a line) and a text is
+    as wide as its characters together, which is how fpdf2 adds them up too (no kerning, no
+    character spacing). `font` is the font measured, current whenever a character is."""
+
+    def __init__(self, pdf: FPDF) -> None:
+        super().__init__()
+        self.pdf = pdf
+        self.font = (pdf.font_family, pdf.font_style, pdf.font_size_pt)
+
+    def __missing__(self, char: str) -> float:
+        pdf = self.pdf
+        assert (pdf.font_family, pdf.font_style, pdf.font_size_pt) == self.font
+        width = self[char] = pdf.get_string_width(char)
+        return width
+
+    def of(self, text: str) -> float:
+        return sum(self[char] for char in text)
+
+
+def _wrap(text: str, width: float, widths: _Widths) -> list[str]:
+    """`text` in lines no wider than `width`, broken where fpdf2's `multi_cell` breaks it: at
+    each "\n", else at the last space that fits (which is dropped), and inside a word only when
+    the word alone is wider than the line (the rest goes on, nothing is lost). Soft hyphens are
+    not printed (`multi_cell` prints one only where it breaks there, which this never does)."""
+    lines = []
+    for paragraph in text.replace("\r", "").replace(SOFT_HYPHEN, "").split("\n"):
+        line, used, space = "", 0.0, -1  # `space`: where the last space in `line` is
+        for char in paragraph:
+            advance = widths[char]
+            if used + advance - width > TOLERANCE:
+                if char in BREAKING_SPACES:
+                    lines.append(line)
+                    line, used, space = "", 0.0, -1
+                    continue
+                if space >= 0:
+                    lines.append(line[:space])
+                    line, space = line[space + 1 :], -1
+                    used = widths.of(line)
+                if line and used + advance - width > TOLERANCE:
+                    lines.append(line)
+                    line, used = "", 0.0
+            if char in BREAKING_SPACES:
+                space = len(line)
+            line += char
+            used += advance
+        lines.append(line)
+    if not lines[-1]:  # nothing after the last "\n", or no text at all
+        lines.pop()
+    return [line.replace(NBSP, " ") for line in lines]
+
+
 def _table(
-    pdf: FPDF,
-    headings: Sequence[str],
-    widths: Sequence[int],
-    align: Sequence[str],
-    rows: Sequence[Sequence[str]],
+    pdf: FPDF, columns: Sequence[Column], rows: Sequence[Sequence[str]], currency: str
 ) -> None:
-    pdf.set_font(FONT, size=8)
-    with pdf.table(
-        col_widths=tuple(widths),
-        width=sum(widths),
-        align="LEFT",
-        text_align=tuple(align),
-        headings_style=BOLD,
-        borders_layout="HORIZONTAL_LINES",
-        line_height=4.5,
-        padding=1,
-        repeat_headings=1,
-    ) as table:
-        table.row(headings)
-        for cells in rows:
-            table.row([printable(cell) for cell in cells])
+    """Headings and rows, a rule under each row but the last, each cell's text wrapped to its
+    column and centred in the row's height. A row that does not fit on the page goes to the next
+    one, under the headings again; the headings never stay alone at the bottom of a page."""
+    titles = [f"{c.heading} ({currency})" if c.amounts else c.heading for c in columns]
+    pdf.set_font(FONT, style="B", size=TABLE_FONT_SIZE)
+    bold = _Widths(pdf)
+    headings = _cells(columns, titles, bold)
+    pdf.set_font(FONT, size=TABLE_FONT_SIZE)
+    regular = _Widths(pdf)
+    body = [_cells(columns, [printable(text) for text in texts], regular) for texts in rows]
+    if body and pdf.will_page_break(_height(headings) + _height(body[0])):
+        pdf.add_page()
+    _row(pdf, columns, headings, bold, rule=bool(body))
+    for index, cells in enumerate(body):
+        if pdf.will_page_break(_height(cells)):
+            pdf.add_page()
+            _row(pdf, columns, headings, bold, rule=True)
+        _row(pdf, columns, cells, regular, rule=index < len(body) - 1)
+
+
+def _cells(columns: Sequence[Column], texts: Sequence[str], widths: _Widths) -> list[list[str]]:
+    """A row's texts, each in the lines it takes in its column."""
+    return [
+        _wrap(text, column.width - 2 * TABLE_PADDING, widths)
+        for column, text in zip(columns, texts, strict=True)
+    ]
+
+
+def _height(cells: Sequence[Sequence[str]]) -> float:
+    return max(1, *map(len, cells)) * TABLE_LINE_HEIGHT + 2 * TABLE_PADDING
+
+
+def _row(
+    pdf: FPDF,
+    columns: Sequence[Column],
+    cells: Sequence[Sequence[str]],
+    widths: _Widths,
+    *,
+    rule: bool,
+) -> None:
+    """One row of wrapped cells at the current position, in the font `widths` measured, with a
+    rule under it if asked; the position moves to the start of the next row."""
+    family, style, size = widths.font
+    pdf.set_font(family, style=style, size=size)
+    top, height, x = pdf.get_y(), _height(cells), pdf.l_margin
+    for column, lines in zip(columns, cells, strict=True):
+        # The lines are centred in the row, each baseline where `cell()` would put it.
+        y = top + (height - (len(lines) - 1) * TABLE_LINE_HEIGHT) / 2 + 0.3 * pdf.font_size
+        for line in lines:
+            if column.align == "R":
+                pdf.text(x + column.width - TABLE_PADDING - widths.of(line), y, line)
+            else:
+                pdf.text(x + TABLE_PADDING, y, line)
+            y += TABLE_LINE_HEIGHT
+        x += column.width
+    if rule:
+        pdf.line(pdf.l_margin, top + height, x, top + height)
+    pdf.set_xy(pdf.l_margin, top + height)
 
 
 def _line_row(snapshot: Mapping[str, Any], line: Mapping[str, Any]) -> list[str]:
@@ -250,17 +376,8 @@ def to_pdf(snapshot: Mapping[str, Any]) -> bytes:
     _parties(pdf, snapshot)
     currency = snapshot["currency"]
     _heading(pdf, "Lines")
-    headings = [*LINE_COLUMNS[:-1], f"{LINE_COLUMNS[-1]} ({currency})"]
-    lines = [_line_row(snapshot, line) for line in snapshot["lines"]]
-    _table(pdf, headings, LINE_WIDTHS, LINE_ALIGN, lines)
+    _table(pdf, LINE_COLUMNS, [_line_row(snapshot, line) for line in snapshot["lines"]], currency)
     _heading(pdf, "VAT breakdown")
-    taxes = [_tax_row(tax) for tax in snapshot["taxes"]]
-    _table(
-        pdf,
-        [*TAX_COLUMNS[:2], *(f"{h} ({currency})" for h in TAX_COLUMNS[2:])],
-        TAX_WIDTHS,
-        TAX_ALIGN,
-        taxes,
-    )
+    _table(pdf, TAX_COLUMNS, [_tax_row(tax) for tax in snapshot["taxes"]], currency)
     _totals(pdf, snapshot)
     return bytes(pdf.output())
