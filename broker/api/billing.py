@@ -455,8 +455,8 @@ def get_credit_note(note_id: uuid.UUID) -> Any:
 def export_credit_note(args: dict[str, Any], note_id: uuid.UUID) -> Response:
     """A credit note as a file from its snapshot (same formats as invoices; CII type 381
     referencing the corrected invoice)."""
-    note = corrections.get_credit_note(request_session(), current_caller(), note_id)
-    content, media_type = exports.render(note.snapshot, args["format"])
     return _file(
-        content, media_type, f"credit-note-{note.number}.{exports.EXTENSIONS[args['format']]}"
+        *corrections.export_credit_note(
+            request_session(), current_caller(), note_id, args["format"]
+        )
     )

@@ -8,8 +8,9 @@ bills exactly what it shows and nothing is billed twice. Usage of an earlier, al
 invoiced period that arrives late is billed on the next draft as adjustment lines.
 
 Finalizing freezes a draft: in one transaction it takes the next number of the year's gapless
-series, stores a snapshot of the whole invoice with its SHA-256, and from then on nothing
-about the invoice or the usage it bills changes.
+series, stores a snapshot of the whole invoice with its SHA-256, and queues its payment
+(`broker.services.payments`); from then on nothing about the invoice or the usage it bills
+changes. Corrections (void, credit notes) are `broker.services.corrections`.
 """
 
 from __future__ import annotations

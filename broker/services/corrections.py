@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing import invoicing
+from billing import exports, invoicing
 from billing.money import round_amount
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
@@ -257,6 +257,15 @@ def get_credit_note(session: Session, caller: Caller, note_id: uuid.UUID) -> Cre
     if note is None or not billing.may_read_agency(caller, note.organization_id):
         raise NotFound("No such credit note.")
     return note
+
+
+def export_credit_note(
+    session: Session, caller: Caller, note_id: uuid.UUID, fmt: str
+) -> tuple[bytes, str, str]:
+    """A credit note as a file, from its snapshot: (content, media type, file name)."""
+    note = get_credit_note(session, caller, note_id)
+    content, media_type = exports.render(note.snapshot, fmt)
+    return content, media_type, f"credit-note-{note.number}.{exports.EXTENSIONS[fmt]}"
 
 
 def list_credit_notes(
