@@ -20,8 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from billing.money import minor_unit, round_amount
+
+FIGURES = ("gross", "credits", "fee", "net")
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,16 @@ def settle(shares: Iterable[Share], fee_rate: Decimal) -> list[Settlement]:
                 Settlement(share.provider_id, currency, share.gross, share.credits, fee, due - fee)
             )
     return settlements
+
+
+def totals(items: Iterable[Settlement]) -> list[dict[str, Any]]:
+    """Per currency, the sums of `items`' gross, credits, fee and net."""
+    sums: dict[str, dict[str, Decimal]] = {}
+    for item in items:
+        total = sums.setdefault(item.currency, dict.fromkeys(FIGURES, Decimal(0)))
+        for name in FIGURES:
+            total[name] += getattr(item, name)
+    return [{"currency": currency, **figures} for currency, figures in sorted(sums.items())]
 
 
 def _allocate_fee(currency: str, dues: list[Decimal], fee_rate: Decimal) -> list[Decimal]:

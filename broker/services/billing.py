@@ -23,13 +23,13 @@ from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from billing import exports, invoicing
 from billing.metering import parse_period, period_bounds, period_of, shown
 from billing.money import round_amount, trim_decimals
 from billing.rating import Price
+from broker import db
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
@@ -503,9 +503,8 @@ def next_number(session: Session, year: int, series: str = "invoice") -> str:
     """The next number of the year's `invoice` or `credit_note` series. The series row stays
     locked until the transaction ends, so numbers are given one at a time, and a rollback
     gives its number back."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(DocumentNumberSeries)
+        db.insert(session, DocumentNumberSeries)
         .values(series=series, year=year, last_number=1)
         .on_conflict_do_update(
             index_elements=["series", "year"],

@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from stripe import StripeClient
 
 from billing import stripe_gateway as gateway
+from broker import db
 from broker.errors import BrokerError, NotFound
 from broker.jobs.queue import JobContext, JobFailed, Reschedule, enqueue
 from broker.models import (
@@ -126,9 +126,8 @@ def sync_job_dead(session: Session, job: Any, now: datetime) -> None:
 
 
 def _keep_customer(session: Session, organization_id: uuid.UUID, customer_id: str) -> None:
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(
-        dialect.insert(StripeCustomer)
+        db.insert(session, StripeCustomer)
         .values(organization_id=organization_id, customer_id=customer_id)
         .on_conflict_do_nothing(index_elements=["organization_id"])
     )
@@ -267,9 +266,8 @@ def receive_event(
         raise BadSignature("The event's time is not a valid timestamp.") from None
     if len(event.id) > 255 or len(event.type) > 100:
         raise BadSignature("The event's id or type is too long.")
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     first = session.scalar(
-        dialect.insert(StripeEvent)
+        db.insert(session, StripeEvent)
         .values(
             id=event.id,
             type=event.type,
@@ -283,7 +281,7 @@ def receive_event(
     if first is None:
         return {"status": "duplicate", "event_id": event.id}
     invoice = _invoice_of(session, event)
-    outcome = _apply(session, invoice, event, now)
+    outcome = _apply(session, invoice, event, created)
     row = session.get(StripeEvent, event.id)
     assert row is not None
     row.outcome, row.invoice_id = outcome, invoice.id if invoice else None
@@ -307,7 +305,9 @@ def _invoice_of(session: Session, event: gateway.Event) -> Invoice | None:
     return invoice
 
 
-def _apply(session: Session, invoice: Invoice | None, event: gateway.Event, now: datetime) -> str:
+def _apply(
+    session: Session, invoice: Invoice | None, event: gateway.Event, created: datetime
+) -> str:
     target = EVENT_STATES.get(event.type)
     if target is None:
         return "ignored: not a payment event"
@@ -323,10 +323,7 @@ def _apply(session: Session, invoice: Invoice | None, event: gateway.Event, now:
     if invoice.stripe_invoice_id is None:
         invoice.stripe_invoice_id = event.invoice_id
     if target is PaymentState.PAID:
-        invoice.state, invoice.paid_at = (
-            InvoiceState.PAID,
-            datetime.fromtimestamp(event.created, UTC),
-        )
+        invoice.state, invoice.paid_at = InvoiceState.PAID, created
         audit.record(
             session,
             None,

@@ -63,19 +63,11 @@ def for_period(
             for s in everyone
             if providers[s.provider_id].organization_id == caller.organization_id
         ]
-    totals: dict[str, dict[str, Decimal]] = {}
-    for item in everyone:
-        total = totals.setdefault(
-            item.currency,
-            {"gross": Decimal(0), "credits": Decimal(0), "fee": Decimal(0), "net": Decimal(0)},
-        )
-        for name in total:
-            total[name] += getattr(item, name)
     return {
         "period": period,
         "fee_rate": str(fee_rate),
         "items": [
             {**asdict(item), "provider_name": providers[item.provider_id].name} for item in everyone
         ],
-        "totals": [{"currency": currency, **sums} for currency, sums in sorted(totals.items())],
+        "totals": settlements.totals(everyone),
     }

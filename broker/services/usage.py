@@ -25,7 +25,6 @@ from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import Insert, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from billing.metering import (
@@ -37,6 +36,7 @@ from billing.metering import (
     to_quanta,
 )
 from billing.rating import METRICS, rate
+from broker import db
 from broker.auth.identity import Caller
 from broker.errors import Conflict, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed
@@ -94,9 +94,8 @@ def _insert_ignoring_duplicates(
     Returns the `(provider, record_id)` of the rows inserted."""
     if not rows:
         return set()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement: Insert = (
-        dialect.insert(UsageRecord)
+        db.insert(session, UsageRecord)
         .on_conflict_do_nothing(index_elements=["provider_id", "source", "record_id"])
         .returning(UsageRecord.provider_id, UsageRecord.record_id)
     )
@@ -291,9 +290,8 @@ def _refuse_conflicts(
 
 def _cursor(session: Session, name: str, start: datetime) -> MeterCursor:
     """The meter's cursor row, locked; created at `start` the first time."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(
-        dialect.insert(MeterCursor)
+        db.insert(session, MeterCursor)
         .values(name=name, until=start)
         .on_conflict_do_nothing(index_elements=["name"])
     )
