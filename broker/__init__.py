@@ -21,6 +21,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.api import (
         audit,
         billing,
+        evidence,
         jobs,
         oauth,
         offers,
@@ -33,6 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         quotes,
         resources,
         settlements,
+        trusted_issuers,
         usage,
         webhooks,
     )
@@ -82,6 +84,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         organizations.blp,
         policies.blp,
         providers.blp,
+        evidence.blp,
+        trusted_issuers.blp,
         offers.blp,
         quotes.blp,
         orders.blp,

@@ -10,10 +10,15 @@ The three fictional providers show what the catalogue's filters are about: a Fre
 with SecNumCloud evidence, a Québec operator whose SOC 2 report has expired, and the EU
 subsidiary of a US group (cheapest, but reached by the US CLOUD Act, so `sovereign_only`
 leaves it out). Certificates are dated relative to the seeding, so the demo stays current.
+
+The consortium entered that evidence, so it is verified; besides, a demo certification body
+(a trusted issuer) has signed an EUCS statement for Hexagone Cloud, which verifies itself, and
+Atlantic Compute Europe's operator claims SecNumCloud, which waits in the assessors' queue.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -23,6 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from joserfc import jws
+from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -37,9 +44,18 @@ from broker.models import (
     OrganizationKind,
     Provider,
     Role,
+    TrustedIssuer,
 )
 from broker.models.base import utcnow
-from broker.services import billing, offers, organizations, policies, providers
+from broker.services import (
+    billing,
+    evidence,
+    offers,
+    organizations,
+    policies,
+    providers,
+    trusted_issuers,
+)
 
 # Each demo agency's policy: (currency, monthly budget, approval threshold). Orders above the
 # threshold wait for the agency's approver; the budget caps what is committed per month.
@@ -60,7 +76,11 @@ DEMO_BILLING: dict[str, tuple[str, str, str]] = {
 }
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
-    ("Sovereign Cloud Consortium", OrganizationKind.CONSORTIUM, [[Role.ADMIN], [Role.FINANCE]]),
+    (
+        "Sovereign Cloud Consortium",
+        OrganizationKind.CONSORTIUM,
+        [[Role.ADMIN], [Role.FINANCE], [Role.ASSESSOR]],
+    ),
     (
         "Agence nationale des données de santé",
         OrganizationKind.AGENCY,
@@ -71,6 +91,15 @@ DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
     ("Nordet Nuagique", OrganizationKind.PROVIDER, [[Role.PROVIDER]]),
     ("Atlantic Compute Europe", OrganizationKind.PROVIDER, [[Role.PROVIDER]]),
 ]
+
+
+# The seed acts as the consortium's administration.
+SEED_CONSORTIUM = Caller(
+    client_id="seed",
+    organization_id=uuid.UUID(int=0),
+    organization_kind=OrganizationKind.CONSORTIUM,
+    roles=frozenset({Role.ADMIN}),
+)
 
 
 @dataclass(frozen=True)
@@ -127,7 +156,7 @@ def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
                     )
                 )
         _seed_policies(session)
-        _seed_catalogue(session)
+        _seed_catalogue(session, credentials_file.parent / "demo-issuer-key.json")
     credentials = known + issued
     if credentials != remembered:
         _write(credentials_file, credentials)
@@ -401,12 +430,7 @@ def offer_payload(demo: DemoProvider, offer: DemoOffer, provider_id: uuid.UUID) 
 
 def _seed_policies(session: Session) -> None:
     """Give each demo agency its billing profile and policy, unless it has them already."""
-    consortium = Caller(
-        client_id="seed",
-        organization_id=uuid.UUID(int=0),
-        organization_kind=OrganizationKind.CONSORTIUM,
-        roles=frozenset({Role.ADMIN}),
-    )
+    consortium = SEED_CONSORTIUM
     for name, (legal_name, country, vat_rate) in DEMO_BILLING.items():
         agency = session.scalars(select(Organization).where(Organization.name == name)).one()
         if session.get(BillingProfile, agency.id) is None:
@@ -434,8 +458,22 @@ def _seed_policies(session: Session) -> None:
         )
 
 
-def _seed_catalogue(session: Session) -> None:
-    """Create the demo providers and publish their offers, skipping what exists already."""
+def _operator(provider: Provider) -> Caller:
+    return Caller(
+        client_id="seed",
+        organization_id=provider.organization_id,
+        organization_kind=OrganizationKind.PROVIDER,
+        roles=frozenset({Role.PROVIDER}),
+    )
+
+
+def _seed_catalogue(session: Session, issuer_key_file: Path) -> None:
+    """Create the demo providers and publish their offers, skipping what exists already.
+
+    The providers' regions, jurisdictions and certificates are entered by the consortium, so
+    they are verified; besides, the demo certification body signs one statement (verified by
+    its signature) and one operator claims a certificate nobody has vouched for yet (pending,
+    in the assessors' queue)."""
     now = utcnow()
     for demo in DEMO_PROVIDERS:
         provider = session.scalar(select(Provider).where(Provider.name == demo.name))
@@ -445,21 +483,97 @@ def _seed_catalogue(session: Session) -> None:
                 select(Organization).where(Organization.name == demo.name)
             ).one()
             provider = providers.create_provider(
-                session, None, provider_payload(demo, operator.id, now)
+                session, None, provider_payload(demo, operator.id, now), now
             )
+            _seed_claims(session, provider, issuer_key_file, now)
         # Offers are created and published by the operator, as through the API.
-        caller = Caller(
-            client_id="seed",
-            organization_id=provider.organization_id,
-            organization_kind=OrganizationKind.PROVIDER,
-            roles=frozenset({Role.PROVIDER}),
-        )
+        caller = _operator(provider)
         existing = set(session.scalars(select(Offer.sku).where(Offer.provider_id == provider.id)))
         for offer in demo.offers:
             if offer.sku in existing:
                 continue
             draft = offers.create_offer(session, caller, offer_payload(demo, offer, provider.id))
             offers.publish_offer(session, caller, draft.id)
+
+
+# The demo certification body: its statements verify themselves (see broker/statements.py).
+DEMO_ISSUER = ("Organisme de certification de démonstration", "https://certification.demo.example")
+# (provider, scheme, level, days valid): signed by the demo issuer.
+DEMO_STATEMENT = ("Hexagone Cloud", "eucs", "high", 365)
+# (provider, scheme, level): claimed by the provider's operator, awaiting an assessor.
+DEMO_PENDING_CLAIM = ("Atlantic Compute Europe", "secnumcloud", "3.2")
+
+
+def _demo_issuer(session: Session, key_file: Path) -> tuple[TrustedIssuer, ECKey]:
+    """The demo certification body and its signing key (kept, mode 0600, beside the demo
+    credentials so that people can sign statements of their own to try)."""
+    if key_file.exists():
+        key = ECKey.import_key(json.loads(key_file.read_text()))
+    else:
+        key = ECKey.generate_key("P-256", parameters={"kid": "demo-1"})
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(key.as_dict(private=True), handle, indent=2)
+    name, issuer = DEMO_ISSUER
+    row = session.scalar(select(TrustedIssuer).where(TrustedIssuer.issuer == issuer))
+    if row is None:
+        row = trusted_issuers.create(
+            session,
+            SEED_CONSORTIUM,
+            {"name": name, "issuer": issuer, "jwks": {"keys": [key.as_dict(private=False)]}},
+        )
+    return row, key
+
+
+def sign_statement(key: ECKey, issuer: str, claims: dict[str, Any]) -> str:
+    """A compact JWS of `claims` by `issuer`, as a certification body would sign it."""
+    header = {"alg": "ES256", "kid": key.kid, "typ": "JWT"}
+    return jws.serialize_compact(
+        header, json.dumps({"iss": issuer, **claims}), key, algorithms=["ES256"]
+    )
+
+
+def _seed_claims(session: Session, provider: Provider, key_file: Path, now: datetime) -> None:
+    if provider.name == DEMO_STATEMENT[0]:
+        issuer, key = _demo_issuer(session, key_file)
+        _, scheme, level, days = DEMO_STATEMENT
+        statement = sign_statement(
+            key,
+            issuer.issuer,
+            {
+                "sub": str(provider.id),
+                "scheme": scheme,
+                "level": level,
+                "nbf": int(now.timestamp()) - 86400,
+                "exp": int((now + timedelta(days=days)).timestamp()),
+            },
+        )
+        evidence.submit(
+            session,
+            _operator(provider),
+            provider.id,
+            {"kind": "certification", "statement": statement},
+            now,
+        )
+    if provider.name == DEMO_PENDING_CLAIM[0]:
+        _, scheme, level = DEMO_PENDING_CLAIM
+        evidence.submit(
+            session,
+            _operator(provider),
+            provider.id,
+            {
+                "kind": "certification",
+                "scheme": scheme,
+                "level": level,
+                "valid_from": now - timedelta(days=10),
+                "valid_until": now + timedelta(days=1000),
+                "issuer": "ANSSI",
+                "evidence_url": "https://compliance.atlantic-compute.example/secnumcloud.pdf",
+                "document_sha256": hashlib.sha256(b"demo secnumcloud claim").hexdigest(),
+            },
+            now,
+        )
 
 
 def _read(path: Path) -> list[DemoCredential]:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask.testing import FlaskClient
 
+from broker.models import Evidence, EvidenceKind, EvidenceState
 from tests.conftest import ApiUser
 
 # Evidence windows: one that covers "now" for decades, one long expired.
@@ -193,3 +195,62 @@ def published_offer(
     """An offer created and published at once; returns the published body and its ETag."""
     offer, _ = create_offer(client, operator, provider_id, **overrides)
     return publish_offer(client, operator, str(offer["id"]))
+
+
+def vouched(kind: str, at: datetime, **facts: Any) -> Evidence:
+    """Evidence the consortium entered, for tests that store providers directly."""
+    return Evidence(
+        id=uuid.uuid4(),
+        kind=EvidenceKind(kind),
+        state=EvidenceState.VERIFIED,
+        submitted_by="consortium",
+        submitted_at=at,
+        decided_by="consortium",
+        decided_at=at,
+        **facts,
+    )
+
+
+def vouched_provider_evidence(
+    at: datetime,
+    *,
+    certifications: list[tuple[str, str | None, datetime, datetime, str | None]],
+    jurisdiction: tuple[str, str | None, list[str]],
+    regions: list[dict[str, Any]],
+) -> list[Evidence]:
+    """A provider's evidence as the consortium would have entered it: certifications
+    `(scheme, level, valid_from, valid_until, evidence_url)`, its jurisdiction
+    `(operator_country, parent_country, exposure)` and its regions."""
+    operator_country, parent_country, exposure = jurisdiction
+    return [
+        *(
+            vouched(
+                "certification",
+                at,
+                scheme=scheme,
+                level=level,
+                valid_from=start,
+                valid_until=end,
+                evidence_url=url,
+            )
+            for scheme, level, start, end, url in certifications
+        ),
+        vouched(
+            "jurisdiction",
+            at,
+            operator_country=operator_country,
+            parent_country=parent_country,
+            extraterritorial_exposure=sorted(exposure),
+        ),
+        *(
+            vouched(
+                "region",
+                at,
+                region_code=region["code"],
+                country=region["country"],
+                city=region.get("city"),
+                datacenter_tier=region.get("datacenter_tier"),
+            )
+            for region in regions
+        ),
+    ]

@@ -290,7 +290,14 @@ def test_an_unreachable_database_gives_a_message_not_a_traceback(instance: Path)
 
 EXPECTED_KINDS = Counter({"consortium": 1, "agency": 2, "provider": 3})
 EXPECTED_ROLES = Counter(
-    {("admin",): 1, ("finance",): 1, ("buyer",): 2, ("approver",): 2, ("provider",): 3}
+    {
+        ("admin",): 1,
+        ("finance",): 1,
+        ("assessor",): 1,
+        ("buyer",): 2,
+        ("approver",): 2,
+        ("provider",): 3,
+    }
 )
 
 
@@ -326,12 +333,12 @@ def test_seed_demo_creates_the_consortium_and_writes_private_credentials(
 
     kinds, client_count, _ = _counts(db)
     assert kinds == EXPECTED_KINDS
-    assert client_count == 9
-    assert len(credentials) == 9
+    assert client_count == 10
+    assert len(credentials) == 10
     assert Counter(tuple(c.roles) for c in credentials) == EXPECTED_ROLES
-    assert len({c.client_id for c in credentials}) == 9
+    assert len({c.client_id for c in credentials}) == 10
     assert Counter(c.kind for c in credentials) == Counter(
-        {"consortium": 2, "agency": 4, "provider": 3}
+        {"consortium": 3, "agency": 4, "provider": 3}
     )
 
     assert credentials_file.exists()
@@ -371,8 +378,8 @@ def test_seed_demo_without_its_credentials_file_issues_fresh_clients(
     fresh = seed_demo(db, credentials_file)
     kinds, client_count, _ = _counts(db)
     assert kinds == EXPECTED_KINDS  # organizations are completed, never duplicated
-    assert client_count == 18
-    assert len(fresh) == 9
+    assert client_count == 20
+    assert len(fresh) == 10
     assert Counter(tuple(c.roles) for c in fresh) == EXPECTED_ROLES
     assert not {c.client_id for c in fresh} & {c.client_id for c in first}
     assert {c.organization: c.organization_id for c in fresh} == first_org_ids

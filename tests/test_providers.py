@@ -33,8 +33,13 @@ from tests.helpers import PROBLEM, all_pages, problem, run_concurrently
 TIMESTAMP_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
 
+CLAIM_FIELDS = ("scheme", "level", "valid_from", "valid_until", "evidence_url")
+
+
 def _by_scheme(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(items, key=lambda item: str(item["scheme"]))
+    """Certifications as claimed (their evidence's other fields left out), by scheme."""
+    claims = [{name: item[name] for name in CLAIM_FIELDS} for item in items]
+    return sorted(claims, key=lambda item: str(item["scheme"]))
 
 
 def _get(client: FlaskClient, user: ApiUser, provider_id: str) -> Any:
@@ -98,6 +103,7 @@ def test_admin_creates_a_provider_with_regions_evidence_and_jurisdiction(
         "regions",
         "compliance",
         "jurisdiction",
+        "pending_evidence",
         "state",
         "created_at",
     }
@@ -128,11 +134,20 @@ def test_admin_creates_a_provider_with_regions_evidence_and_jurisdiction(
             "evidence_url": "https://cyber.gouv.fr/evidence/secnumcloud-42.pdf",
         },
     ]
-    assert created["jurisdiction"] == {
+    jurisdiction = dict(created["jurisdiction"])
+    assert TIMESTAMP_Z.match(jurisdiction.pop("verified_at"))
+    uuid.UUID(jurisdiction.pop("evidence_id"))
+    assert jurisdiction == {
         "operator_country": "FR",
         "parent_country": "DE",
         "extraterritorial_exposure": ["US_CLOUD_ACT"],
+        "verified_by": admin.client_id,
     }
+    # Entered by the consortium: verified at once, by the admin who entered it.
+    assert {(c["state"], c["counts"], c["verified_by"]) for c in created["compliance"]} == {
+        ("verified", True, admin.client_id)
+    }
+    assert created["pending_evidence"] == []
     assert created["state"] == "active"
     assert TIMESTAMP_Z.match(created["created_at"]), created["created_at"]
 
@@ -165,11 +180,8 @@ def test_extraterritorial_exposure_is_stored_once_each_and_sorted(
     )
     assert response.status_code == 201, response.get_data(as_text=True)
     read = _get(client, admin, response.json["id"])
-    assert read.json["jurisdiction"] == {
-        "operator_country": "FR",
-        "parent_country": None,
-        "extraterritorial_exposure": ["FISA_702", "US_CLOUD_ACT"],
-    }
+    assert read.json["jurisdiction"]["extraterritorial_exposure"] == ["FISA_702", "US_CLOUD_ACT"]
+    assert read.json["jurisdiction"]["parent_country"] is None
 
 
 @pytest.mark.parametrize("kind", ["agency", "consortium"])
@@ -338,7 +350,9 @@ def test_reading_needs_a_token_and_unknown_ids_are_404(
 # --- changing ---------------------------------------------------------------------------------
 
 
-def test_operator_updates_evidence_with_if_match(client: FlaskClient, setup: ProviderSetup) -> None:
+def test_operator_claims_evidence_with_if_match_and_it_waits_for_an_assessor(
+    client: FlaskClient, setup: ProviderSetup
+) -> None:
     operator = setup.operator
     compliance = default_compliance()
     compliance[0]["level"] = "3.3"
@@ -349,8 +363,11 @@ def test_operator_updates_evidence_with_if_match(client: FlaskClient, setup: Pro
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["ETag"] == '"v2"'
     assert response.json["id"] == setup.id
+    # What counts is unchanged; the new level is a pending claim (the unchanged hds is not).
     secnumcloud = [c for c in response.json["compliance"] if c["scheme"] == "secnumcloud"]
-    assert secnumcloud == [
+    assert [(c["level"], c["state"]) for c in secnumcloud] == [("3.2", "verified")]
+    pending = response.json["pending_evidence"]
+    assert _by_scheme(pending) == [
         {
             "scheme": "secnumcloud",
             "level": "3.3",
@@ -359,23 +376,23 @@ def test_operator_updates_evidence_with_if_match(client: FlaskClient, setup: Pro
             "evidence_url": "https://cyber.gouv.fr/evidence/secnumcloud-2026.pdf",
         }
     ]
+    assert pending[0]["state"] == "pending" and pending[0]["counts"] is False
+    assert pending[0]["submitted_by"] == operator.client_id
     # Fields not sent are unchanged.
     assert response.json["regions"] == setup.provider["regions"]
     assert response.json["name"] == "Souverain Cloud"
 
     read = _get(client, operator, setup.id)
     assert read.headers["ETag"] == '"v2"'
-    assert _by_scheme(read.json["compliance"]) == _by_scheme(response.json["compliance"])
+    assert read.json["pending_evidence"] == pending
 
     events = _audit(client, operator, setup.id)
     assert [event["action"] for event in events] == ["provider.created", "provider.updated"]
-    updated = events[1]
-    assert updated["actor_client_id"] == operator.client_id
-    assert updated["organization_id"] == setup.organization_id
-    levels_before = {c["scheme"]: c["level"] for c in updated["before"]["certifications"]}
-    levels_after = {c["scheme"]: c["level"] for c in updated["after"]["certifications"]}
-    assert levels_before == {"hds": None, "secnumcloud": "3.2"}
-    assert levels_after == {"hds": None, "secnumcloud": "3.3"}
+    assert events[1]["actor_client_id"] == operator.client_id
+    claim = _audit(client, operator, pending[0]["id"])
+    assert [event["action"] for event in claim] == ["evidence.submitted"]
+    assert claim[0]["actor_client_id"] == operator.client_id
+    assert claim[0]["organization_id"] == setup.organization_id
 
 
 def test_patch_without_if_match_is_428_and_changes_nothing(
@@ -455,7 +472,7 @@ def test_only_admins_change_a_providers_state(
     assert all_pages(client, buyer, "/v1/offers") == []
 
 
-def test_replacing_the_compliance_list_replaces_the_evidence(
+def test_the_consortium_replacing_the_compliance_list_replaces_the_evidence(
     client: FlaskClient, admin: ApiUser, setup: ProviderSetup
 ) -> None:
     evidence = [
@@ -467,11 +484,11 @@ def test_replacing_the_compliance_list_replaces_the_evidence(
             "evidence_url": "https://bsi.bund.de/c5/attestation.pdf",
         }
     ]
-    response = _patch(client, setup.operator, setup.id, {"compliance": evidence}, setup.etag)
+    response = _patch(client, admin, setup.id, {"compliance": evidence}, setup.etag)
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert response.json["compliance"] == evidence
+    assert _by_scheme(response.json["compliance"]) == evidence
     read = _get(client, admin, setup.id)
-    assert read.json["compliance"] == evidence
+    assert _by_scheme(read.json["compliance"]) == evidence
     assert "secnumcloud" not in read.get_data(as_text=True)
 
     emptied = _patch(client, admin, setup.id, {"compliance": []}, read.headers["ETag"])

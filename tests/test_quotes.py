@@ -25,14 +25,15 @@ from hypothesis import strategies as st
 from billing.rating import Specs, monthly_price
 from broker.db import Database
 from broker.models import (
-    Certification,
     Offer,
     OfferCompliance,
     OfferState,
     Provider,
     ProviderState,
 )
+from broker.names import name_key
 from broker.services.offers import parse_prices, price_documents
+from tests.catalogue_fixtures import vouched_provider_evidence
 from tests.conftest import ApiUser, MakeUser
 
 NOW = datetime(2027, 3, 15, 9, 30, tzinfo=UTC)
@@ -42,6 +43,11 @@ PLAIN_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+REGIONS = [
+    {"code": "fr-par-1", "country": "FR", "city": "Paris", "datacenter_tier": 3},
+    {"code": "ca-mtl-1", "country": "CA", "city": "Montreal", "datacenter_tier": 3},
+]
 
 
 def half_up(value: Fraction | Decimal | int, places: int = 2) -> Decimal:
@@ -64,35 +70,29 @@ def add_provider(
     state: ProviderState = ProviderState.ACTIVE,
 ) -> uuid.UUID:
     provider_id = uuid.uuid4()
+    name = name or f"Provider {provider_id.hex[:8]}"
     with db.transaction() as session:
         session.add(
             Provider(
                 id=provider_id,
-                name=name or f"Provider {provider_id.hex[:8]}",
+                name=name,
+                name_key=name_key(name),
                 organization_id=uuid.UUID(organization_id),
                 adapter="fake",
                 adapter_config={},
-                regions=[
-                    {"code": "fr-par-1", "country": "FR", "city": "Paris", "datacenter_tier": 3},
-                    {"code": "ca-mtl-1", "country": "CA", "city": "Montreal", "datacenter_tier": 3},
-                ],
+                regions=REGIONS,
                 operator_country=country,
                 parent_country=None,
                 extraterritorial_exposure=list(exposure),
                 exposed=bool(exposure),
                 state=state,
                 version=1,
-                certifications=[
-                    Certification(
-                        id=uuid.uuid4(),
-                        scheme=scheme,
-                        level=None,
-                        valid_from=start,
-                        valid_until=end,
-                        evidence_url=None,
-                    )
-                    for scheme, start, end in evidence
-                ],
+                evidence=vouched_provider_evidence(
+                    datetime(2020, 1, 1, tzinfo=UTC),
+                    certifications=[(s, None, a, b, None) for s, a, b in evidence],
+                    jurisdiction=(country, None, list(exposure)),
+                    regions=REGIONS,
+                ),
             )
         )
     return provider_id

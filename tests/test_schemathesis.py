@@ -7,7 +7,8 @@ Documented refusals are taught to its checks: a missing `If-Match` answers 428 (
 cursor this API never issued is refused on `cursor`, an Idempotency-Key reused with another
 body is 422, a price bound without its currency is 422, pushed usage must be of the caller's
 own machines and within its time window, a billing run's period must have started, the
-token endpoint answers bad credentials in RFC 6749's 400/401, and only Stripe signs webhooks.
+token endpoint answers bad credentials in RFC 6749's 400/401, only Stripe signs webhooks, a
+trusted issuer's keys must be real public keys and a signed statement must verify.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ KIND_OF_ROLE = {
     "approver": "agency",
     "provider": "provider",
     "finance": "consortium",
+    "assessor": "consortium",
 }
 
 pytestmark = pytest.mark.slow
@@ -72,6 +74,15 @@ def _documented_refusal(response, case) -> bool:
             return True  # usage of your own machines, in the lookback window, within a month
         if case.path == "/v1/billing-runs" and set(body.get("errors", {})) == {"period"}:
             return True  # a period that has started (and not before 2000)
+        if case.path.startswith("/v1/trusted-issuers") and set(body.get("errors", {})) == {
+            "jwks"
+        }:
+            return True  # a key set of real public keys: importable, with their own kids
+        if case.path.endswith("/evidence") and (
+            body.get("code") == "statement_rejected"  # a statement must verify
+            or set(body.get("errors", {})) == {"valid_until"}  # and a validity end its start
+        ):
+            return True
         return set(body.get("errors", {})) == {"cursor"}  # a cursor we never issued
     return False
 

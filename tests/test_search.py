@@ -29,14 +29,15 @@ from hypothesis import strategies as st
 from billing.rating import Specs, monthly_price
 from broker.db import Database
 from broker.models import (
-    Certification,
     Offer,
     OfferCompliance,
     OfferState,
     Provider,
     ProviderState,
 )
+from broker.names import name_key
 from broker.services.offers import parse_prices, price_documents
+from tests.catalogue_fixtures import vouched_provider_evidence
 from tests.conftest import ApiUser, MakeUser
 
 NOW = datetime(2027, 3, 15, 9, 30, tzinfo=UTC)
@@ -292,6 +293,7 @@ def insert_catalogue(db: Database, providers: list[ProviderSpec], offers: list[O
                 Provider(
                     id=p.id,
                     name=p.name,
+                    name_key=name_key(p.name),
                     organization_id=uuid.UUID(p.organization_id),
                     adapter="fake",
                     adapter_config={},
@@ -302,17 +304,21 @@ def insert_catalogue(db: Database, providers: list[ProviderSpec], offers: list[O
                     exposed=bool(p.exposure),
                     state=p.state,
                     version=1,
-                    certifications=[
-                        Certification(
-                            id=uuid.uuid4(),
-                            scheme=scheme,
-                            level="high" if scheme == "secnumcloud" else None,
-                            valid_from=start,
-                            valid_until=end,
-                            evidence_url=f"https://evidence.example/{p.key}/{scheme}",
-                        )
-                        for scheme, start, end in p.evidence
-                    ],
+                    evidence=vouched_provider_evidence(
+                        datetime(2020, 1, 1, tzinfo=UTC),
+                        certifications=[
+                            (
+                                scheme,
+                                "high" if scheme == "secnumcloud" else None,
+                                start,
+                                end,
+                                f"https://evidence.example/{p.key}/{scheme}",
+                            )
+                            for scheme, start, end in p.evidence
+                        ],
+                        jurisdiction=(p.operator_country, p.parent_country, list(p.exposure)),
+                        regions=p.regions,
+                    ),
                 )
             )
         session.flush()

@@ -289,7 +289,7 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
         assert credentials_file.exists()
         assert stat.S_IMODE(credentials_file.stat().st_mode) == 0o600
         credentials = json.loads(credentials_file.read_text())
-        assert len(credentials) == 9
+        assert len(credentials) == 10
         for credential in credentials:
             assert credential["client_id"] in first.stdout
             assert credential["client_secret"] in first.stdout
@@ -332,7 +332,7 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
 
         assert json.loads(credentials_file.read_text()) == credentials
         assert _credential_lines(second.stdout) == _credential_lines(first.stdout)
-        assert len(_credential_lines(second.stdout)) == 9
+        assert len(_credential_lines(second.stdout)) == 10
         again = _printed_admin(second)
         assert (again["client_id"], again["secret"]) == (admin["client_id"], admin["client_secret"])
 

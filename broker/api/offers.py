@@ -20,11 +20,12 @@ from broker.api.schemas import (
     Timestamp,
     WholeNumber,
     currency_field,
+    iso_z,
     name_field,
     page_of,
     slug_field,
 )
-from broker.models import Offer, OfferState, Role
+from broker.models import EvidenceState, Offer, OfferState, Role
 from broker.services import offers as service
 
 blp = Blueprint("offers", __name__, url_prefix="/v1/offers", description="Catalogue")
@@ -96,15 +97,38 @@ class OfferCreateSchema(OfferPatchSchema):
     )
 
 
-class EvidenceSchema(ma.Schema):
+class ClaimSchema(ma.Schema):
+    """A scheme the offer claims and the evidence behind it: who vouched, when, the hash."""
+
     scheme = ma.fields.String()
-    level = ma.fields.String(allow_none=True)
-    valid_until = Timestamp(allow_none=True)
-    evidence_url = ma.fields.String(allow_none=True)
-    valid_now = ma.fields.Boolean()
+    valid_now = ma.fields.Boolean(metadata={"description": "Verified and valid now: it counts."})
+    state = ma.fields.String(attribute="evidence.state", allow_none=True)
+    evidence_id = ma.fields.UUID(attribute="evidence.id", allow_none=True)
+    level = ma.fields.String(attribute="evidence.level", allow_none=True)
+    valid_from = Timestamp(attribute="evidence.valid_from", allow_none=True)
+    valid_until = Timestamp(attribute="evidence.valid_until", allow_none=True)
+    issuer = ma.fields.String(attribute="evidence.issuer", allow_none=True)
+    evidence_url = ma.fields.String(attribute="evidence.evidence_url", allow_none=True)
+    document_sha256 = ma.fields.String(attribute="evidence.document_sha256", allow_none=True)
+    signed = ma.fields.Function(
+        lambda claim: claim.evidence is not None and claim.evidence.statement is not None,
+        metadata={"type": "boolean"},
+    )
+    verified_by = ma.fields.Function(
+        lambda claim: claim.evidence.decided_by if _verified(claim) else None,
+        metadata={"type": ["string", "null"]},
+    )
+    verified_at = ma.fields.Function(
+        lambda claim: iso_z(claim.evidence.decided_at) if _verified(claim) else None,
+        metadata={"type": ["string", "null"], "format": "date-time"},
+    )
 
 
-_EVIDENCE = EvidenceSchema(many=True)
+def _verified(claim: service.Claim) -> bool:
+    return claim.evidence is not None and claim.evidence.state is EvidenceState.VERIFIED
+
+
+_CLAIMS = ClaimSchema(many=True)
 
 
 class OfferSchema(ma.Schema):
@@ -148,7 +172,7 @@ class OfferSchema(ma.Schema):
         }
 
     def _compliance(self, offer: Offer) -> list[dict[str, Any]]:
-        return _EVIDENCE.dump(service.evidence(offer, now()))
+        return _CLAIMS.dump(service.claims(offer, now()))
 
     def _jurisdiction(self, offer: Offer) -> dict[str, Any]:
         return {

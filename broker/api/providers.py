@@ -12,10 +12,12 @@ from broker.api.base import (
     Blueprint,
     created,
     current_caller,
+    now,
     provider_runtime,
     request_session,
 )
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.evidence import dump_evidence
 from broker.api.jobs import JobSchema, job_location
 from broker.api.schemas import (
     ListArgs,
@@ -24,12 +26,14 @@ from broker.api.schemas import (
     WholeNumber,
     country_field,
     https_url_field,
+    iso_z,
     name_field,
     page_of,
+    sha256_field,
     slug_field,
 )
-from broker.models import Provider, ProviderState, Role
-from broker.services import adapters, credentials, offer_sync
+from broker.models import EvidenceKind, EvidenceState, Provider, ProviderState, Role
+from broker.services import adapters, credentials, evidence, offer_sync
 from broker.services import providers as service
 
 blp = Blueprint("providers", __name__, url_prefix="/v1/providers", description="Providers")
@@ -51,7 +55,13 @@ class CertificationSchema(StrictSchema):
     level = name_field(load_default=None, allow_none=True)
     valid_from = Timestamp(required=True)
     valid_until = Timestamp(required=True)
-    evidence_url = https_url_field(load_default=None, allow_none=True)
+    issuer = name_field(
+        load_default=None, allow_none=True, metadata={"description": "Who certified."}
+    )
+    evidence_url = https_url_field(
+        load_default=None, allow_none=True, metadata={"description": "The certificate."}
+    )
+    document_sha256 = sha256_field(load_default=None, allow_none=True)
 
 
 class JurisdictionSchema(StrictSchema):
@@ -106,14 +116,6 @@ class RegionOutSchema(ma.Schema):
     datacenter_tier = ma.fields.Integer(allow_none=True)
 
 
-class CertificationOutSchema(ma.Schema):
-    scheme = ma.fields.String()
-    level = ma.fields.String(allow_none=True)
-    valid_from = Timestamp()
-    valid_until = Timestamp()
-    evidence_url = ma.fields.String(allow_none=True)
-
-
 class JurisdictionOutSchema(ma.Schema):
     operator_country = ma.fields.String()
     parent_country = ma.fields.String(allow_none=True)
@@ -133,26 +135,57 @@ class ProviderSchema(ma.Schema):
         },
     )
     regions = ma.fields.List(ma.fields.Nested(RegionOutSchema))
-    compliance = ma.fields.List(
-        ma.fields.Nested(CertificationOutSchema), attribute="certifications"
+    compliance = ma.fields.Method(
+        "_compliance",
+        metadata={
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Evidence"},
+            "description": "Verified certifications (expired ones too: see `counts`).",
+        },
     )
     jurisdiction = ma.fields.Method("_jurisdiction")
+    pending_evidence = ma.fields.Method(
+        "_pending",
+        metadata={
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Evidence"},
+            "description": "Claims awaiting an assessor: shown to the provider's operators "
+            "and the consortium; empty for others.",
+        },
+    )
     state = ma.fields.Enum(ProviderState, by_value=True)
     created_at = Timestamp()
 
     def _adapter_config(self, provider: Provider) -> dict[str, Any] | None:
         caller = current_caller()
-        operator = (
-            Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
-        )
-        return provider.adapter_config if caller.is_admin or operator else None
+        shown = caller.is_admin or evidence.operates(caller, provider)
+        return provider.adapter_config if shown else None
+
+    def _compliance(self, provider: Provider) -> list[dict[str, Any]]:
+        verified = [
+            item
+            for item in provider.evidence
+            if item.kind is EvidenceKind.CERTIFICATION and item.state is EvidenceState.VERIFIED
+        ]
+        return dump_evidence(sorted(verified, key=lambda e: (e.scheme or "", e.submitted_at)))
 
     def _jurisdiction(self, provider: Provider) -> dict[str, Any]:
+        """What counts: the verified jurisdiction, plus exposures disclosed since."""
+        vouched = evidence.verified_jurisdiction(provider)
         return {
             "operator_country": provider.operator_country,
             "parent_country": provider.parent_country,
             "extraterritorial_exposure": provider.extraterritorial_exposure,
+            "evidence_id": str(vouched.id) if vouched is not None else None,
+            "verified_by": vouched.decided_by if vouched is not None else None,
+            "verified_at": iso_z(vouched.decided_at) if vouched is not None else None,
         }
+
+    def _pending(self, provider: Provider) -> list[dict[str, Any]]:
+        caller = current_caller()
+        if not (caller.is_consortium or evidence.operates(caller, provider)):
+            return []
+        return dump_evidence([e for e in provider.evidence if e.state is EvidenceState.PENDING])
 
 
 class CredentialsSchema(StrictSchema):
@@ -195,7 +228,7 @@ def list_providers(args: dict[str, Any]) -> Any:
 def create_provider(data: dict[str, Any]) -> Response:
     """Register a provider (operated by an organization of kind provider)."""
     provider = service.create_provider(
-        request_session(), current_caller(), data, http=provider_runtime().http
+        request_session(), current_caller(), data, now(), http=provider_runtime().http
     )
     return created(_provider_response(provider), "providers.get_provider", provider_id=provider.id)
 
@@ -209,18 +242,25 @@ def get_provider(provider_id: uuid.UUID) -> Response:
 
 
 @blp.route("/<uuid:provider_id>", methods=["PATCH"])
-@blp.auth(Role.ADMIN, Role.PROVIDER)
+@blp.auth(Role.ADMIN, Role.ASSESSOR, Role.PROVIDER)
 @blp.arguments(ProviderPatchSchema)
 @blp.response(200, ProviderSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
-    """Change a provider (admins; its own operators, except `state`). Needs `If-Match`."""
+    """Change a provider (admins; its own operators, except `state`; assessors, its claims
+    only). Needs `If-Match`.
+
+    `regions`, `jurisdiction` and `compliance` are sovereignty claims: from the consortium
+    they are verified at once; from the provider's operators they become pending evidence
+    (listed in `pending_evidence`) and the verified values keep counting until an assessor
+    decides."""
     provider = service.update_provider(
         request_session(),
         current_caller(),
         provider_id,
         expected_version=if_match_version(),
         changes=data,
+        now=now(),
         http=provider_runtime().http,
     )
     return _provider_response(provider)

@@ -11,7 +11,15 @@ import marshmallow as ma
 from marshmallow import utils
 
 from billing.money import MINOR_UNITS, round_amount, trim_decimals
+from broker.names import NAME_PATTERN, check_name
 from broker.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+
+def iso_z(value: datetime | None) -> str | None:
+    """A UTC instant as ISO 8601 with `Z` (`2026-11-22T13:37:00.123456Z`)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Timestamp(ma.fields.AwareDateTime):
@@ -21,9 +29,7 @@ class Timestamp(ma.fields.AwareDateTime):
         super().__init__(format="iso", default_timezone=UTC, **kwargs)
 
     def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> Any:
-        if value is None:
-            return None
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return iso_z(value)
 
 
 class StrictSchema(ma.Schema):
@@ -155,10 +161,27 @@ def https_url_field(**kwargs: Any) -> ma.fields.String:
     )
 
 
+def _visible_name(value: str) -> None:
+    problems = check_name(value)
+    if problems:
+        raise ma.ValidationError(problems)
+
+
 def name_field(**kwargs: Any) -> ma.fields.String:
-    """A human-readable name: 1–200 characters, no control characters."""
+    """A human-readable name: 1–200 characters, no control, invisible or bidi characters."""
+    metadata = {"pattern": NAME_PATTERN, **kwargs.pop("metadata", {})}
     return ma.fields.String(
-        validate=[ma.validate.Length(min=1, max=200), NO_CONTROL_CHARACTERS], **kwargs
+        validate=[ma.validate.Length(min=1, max=200), _visible_name],
+        metadata=metadata,
+        **kwargs,
+    )
+
+
+def sha256_field(**kwargs: Any) -> ma.fields.String:
+    """A SHA-256 digest in lower-case hex (of a document, say)."""
+    return ma.fields.String(
+        validate=ma.validate.Regexp(r"^[0-9a-f]{64}$", error="64 lower-case hex digits."),
+        **kwargs,
     )
 
 

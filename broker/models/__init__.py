@@ -20,13 +20,16 @@ from broker.models.billing import (
     UsageSource,
 )
 from broker.models.catalogue import (
-    Certification,
+    Evidence,
+    EvidenceKind,
+    EvidenceState,
     Offer,
     OfferCompliance,
     OfferState,
     Provider,
     ProviderCredentials,
     ProviderState,
+    TrustedIssuer,
 )
 from broker.models.idempotency import IdempotencyRecord
 from broker.models.jobs import Job, JobState
@@ -60,7 +63,10 @@ __all__ = [
     "UsageSource",
     "AgencyPolicy",
     "ApiClient",
-    "Certification",
+    "Evidence",
+    "EvidenceKind",
+    "EvidenceState",
+    "TrustedIssuer",
     "Offer",
     "OfferCompliance",
     "OfferState",

@@ -1,4 +1,8 @@
-"""The catalogue: providers with their sovereignty evidence, and versioned offers."""
+"""The catalogue: providers with their sovereignty evidence, and versioned offers.
+
+A provider's sovereignty columns (`regions`, `operator_country`, `parent_country`,
+`extraterritorial_exposure`, `exposed`) hold what *counts*: they are derived from its verified
+evidence by `broker/services/evidence.py` on every change, never written from a claim."""
 
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ class Provider(IdMixin, TimestampMixin, Base):
     __tablename__ = "providers"
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # The name's confusable skeleton (broker/names.py): no provider may pass for another.
+    name_key: Mapped[str] = mapped_column(String(800), unique=True)
     organization_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("organizations.id", ondelete="RESTRICT"), index=True
     )
@@ -74,17 +80,18 @@ class Provider(IdMixin, TimestampMixin, Base):
     operator_country: Mapped[str] = mapped_column(String(2))
     parent_country: Mapped[str | None] = mapped_column(String(2))
     extraterritorial_exposure: Mapped[list[str]] = mapped_column(JSON, default=list)
-    # Derived from `extraterritorial_exposure` on every write; indexed for `sovereign_only`.
+    # Derived from `extraterritorial_exposure`; indexed for `sovereign_only`.
     exposed: Mapped[bool] = mapped_column(default=False, index=True)
     state: Mapped[ProviderState] = mapped_column(
         enum_column(ProviderState), default=ProviderState.ACTIVE
     )
     version: Mapped[int] = mapped_column(default=1)
 
-    certifications: Mapped[list[Certification]] = relationship(
+    # Every claim ever made, whatever its state (see `broker/services/evidence.py`).
+    evidence: Mapped[list[Evidence]] = relationship(
         back_populates="provider",
         cascade="all, delete-orphan",
-        order_by="Certification.scheme",
+        order_by="Evidence.submitted_at",
         lazy="selectin",
     )
 
@@ -113,20 +120,87 @@ class ProviderCredentials(Base):
     updated_at: Mapped[datetime]
 
 
-class Certification(IdMixin, Base):
-    """Compliance evidence of a provider: a scheme, a level, and when it is valid."""
+class EvidenceKind(enum.StrEnum):
+    CERTIFICATION = "certification"
+    JURISDICTION = "jurisdiction"
+    REGION = "region"
 
-    __tablename__ = "provider_certifications"
-    __table_args__ = (Index("ix_provider_certifications_lookup", "provider_id", "scheme"),)
+
+class EvidenceState(enum.StrEnum):
+    PENDING = "pending"  # claimed, not vouched for: counts nowhere
+    VERIFIED = "verified"  # vouched for by the consortium or a trusted issuer's signature
+    REJECTED = "rejected"  # refused by an assessor, or its issuer's key was removed
+    WITHDRAWN = "withdrawn"  # taken back by the provider's operators
+    SUPERSEDED = "superseded"  # replaced by newer verified evidence of the same subject
+
+
+class Evidence(IdMixin, Base):
+    """One sovereignty claim of a provider and who vouched for it.
+
+    A certification (scheme, level, validity, issuer, document and its SHA-256, or a signed
+    statement), the jurisdiction (operator and parent countries, foreign-law exposure) or one
+    region (country, city, datacenter tier). Only verified evidence counts, and a
+    certification only between `valid_from` and `valid_until`.
+    """
+
+    __tablename__ = "provider_evidence"
+    __table_args__ = (
+        Index("ix_provider_evidence_standing", "provider_id", "kind", "state"),
+        Index("ix_provider_evidence_scheme", "scheme", "state", "provider_id"),
+        Index("ix_provider_evidence_queue", "state", "submitted_at", "id"),
+    )
 
     provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="CASCADE"))
-    scheme: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[EvidenceKind] = mapped_column(enum_column(EvidenceKind))
+    state: Mapped[EvidenceState] = mapped_column(enum_column(EvidenceState))
+    # certification
+    scheme: Mapped[str | None] = mapped_column(String(40))
     level: Mapped[str | None] = mapped_column(String(60))
-    valid_from: Mapped[datetime]
-    valid_until: Mapped[datetime]
+    valid_from: Mapped[datetime | None]
+    valid_until: Mapped[datetime | None]
+    issuer: Mapped[str | None] = mapped_column(String(200))
     evidence_url: Mapped[str | None] = mapped_column(String(500))
+    document_sha256: Mapped[str | None] = mapped_column(String(64))
+    statement: Mapped[str | None] = mapped_column(Text)
+    trusted_issuer_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("trusted_issuers.id", ondelete="SET NULL"), index=True
+    )
+    key_id: Mapped[str | None] = mapped_column(String(200))
+    # jurisdiction
+    operator_country: Mapped[str | None] = mapped_column(String(2))
+    parent_country: Mapped[str | None] = mapped_column(String(2))
+    extraterritorial_exposure: Mapped[list[str] | None] = mapped_column(JSON)
+    # region
+    region_code: Mapped[str | None] = mapped_column(String(50))
+    country: Mapped[str | None] = mapped_column(String(2))
+    city: Mapped[str | None] = mapped_column(String(100))
+    datacenter_tier: Mapped[int | None]
+    # who claimed it, and who decided
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_by_organization_id: Mapped[uuid.UUID | None]
+    decided_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(String(500))
 
-    provider: Mapped[Provider] = relationship(back_populates="certifications")
+    provider: Mapped[Provider] = relationship(back_populates="evidence")
+
+
+class TrustedIssuer(IdMixin, TimestampMixin, Base):
+    """A certification body whose signed statements verify themselves (admin-managed).
+
+    `issuer` is the `iss` its statements carry; `jwks` its public keys. Removing a key (or the
+    issuer) makes the statements it signed stop counting."""
+
+    __tablename__ = "trusted_issuers"
+
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name_key: Mapped[str] = mapped_column(String(800), unique=True)
+    issuer: Mapped[str] = mapped_column(String(500), unique=True)
+    jwks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    version: Mapped[int] = mapped_column(default=1)
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Offer(IdMixin, TimestampMixin, Base):

@@ -23,6 +23,7 @@ class Role(enum.StrEnum):
     APPROVER = "approver"
     PROVIDER = "provider"
     FINANCE = "finance"
+    ASSESSOR = "assessor"  # vouches for (or rejects) providers' sovereignty evidence
     ADMIN = "admin"
 
 
@@ -30,7 +31,7 @@ class Role(enum.StrEnum):
 ROLES_BY_KIND: dict[OrganizationKind, frozenset[Role]] = {
     OrganizationKind.AGENCY: frozenset({Role.BUYER, Role.APPROVER}),
     OrganizationKind.PROVIDER: frozenset({Role.PROVIDER}),
-    OrganizationKind.CONSORTIUM: frozenset({Role.FINANCE, Role.ADMIN}),
+    OrganizationKind.CONSORTIUM: frozenset({Role.FINANCE, Role.ASSESSOR, Role.ADMIN}),
 }
 
 
@@ -38,6 +39,8 @@ class Organization(IdMixin, TimestampMixin, Base):
     __tablename__ = "organizations"
 
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # The name's confusable skeleton (broker/names.py): no organization may pass for another.
+    name_key: Mapped[str] = mapped_column(String(800), unique=True)
     kind: Mapped[OrganizationKind] = mapped_column(enum_column(OrganizationKind))
     version: Mapped[int] = mapped_column(default=1)
 

@@ -26,13 +26,17 @@ GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 
 
+# Columns derived from others (a name's look-alike key): recording them says nothing more.
+DERIVED = frozenset({"name_key"})
+
+
 def snapshot(obj: Any, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
     """A JSON-ready copy of a model's columns (secrets are excluded by the caller)."""
     mapper = inspect(type(obj))
     return {
         column.key: _jsonable(getattr(obj, column.key))
         for column in mapper.column_attrs
-        if column.key not in exclude
+        if column.key not in exclude and column.key not in DERIVED
     }
 
 

@@ -24,8 +24,8 @@ from billing.money import MoneyError, parse_unit_price
 from billing.rating import METRICS, Price, Specs, Tier, monthly_price
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.models import Evidence as EvidenceRecord
 from broker.models import (
-    Certification,
     Offer,
     OfferCompliance,
     OfferState,
@@ -34,7 +34,7 @@ from broker.models import (
     Role,
 )
 from broker.models.base import utcnow
-from broker.services import audit
+from broker.services import audit, evidence
 from broker.services.pagination import Page, paginate
 
 SORTS: dict[str, InstrumentedAttribute[Any]] = {
@@ -187,7 +187,8 @@ def _apply(
     offer: Offer, provider: Provider, data: dict[str, Any], *, creating: bool = False
 ) -> None:
     """Set the editable fields of a draft from `data` and derive the rest. A new offer that
-    names no compliance claims every scheme its provider holds evidence for."""
+    names no compliance claims every scheme its provider has evidence for (pending or
+    verified: a claim shows as such, and only counting evidence counts)."""
     for name in ("name", "kind"):
         if name in data:
             setattr(offer, name, data[name])
@@ -213,7 +214,7 @@ def _apply(
         if offer.prices:
             offer.currency = offer.prices[0]["currency"]
     if "compliance" in data or creating:
-        held = {c.scheme for c in provider.certifications}
+        held = evidence.claimable_schemes(provider)
         claimed = set(data.get("compliance", held))
         beyond = sorted(claimed - held)
         if beyond:
@@ -360,34 +361,20 @@ def retire_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer
 
 
 @dataclass(frozen=True)
-class Evidence:
-    """A scheme an offer claims, with the provider's proof of it as of some instant."""
+class Claim:
+    """A scheme an offer claims, with the provider's evidence for it as of some instant."""
 
     scheme: str
-    level: str | None
-    valid_until: datetime | None
-    evidence_url: str | None
+    evidence: EvidenceRecord | None
     valid_now: bool
 
 
-def evidence(offer: Offer, now: datetime) -> list[Evidence]:
-    """For each claimed scheme, the proof valid at `now` (else the most recent one)."""
+def claims(offer: Offer, now: datetime) -> list[Claim]:
+    """For each claimed scheme, the evidence to show (`evidence.best_certification`)."""
     shown = []
     for scheme in offer.compliance_schemes:
-        proofs = sorted(
-            (c for c in offer.provider.certifications if c.scheme == scheme),
-            key=lambda c: (c.valid_from <= now < c.valid_until, c.valid_until),
-        )
-        proof = proofs[-1] if proofs else None
-        shown.append(
-            Evidence(
-                scheme,
-                proof.level if proof else None,
-                proof.valid_until if proof else None,
-                proof.evidence_url if proof else None,
-                proof is not None and proof.valid_from <= now < proof.valid_until,
-            )
-        )
+        proof = evidence.best_certification(offer.provider, scheme, now)
+        shown.append(Claim(scheme, proof, proof is not None and evidence.counts(proof, now)))
     return shown
 
 
@@ -440,15 +427,9 @@ class Search:
 
 
 def certified_now(scheme: str, now: datetime) -> ColumnElement[bool]:
-    """The offer claims `scheme` and its provider's evidence for it is valid at `now`."""
-    return exists().where(
-        OfferCompliance.offer_id == Offer.id,
-        OfferCompliance.scheme == scheme,
-        Certification.provider_id == Offer.provider_id,
-        Certification.scheme == scheme,
-        Certification.valid_from <= now,
-        Certification.valid_until > now,
-    )
+    """The offer claims `scheme` and its provider's evidence for it counts at `now`."""
+    claimed = exists().where(OfferCompliance.offer_id == Offer.id, OfferCompliance.scheme == scheme)
+    return and_(claimed, evidence.certified(scheme, now))
 
 
 def search_offers(

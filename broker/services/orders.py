@@ -29,6 +29,7 @@ from broker.jobs.queue import enqueue
 from broker.models import (
     LIVE_STATES,
     AgencyPolicy,
+    Offer,
     OfferState,
     Order,
     OrderState,
@@ -57,23 +58,73 @@ def snapshot(order: Order) -> dict[str, Any]:
     return audit.snapshot(order, exclude=frozenset({"parameters", "prices", "version"}))
 
 
-def committed_monthly_cost(session: Session, organization_id: uuid.UUID) -> Decimal:
-    """What the agency has committed to per month: orders awaiting approval, plus every
-    machine being made or alive."""
-    pending = session.scalar(
-        select(func.coalesce(func.sum(Order.monthly_cost), 0)).where(
-            Order.organization_id == organization_id,
-            Order.state == OrderState.PENDING_APPROVAL,
-        )
-    )
+def committed_monthly_cost(
+    session: Session, organization_id: uuid.UUID, *, pending: bool = True
+) -> Decimal:
+    """What the agency has committed to per month: every machine being made or alive, plus
+    (with `pending`) the orders awaiting approval."""
     machines = session.scalar(
         select(func.coalesce(func.sum(Resource.unit_monthly_cost), 0)).where(
             Resource.organization_id == organization_id,
             Resource.state.in_([ResourceState.PROVISIONING, *LIVE_STATES]),
         )
     )
+    waiting = 0
+    if pending:
+        waiting = session.scalar(
+            select(func.coalesce(func.sum(Order.monthly_cost), 0)).where(
+                Order.organization_id == organization_id,
+                Order.state == OrderState.PENDING_APPROVAL,
+            )
+        )
     # The sums keep the columns' exact type: decimals, not floats.
-    return Decimal(pending or 0) + Decimal(machines or 0)
+    return Decimal(machines or 0) + Decimal(waiting or 0)
+
+
+def _over_budget(
+    session: Session,
+    policy: policies.PolicyView,
+    organization_id: uuid.UUID,
+    amount: Decimal,
+    currency: str,
+    *,
+    pending: bool,
+) -> dict[str, str] | None:
+    """The figures (in the currency's minor unit) when `amount` more a month would take the
+    agency past its budget; None when it fits or there is no budget."""
+    if policy.monthly_budget is None:
+        return None
+    committed = committed_monthly_cost(session, organization_id, pending=pending)
+    if committed + amount <= policy.monthly_budget:
+        return None
+    return {
+        name: str(round_amount(value, currency))
+        for name, value in (
+            ("committed", committed),
+            ("order_monthly_cost", amount),
+            ("monthly_budget", policy.monthly_budget),
+        )
+    }
+
+
+def _budget_detail(shown: dict[str, str], currency: str, policy: policies.PolicyView) -> str:
+    return (
+        f"{shown['order_monthly_cost']} {currency} a month on top of "
+        f"{shown['committed']} committed exceeds the monthly budget of "
+        f"{shown['monthly_budget']} {policy.currency}."
+    )
+
+
+def _lock_policy(session: Session, organization_id: uuid.UUID) -> policies.PolicyView:
+    """The agency's policy, its row locked: on PostgreSQL this serializes the agency's orders
+    and decisions (SQLite writers are serialized already), so each budget check sees every
+    order before it."""
+    session.scalar(
+        select(AgencyPolicy)
+        .where(AgencyPolicy.organization_id == organization_id)
+        .with_for_update()
+    )
+    return policies.policy_of(session, organization_id)
 
 
 def _notify(session: Session, order: Order) -> None:
@@ -111,14 +162,7 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
     offer = offers.get_offer(session, caller, data["offer_id"])
     if offer.state is not OfferState.PUBLISHED or offer.provider.state is not ProviderState.ACTIVE:
         raise Conflict("This offer cannot be ordered now.", code="not_orderable")
-    # Locking the policy row serializes this agency's orders on PostgreSQL (SQLite writers are
-    # serialized already), so the budget check below sees every order placed before.
-    policy_row = session.scalar(
-        select(AgencyPolicy)
-        .where(AgencyPolicy.organization_id == caller.organization_id)
-        .with_for_update()
-    )
-    policy = policies.policy_of(session, caller.organization_id)
+    policy = _lock_policy(session, caller.organization_id)
     reasons = policies.evaluate(
         policy.sovereignty, offer_facts(offer, now), policy_currency=policy.budget_currency
     )
@@ -129,25 +173,16 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
         )
     unit = monthly_price(offers.prices_of(offer), offers.specs_of(offer))
     total = unit * data["quantity"]
-    if policy_row is not None and policy.monthly_budget is not None:
-        committed = committed_monthly_cost(session, caller.organization_id)
-        if committed + total > policy.monthly_budget:
-            shown = {
-                name: str(round_amount(amount, offer.currency))
-                for name, amount in (
-                    ("committed", committed),
-                    ("order_monthly_cost", total),
-                    ("monthly_budget", policy.monthly_budget),
-                )
-            }
-            raise BudgetExceeded(
-                f"{shown['order_monthly_cost']} {offer.currency} a month on top of "
-                f"{shown['committed']} committed exceeds the monthly budget of "
-                f"{shown['monthly_budget']} {policy.currency}.",
-                committed=shown["committed"],
-                order_monthly_cost=shown["order_monthly_cost"],
-                monthly_budget=shown["monthly_budget"],
-            )
+    shown = _over_budget(
+        session, policy, caller.organization_id, total, offer.currency, pending=True
+    )
+    if shown is not None:
+        raise BudgetExceeded(
+            _budget_detail(shown, offer.currency, policy),
+            committed=shown["committed"],
+            order_monthly_cost=shown["order_monthly_cost"],
+            monthly_budget=shown["monthly_budget"],
+        )
     threshold = policy.approval_threshold
     waits = None
     if threshold is not None and total > threshold:
@@ -263,12 +298,42 @@ def _decide(
 
 
 def approve(session: Session, caller: Caller, order_id: uuid.UUID, now: datetime) -> Order:
+    """Approve an order awaiting approval, after checking it again against today's evidence
+    and policy: the offer's sovereignty facts may have changed (a certification expired or
+    was revoked) and so may the budget. An order that no longer complies stays pending and
+    the approver gets every reason (422 `policy_violation`)."""
     order, before = _decide(session, caller, order_id, "approved")
+    reasons = _still_allowed(session, order, now)
+    if reasons:
+        raise PolicyViolation(
+            "This order no longer complies: " + "; ".join(r.detail for r in reasons),
+            reasons=[{"code": r.code, "detail": r.detail} for r in reasons],
+        )
     order.state, order.state_reason = OrderState.APPROVED, None
     order.decided_by, order.decided_at = caller.client_id, now
     _save(session, caller, "order.approved", order, before)
     _start_provisioning(session, order, now)
     return order
+
+
+def _still_allowed(session: Session, order: Order, now: datetime) -> list[policies.Reason]:
+    """Every reason the order would not be placed today. Its budget counts the agency's
+    machines and this order; other orders awaiting approval are checked at their turn."""
+    offer = session.get_one(Offer, order.offer_id)
+    policy = _lock_policy(session, order.organization_id)
+    reasons = policies.evaluate(
+        policy.sovereignty, offer_facts(offer, now), policy_currency=policy.budget_currency
+    )
+    if offer.provider.state is not ProviderState.ACTIVE:
+        reasons.append(policies.Reason("provider_suspended", "The provider is suspended."))
+    shown = _over_budget(
+        session, policy, order.organization_id, order.monthly_cost, order.currency, pending=False
+    )
+    if shown is not None:
+        reasons.append(
+            policies.Reason("budget_exceeded", _budget_detail(shown, order.currency, policy))
+        )
+    return reasons
 
 
 def reject(

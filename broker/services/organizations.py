@@ -10,29 +10,23 @@ from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.auth.secrets import hash_secret, new_client_id, new_client_secret
-from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import NotFound, PreconditionFailed, ValidationFailed
 from broker.models import ApiClient, Organization, OrganizationKind, Role
 from broker.models.organizations import ROLES_BY_KIND
 from broker.services import audit
+from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
 
 _CLIENT_AUDIT_EXCLUDE = frozenset({"secret_hash"})
 
 
-def _name_taken(session: Session, name: str, exclude: uuid.UUID | None = None) -> bool:
-    statement = select(Organization.id).where(Organization.name == name)
-    if exclude is not None:
-        statement = statement.where(Organization.id != exclude)
-    return session.scalar(statement) is not None
-
-
 def create_organization(
     session: Session, actor: Caller | None, *, name: str, kind: OrganizationKind
 ) -> Organization:
-    """Register an organization (admin). Names are unique across the consortium."""
-    if _name_taken(session, name):
-        raise Conflict(f"An organization named {name!r} exists already.", code="name_taken")
-    organization = Organization(id=uuid.uuid4(), name=name, kind=kind)
+    """Register an organization (admin). Names are unique across the consortium, look-alikes
+    included."""
+    key = unique_name_key(session, Organization, name)
+    organization = Organization(id=uuid.uuid4(), name=name, name_key=key, kind=kind)
     session.add(organization)
     session.flush()
     audit.record(
@@ -91,10 +85,9 @@ def rename_organization(
         )
     if name == organization.name:
         return organization
-    if _name_taken(session, name, exclude=organization.id):
-        raise Conflict(f"An organization named {name!r} exists already.", code="name_taken")
+    key = unique_name_key(session, Organization, name, exclude=organization.id)
     before = audit.snapshot(organization)
-    organization.name = name
+    organization.name, organization.name_key = name, key
     session.flush()  # bumps `version` with a compare-and-swap on the old one
     audit.record(
         session,

@@ -38,6 +38,7 @@ class OfferFacts:
     extraterritorial_exposure: tuple[str, ...]
     valid_certifications: frozenset[str]
     currency: str
+    jurisdiction_verified: bool = True
 
 
 def evaluate(
@@ -57,6 +58,14 @@ def evaluate(
             Reason(
                 "country_not_allowed",
                 f"The data would sit in {offer.country}; your policy allows {allowed}.",
+            )
+        )
+    if rules.forbid_extraterritorial and not offer.jurisdiction_verified:
+        reasons.append(
+            Reason(
+                "jurisdiction_unverified",
+                "Nobody has vouched for the operator's jurisdiction yet; your policy forbids "
+                "foreign-law exposure.",
             )
         )
     if rules.forbid_extraterritorial and offer.extraterritorial_exposure:

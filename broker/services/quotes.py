@@ -13,9 +13,8 @@ from billing.rating import Estimate, estimate
 from broker.auth.identity import Caller
 from broker.errors import Conflict
 from broker.models import Offer, OfferState, ProviderState
-from broker.services import offers, policies
+from broker.services import evidence, offers, policies
 from broker.services.policies import OfferFacts, Reason
-from broker.services.providers import valid_schemes
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,16 @@ class Quote:
 
 
 def offer_facts(offer: Offer, now: datetime) -> OfferFacts:
-    """The sovereignty facts of an offer at `now` (evidence that has expired counts as none)."""
+    """The sovereignty facts of an offer at `now`: only verified, unexpired evidence counts
+    (the offer's region and its provider's jurisdiction are kept counting by
+    `evidence.recount`)."""
     provider = offer.provider
     return OfferFacts(
         country=offer.region_country,
         extraterritorial_exposure=tuple(provider.extraterritorial_exposure),
-        valid_certifications=valid_schemes(provider, now) & set(offer.compliance_schemes),
+        valid_certifications=evidence.valid_schemes(provider, now) & set(offer.compliance_schemes),
         currency=offer.currency,
+        jurisdiction_verified=evidence.verified_jurisdiction(provider) is not None,
     )
 
 
