@@ -61,7 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 # Suites that never touch the database: the PostgreSQL run skips them (the SQLite run has them).
-DATABASE_FREE = ("tests/adapters/", "tests/billing/")
+DATABASE_FREE = (
+    "tests/adapters/",
+    "tests/billing/",
+    "tests/test_names.py",
+    "tests/test_statements.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -19,6 +21,7 @@ from sqlalchemy.engine import make_url
 from broker.db import make_engine
 from broker.migrate import alembic_config, head_revisions, is_at_head, upgrade
 from broker.models import Base
+from broker.names import name_key
 
 
 @pytest.fixture
@@ -99,4 +102,116 @@ def test_the_invoice_number_series_carries_over_to_the_document_series(
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT year, last_number FROM invoice_number_series"))
         assert rows.all() == [(2030, 41)]
+    engine.dispose()
+
+
+def test_stored_sovereignty_facts_become_verified_evidence_and_names_get_keys(
+    empty_database_url: str,
+) -> None:
+    """0007: what the consortium stored before (only admins could write it) is verified
+    evidence afterwards, the provider's counting columns are unchanged, and every name gets
+    its look-alike key; downgrading gives the verified certifications back."""
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0006")
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    organization_id, provider_id, certificate_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    organizations = sa.table(
+        "organizations",
+        *(sa.column(n, t) for n, t in (("id", sa.Uuid()), ("name", sa.String()))),
+        sa.column("kind", sa.String()),
+        sa.column("version", sa.Integer()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    providers = sa.table(
+        "providers",
+        sa.column("id", sa.Uuid()),
+        sa.column("name", sa.String()),
+        sa.column("organization_id", sa.Uuid()),
+        sa.column("adapter", sa.String()),
+        sa.column("adapter_config", sa.JSON()),
+        sa.column("regions", sa.JSON()),
+        sa.column("operator_country", sa.String()),
+        sa.column("parent_country", sa.String()),
+        sa.column("extraterritorial_exposure", sa.JSON()),
+        sa.column("exposed", sa.Boolean()),
+        sa.column("state", sa.String()),
+        sa.column("version", sa.Integer()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    certifications = sa.table(
+        "provider_certifications",
+        sa.column("id", sa.Uuid()),
+        sa.column("provider_id", sa.Uuid()),
+        sa.column("scheme", sa.String()),
+        sa.column("level", sa.String()),
+        sa.column("valid_from", sa.DateTime(timezone=True)),
+        sa.column("valid_until", sa.DateTime(timezone=True)),
+        sa.column("evidence_url", sa.String()),
+    )
+    region = {"code": "fr-par-1", "country": "FR", "city": "Paris", "datacenter_tier": 3}
+    engine = make_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            organizations.insert().values(
+                id=organization_id, name="Hexagone Cloud", kind="provider", version=1, created_at=at
+            )
+        )
+        connection.execute(
+            providers.insert().values(
+                id=provider_id,
+                name="Hexagone Cloud",
+                organization_id=organization_id,
+                adapter="simulated",
+                adapter_config={},
+                regions=[region],
+                operator_country="FR",
+                parent_country="US",
+                extraterritorial_exposure=["US_CLOUD_ACT"],
+                exposed=True,
+                state="active",
+                version=1,
+                created_at=at,
+            )
+        )
+        connection.execute(
+            certifications.insert().values(
+                id=certificate_id,
+                provider_id=provider_id,
+                scheme="secnumcloud",
+                level="3.2",
+                valid_from=at,
+                valid_until=at + timedelta(days=365),
+                evidence_url=None,
+            )
+        )
+    command.upgrade(config, "0007")
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT kind, state, scheme, operator_country, parent_country, region_code, "
+                "country, datacenter_tier, decided_by FROM provider_evidence ORDER BY kind"
+            )
+        ).all()
+        assert [tuple(row) for row in rows] == [
+            (
+                "certification",
+                "verified",
+                "secnumcloud",
+                None,
+                None,
+                None,
+                None,
+                None,
+                "consortium",
+            ),
+            ("jurisdiction", "verified", None, "FR", "US", None, None, None, "consortium"),
+            ("region", "verified", None, None, None, "fr-par-1", "FR", 3, "consortium"),
+        ]
+        keys = connection.execute(text("SELECT name_key FROM organizations")).scalars().all()
+        assert keys == [name_key("Hexagone Cloud")]
+        assert connection.execute(text("SELECT name_key FROM providers")).scalars().all() == keys
+    command.downgrade(config, "0006")
+    with engine.connect() as connection:
+        schemes = connection.execute(text("SELECT scheme FROM provider_certifications"))
+        assert schemes.scalars().all() == ["secnumcloud"]
     engine.dispose()

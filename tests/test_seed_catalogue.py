@@ -286,3 +286,41 @@ def test_an_offer_sync_of_a_demo_provider_finds_its_catalogue_in_place(
         assert job["result"]["versioned"] == job["result"]["skipped"] == []
     with db.session(read_only=True) as session:
         assert session.scalar(select(func.count()).select_from(Offer)) == offers_before
+
+
+def _seeded_user(client: FlaskClient, credentials_file: Path, roles: list[str]) -> ApiUser:
+    written = json.loads(credentials_file.read_text())
+    mine = next(c for c in written if c["roles"] == roles)
+    token = fetch_token(client, mine["client_id"], mine["client_secret"])
+    return ApiUser(mine["client_id"], mine["client_secret"], mine["organization_id"], roles, token)
+
+
+def test_the_demo_has_vouched_evidence_a_signed_statement_and_a_pending_claim(
+    client: FlaskClient, seeded_buyer: ApiUser, credentials_file: Path, tmp_path: Path
+) -> None:
+    assessor = _seeded_user(client, credentials_file, ["assessor"])
+    queue = all_pages(client, assessor, "/v1/evidence?state=pending")
+    assert [(item["scheme"], item["state"]) for item in queue] == [("secnumcloud", "pending")]
+    atlantic = get_provider(client, seeded_buyer, ATLANTIC)
+    assert queue[0]["provider_id"] == atlantic["id"]
+    # Atlantic's offers show the claim, not as valid; no search finds it by it.
+    claims = [c for o in search(client, seeded_buyer, "q=Frankfurt") for c in o["compliance"]]
+    assert {
+        (c["scheme"], c["state"], c["valid_now"]) for c in claims if c["scheme"] == "secnumcloud"
+    } == {("secnumcloud", "pending", False)}
+    # Hexagone's EUCS certificate is a statement signed by the demo certification body.
+    hexagone = get_provider(client, seeded_buyer, HEXAGONE)
+    eucs = [c for c in hexagone["compliance"] if c["scheme"] == "eucs"]
+    assert [(c["signed"], c["counts"], c["key_id"]) for c in eucs] == [(True, True, "demo-1")]
+    assert providers_of(search(client, seeded_buyer, "certification=eucs")) == {HEXAGONE, ATLANTIC}
+    issuers = all_pages(client, seeded_buyer, "/v1/trusted-issuers")
+    assert [i["issuer"] for i in issuers] == ["https://certification.demo.example"]
+    assert eucs[0]["verified_by"] == issuers[0]["name"]
+    # Everything else was entered by the consortium: verified.
+    nordet = get_provider(client, seeded_buyer, NORDET)
+    evidence = all_pages(client, assessor, f"/v1/providers/{nordet['id']}/evidence")
+    assert {(e["state"], e["decided_by"]) for e in evidence} == {("verified", "consortium")}
+
+
+def get_provider(client: FlaskClient, user: ApiUser, name: str) -> dict[str, Any]:
+    return next(p for p in all_pages(client, user, "/v1/providers") if p["name"] == name)

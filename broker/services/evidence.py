@@ -441,8 +441,8 @@ def submit(
         _check_validity(facts)
     elif kind is EvidenceKind.JURISDICTION:
         facts = _jurisdiction_facts(data)
-    else:
-        facts = _region_facts(data)
+    else:  # a region claim names its code `region_code` (a provider document: `code`)
+        facts = {name: data.get(name) for name in REGION_FIELDS}
     item = _new(caller, provider, kind, facts, now)
     duplicate = next((e for e in _of(provider, kind, *LIVE) if _same(item, e)), None)
     if duplicate is not None:
