@@ -24,7 +24,7 @@ from broker.errors import Forbidden
 from broker.models import OrganizationKind, Role
 from broker.seed import sign_statement
 from broker.services import evidence
-from tests.catalogue_fixtures import make_provider, published_offer
+from tests.catalogue_fixtures import ProviderSetup, make_provider, published_offer
 from tests.conftest import ApiUser, MakeUser
 from tests.helpers import all_pages, problem
 from tests.test_orders import Agency, act, make_agency, make_shop, ok, order_body, post_order
@@ -101,6 +101,13 @@ ISO27001 = {
     "valid_until": iso(NOW + timedelta(days=300)),
     "evidence_url": "https://iso.example/27001.pdf",
 }
+
+
+def claim_secnumcloud(client: FlaskClient, setup: ProviderSetup) -> dict[str, Any]:
+    """The provider's operator claims SecNumCloud (for ten years): a pending claim."""
+    body = {"kind": "certification", **secnumcloud(NOW + timedelta(days=3650))}
+    path = f"/v1/providers/{setup.id}/evidence"
+    return ok(client.post(path, json=body, headers=setup.operator.headers), 201)
 
 
 def exposed_shop(client: FlaskClient, admin: ApiUser, make_user: MakeUser) -> Any:
@@ -246,6 +253,23 @@ def test_what_the_consortium_enters_is_verified_at_once_and_audited(
     assert events[1]["after"]["state"] == "verified"
 
 
+
+def test_an_assessor_may_enter_claims_on_a_provider_and_nothing_else(
+    client: FlaskClient, admin: ApiUser, assessor: ApiUser, make_user: MakeUser
+) -> None:
+    setup = make_provider(client, admin, make_user)
+    renamed = patch_provider(client, assessor, setup.id, {"name": "Autre nom"})
+    assert list(problem(renamed, 422, "validation_failed")["errors"]) == ["name"]
+    entered = patch_provider(client, assessor, setup.id, {"compliance": [ISO27001]})
+    assert entered.status_code == 200, entered.get_data(as_text=True)
+    # The consortium's document is the truth: ISO 27001 verified, the others superseded.
+    assert [(c["scheme"], c["verified_by"]) for c in entered.json["compliance"]] == [
+        ("iso27001", assessor.client_id)
+    ]
+    superseded = all_pages(client, admin, f"/v1/providers/{setup.id}/evidence?state=superseded")
+    assert sorted(item["scheme"] for item in superseded) == ["hds", "secnumcloud"]
+
+
 def test_an_exposure_the_operator_discloses_counts_at_once_but_a_removal_waits(
     client: FlaskClient, admin: ApiUser, make_user: MakeUser, buyer: ApiUser
 ) -> None:
@@ -312,14 +336,7 @@ def test_only_the_consortium_decides_and_never_for_its_own_provider(
     buyer: ApiUser,
 ) -> None:
     setup = make_provider(client, admin, make_user)
-    claim = ok(
-        client.post(
-            f"/v1/providers/{setup.id}/evidence",
-            json={"kind": "certification", **secnumcloud(NOW + timedelta(days=3650))},
-            headers=setup.operator.headers,
-        ),
-        201,
-    )
+    claim = claim_secnumcloud(client, setup)
     for user in (setup.operator, buyer):
         problem(decide(client, user, setup.id, claim["id"], "verify"), 403, "forbidden")
         problem(decide(client, user, setup.id, claim["id"], "reject", reason="no"), 403)
@@ -366,14 +383,7 @@ def test_a_rejection_says_why_and_the_queue_and_listings_show_what_each_may_see(
     buyer: ApiUser,
 ) -> None:
     setup = make_provider(client, admin, make_user)
-    claim = ok(
-        client.post(
-            f"/v1/providers/{setup.id}/evidence",
-            json={"kind": "certification", **secnumcloud(NOW + timedelta(days=3650))},
-            headers=setup.operator.headers,
-        ),
-        201,
-    )
+    claim = claim_secnumcloud(client, setup)
     queue = all_pages(client, assessor, "/v1/evidence?state=pending")
     assert [item["id"] for item in queue] == [claim["id"]]
     problem(client.get("/v1/evidence", headers=setup.operator.headers), 403, "forbidden")

@@ -495,14 +495,30 @@ def _submit_statement(
     )
     provider.evidence.append(item)
     _record(session, caller, "submitted", item, provider)
-    _decide(session, None, item, provider, EvidenceState.VERIFIED, now, by=issuer.name)
-    _touch(provider)
+    _settle(session, None, item, provider, EvidenceState.VERIFIED, now, by=issuer.name)
     return item
 
 
 def _touch(provider: Provider) -> None:
     """The provider's document shows its evidence: a change is a new ETag."""
     provider.version += 1
+
+
+def _settle(
+    session: Session,
+    caller: Caller | None,
+    item: Evidence,
+    provider: Provider,
+    state: EvidenceState,
+    now: datetime,
+    *,
+    by: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Decide one claim, then bring what counts (and the provider's ETag) up to date."""
+    _decide(session, caller, item, provider, state, now, by=by, reason=reason)
+    recount(session, provider)
+    _touch(provider)
 
 
 def _evidence(session: Session, provider: Provider, evidence_id: uuid.UUID) -> Evidence:
@@ -550,9 +566,7 @@ def verify(
         and item.valid_until <= now
     ):
         raise Conflict("This certificate has expired: it cannot be verified.", code="expired")
-    _decide(session, caller, item, provider, EvidenceState.VERIFIED, now)
-    recount(session, provider)
-    _touch(provider)
+    _settle(session, caller, item, provider, EvidenceState.VERIFIED, now)
     return item
 
 
@@ -575,9 +589,7 @@ def reject(
             "another).",
             code="not_rejectable",
         )
-    _decide(session, caller, item, provider, EvidenceState.REJECTED, now, reason=reason)
-    recount(session, provider)
-    _touch(provider)
+    _settle(session, caller, item, provider, EvidenceState.REJECTED, now, reason=reason)
     return item
 
 
@@ -599,9 +611,7 @@ def withdraw(
             "can be withdrawn.",
             code="not_withdrawable",
         )
-    _decide(session, caller, item, provider, EvidenceState.WITHDRAWN, now)
-    recount(session, provider)
-    _touch(provider)
+    _settle(session, caller, item, provider, EvidenceState.WITHDRAWN, now)
     return item
 
 
@@ -656,28 +666,17 @@ def revoke_statements(
     kept_key_ids: Iterable[str],
     actor: Caller,
     now: datetime,
-) -> int:
+) -> None:
     """Statements signed with a key no longer trusted stop counting (rejected, with why)."""
     kept = set(kept_key_ids)
-    count = 0
-    for item in session.scalars(
+    signed = session.scalars(
         select(Evidence).where(
             Evidence.trusted_issuer_id == issuer.id, Evidence.state == EvidenceState.VERIFIED
         )
-    ):
+    ).all()
+    for item in signed:
         if item.key_id in kept:
             continue
         provider = _provider(session, item.provider_id)
-        _decide(
-            session,
-            actor,
-            item,
-            provider,
-            EvidenceState.REJECTED,
-            now,
-            reason=f"The key {item.key_id!r} of {issuer.name} is no longer trusted.",
-        )
-        recount(session, provider)
-        _touch(provider)
-        count += 1
-    return count
+        reason = f"The key {item.key_id!r} of {issuer.name} is no longer trusted."
+        _settle(session, actor, item, provider, EvidenceState.REJECTED, now, reason=reason)
