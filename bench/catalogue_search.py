@@ -43,7 +43,9 @@ from broker import create_app  # noqa: E402
 from broker.db import Database  # noqa: E402
 from broker.migrate import upgrade  # noqa: E402
 from broker.models import (  # noqa: E402
-    Certification,
+    Evidence,
+    EvidenceKind,
+    EvidenceState,
     Offer,
     OfferCompliance,
     OfferState,
@@ -53,6 +55,7 @@ from broker.models import (  # noqa: E402
     Role,
 )
 from broker.models.base import utcnow  # noqa: E402
+from broker.names import name_key  # noqa: E402
 from broker.services import organizations  # noqa: E402
 from broker.services.offers import price_documents  # noqa: E402
 
@@ -114,7 +117,7 @@ def seed(session: Session, rng: random.Random) -> int:
     now = utcnow()
     countries = list(COUNTRIES)
     provider_rows: list[dict[str, Any]] = []
-    certification_rows: list[dict[str, Any]] = []
+    evidence_rows: list[dict[str, Any]] = []
     offer_rows: list[dict[str, Any]] = []
     claim_rows: list[dict[str, Any]] = []
     for number in range(PROVIDERS):
@@ -139,6 +142,7 @@ def seed(session: Session, rng: random.Random) -> int:
             {
                 "id": provider_id,
                 "name": name,
+                "name_key": name_key(name),
                 "organization_id": operator.id,
                 "adapter": "simulated",
                 "adapter_config": {},
@@ -161,17 +165,61 @@ def seed(session: Session, rng: random.Random) -> int:
         if country == "FR" and number % 2 == 0:
             evidence.append(("hds", -150, 600))
         schemes = [scheme for scheme, _, _ in evidence]
-        certification_rows += [
+        vouched = {
+            "provider_id": provider_id,
+            "state": EvidenceState.VERIFIED,
+            "submitted_by": "consortium",
+            "submitted_at": now,
+            "decided_by": "consortium",
+            "decided_at": now,
+        }
+        evidence_rows += [
             {
+                **vouched,
                 "id": uuid.uuid4(),
-                "provider_id": provider_id,
+                "kind": EvidenceKind.CERTIFICATION,
                 "scheme": scheme,
-                "level": None,
                 "valid_from": now + timedelta(days=start),
                 "valid_until": now + timedelta(days=end),
                 "evidence_url": f"https://evidence.example/{provider_id}/{scheme}.pdf",
             }
             for scheme, start, end in evidence
+        ]
+        # A claim waiting for an assessor: it must not count.
+        evidence_rows.append(
+            {
+                **vouched,
+                "id": uuid.uuid4(),
+                "kind": EvidenceKind.CERTIFICATION,
+                "state": EvidenceState.PENDING,
+                "decided_by": None,
+                "decided_at": None,
+                "scheme": "secnumcloud",
+                "valid_from": now - timedelta(days=1),
+                "valid_until": now + timedelta(days=1000),
+            }
+        )
+        evidence_rows.append(
+            {
+                **vouched,
+                "id": uuid.uuid4(),
+                "kind": EvidenceKind.JURISDICTION,
+                "operator_country": country,
+                "parent_country": "US" if exposed else None,
+                "extraterritorial_exposure": ["US_CLOUD_ACT"] if exposed else [],
+            }
+        )
+        evidence_rows += [
+            {
+                **vouched,
+                "id": uuid.uuid4(),
+                "kind": EvidenceKind.REGION,
+                "region_code": region["code"],
+                "country": region["country"],
+                "city": region["city"],
+                "datacenter_tier": region["datacenter_tier"],
+            }
+            for region in regions
         ]
         factor = Decimal(rng.randint(70, 140)) / 100 * FX[currency]
         rates = {metric: _unit(rate * factor) for metric, rate in RATES.items()}
@@ -223,7 +271,10 @@ def seed(session: Session, rng: random.Random) -> int:
             claimed = [s for s in schemes if s == "iso27001" or rng.random() < 0.8]
             claim_rows += [{"offer_id": offer_id, "scheme": scheme} for scheme in claimed]
     session.execute(insert(Provider), provider_rows)
-    session.execute(insert(Certification), certification_rows)
+    columns = {column.key for column in Evidence.__table__.columns}
+    session.execute(
+        insert(Evidence), [{key: row.get(key) for key in columns} for row in evidence_rows]
+    )
     session.execute(insert(Offer), offer_rows)
     session.execute(insert(OfferCompliance), claim_rows)
     return len(offer_rows)
