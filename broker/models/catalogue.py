@@ -87,9 +87,14 @@ class Provider(IdMixin, TimestampMixin, Base):
     )
     version: Mapped[int] = mapped_column(default=1)
 
-    # Every claim ever made, whatever its state (see `broker/services/evidence.py`).
+    # Its live claims, pending or verified (see `broker/services/evidence.py`): what counts
+    # and what waits. Rejected, withdrawn and superseded ones are history, read by query, so
+    # a catalogue page never loads them. A claim decided in this session stays in the list
+    # until it is reloaded: readers filter by state.
     evidence: Mapped[list[Evidence]] = relationship(
         back_populates="provider",
+        primaryjoin="and_(Provider.id == Evidence.provider_id, "
+        "Evidence.state.in_(['pending', 'verified']))",
         cascade="all, delete-orphan",
         order_by="Evidence.submitted_at",
         lazy="selectin",
