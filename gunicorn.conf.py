@@ -7,6 +7,14 @@ N stateless API hosts behind a load balancer.
 import multiprocessing
 import os
 
+from gunicorn import util
+
+from broker.api.problems import write_server_problem
+
+# Requests gunicorn refuses itself (a request line over `limit_request_line`: 414; headers over
+# their limits: 431; a malformed request: 400) are answered in problem+json like the app's.
+util.write_error = write_server_problem
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
 worker_class = "gthread"
@@ -17,6 +25,7 @@ keepalive = 5
 # Bounded request lines and headers; bodies are capped by the app (1 MiB).
 limit_request_line = 8190
 limit_request_fields = 100
+limit_request_field_size = 8190
 # The app writes one JSON access line per request itself.
 accesslog = None
 errorlog = "-"

@@ -16,6 +16,14 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NON_JSON_ENDPOINTS = frozenset({"oauth.issue_token"})
 
 
+class BrokerFlask(Flask):
+    """Flask, except that an unexpected error is logged once: by the 500 handler
+    (`broker.api.problems`), with the request id, instead of a second traceback of Flask's."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        return None
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the API application. `config` overrides settings read from the environment."""
     from broker.api import (
@@ -47,7 +55,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     settings = load_config()
     settings.update(config or {})
-    app = Flask(__name__, instance_path=settings["INSTANCE_PATH"], static_folder=None)
+    app = BrokerFlask(__name__, instance_path=settings["INSTANCE_PATH"], static_folder=None)
     app.config.update(settings)
     configure_logging(app.config["LOG_LEVEL"], app.config["JSON_LOGS"])
 

@@ -10,6 +10,7 @@ exception: OAuth client libraries expect RFC 6749's `{"error": ...}` there.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -263,9 +264,16 @@ def crashing_client(app_config: dict[str, Any]) -> Iterator[FlaskClient]:
     application.extensions["broker.db"].dispose()
 
 
-def test_unexpected_exception_is_500_without_details(crashing_client: FlaskClient) -> None:
-    response = crashing_client.get("/v1/test-crash")
+def test_unexpected_exception_is_500_without_details(
+    crashing_client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        response = crashing_client.get("/v1/test-crash", headers={"X-Request-Id": "crash-1"})
     assert_problem(response, 500, "internal_error")
+    # Logged once, with its traceback and the request id.
+    logged = [record for record in caplog.records if record.exc_info]
+    assert len(logged) == 1
+    assert logged[0].request_id == "crash-1"  # type: ignore[attr-defined]
     text = response.get_data(as_text=True)
     assert "secret detail" not in text
     assert "RuntimeError" not in text

@@ -274,6 +274,17 @@ def serve_env(
     yield env
 
 
+def _raw_request(port: int, request: str) -> tuple[str, str]:
+    """Send `request` as it is (no client library would send it) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(request.encode("latin-1"))
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.decode("latin-1").partition("\r\n\r\n")
+    return head, body
+
+
 def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
     serve_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -310,6 +321,16 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
         assert len(organizations) == 6
         assert {o["name"] for o in organizations} == DEMO_NAMES
         demo_ids = {o["name"]: o["id"] for o in organizations}
+
+        # What gunicorn refuses before the app sees it is problem+json too.
+        for status, request in (
+            (414, f"GET /v1/offers?q={'x' * 9000} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (431, f"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: {'y' * 9000}\r\n\r\n"),
+        ):
+            head, body = _raw_request(int(serve_env["PORT"]), request)
+            assert head.startswith(f"HTTP/1.1 {status} "), head
+            assert "content-type: application/problem+json" in head.lower()
+            assert json.loads(body)["status"] == status
 
         status, created = _http(
             "POST",

@@ -24,6 +24,7 @@ from broker.api.schemas import Money
 from broker.auth.identity import Caller
 from broker.auth.server import caller_from_claims, protector
 from broker.db import Database
+from broker.errors import BrokerError, ValidationFailed
 from broker.models import Role
 from broker.models.base import utcnow
 from broker.services.adapters import ProviderRuntime
@@ -142,7 +143,58 @@ class _Parser(FlaskParser):
         # (webargs would read it as `{}` and an all-optional PATCH would pass).
         if not req.get_data(cache=True):
             abort(400, messages={"json": ["A JSON body is required."]})
-        return super()._raw_load_json(req)
+        try:
+            document = super()._raw_load_json(req)
+        except RecursionError:  # the JSON decoder's own stack, hundreds of levels down
+            raise _too_deep() from None
+        check_json_document(document)
+        return document
+
+
+# No request of this API nests deeper than a few levels; a limit keeps every later walk of the
+# document (schemas, JSON columns) far from Python's recursion limit.
+MAX_JSON_DEPTH = 32
+
+
+def _too_deep() -> BrokerError:
+    return BrokerError(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
+
+
+def check_json_document(document: Any) -> None:
+    """Refuse what JSON can say but nothing downstream can hold: nesting deeper than
+    `MAX_JSON_DEPTH` (400), and strings with a lone UTF-16 surrogate such as `"\\ud800"`,
+    which are not text (422, naming every field). Walks the document without recursion."""
+    refused: dict[str, list[str]] = {}
+    pending: list[tuple[Any, str, int]] = [(document, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep()
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            if isinstance(value, str) and not _is_text(value):
+                refused[path or "_schema"] = [
+                    "Not valid text: it holds a lone UTF-16 surrogate (\\ud800–\\udfff)."
+                ]
+            continue
+        for key, item in items:
+            if isinstance(key, str) and not _is_text(key):
+                refused[path or "_schema"] = ["A field name holds a lone UTF-16 surrogate."]
+                continue
+            pending.append((item, f"{path}.{key}" if path else str(key), depth + 1))
+    if refused:
+        raise ValidationFailed(errors=dict(sorted(refused.items())))
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -143,6 +143,29 @@ def http_exception_problem(error: HTTPException) -> Response:
     return problem(status, code, detail=detail, errors=errors, headers=headers)
 
 
+def write_server_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """What gunicorn answers a request it refuses before the app sees it (a request line or
+    headers over its limits, a malformed request): problem+json like every other error,
+    instead of its HTML page. Installed by `gunicorn.conf.py` over `gunicorn.util.write_error`.
+    """
+    from gunicorn.util import write_nonblock
+
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + _HTTP_CODES.get(status_int, "bad_request"),
+        "title": reason,
+        "status": status_int,
+        "code": _HTTP_CODES.get(status_int, "bad_request"),
+    }
+    if mesg:
+        body["detail"] = mesg[:300]
+    payload = json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    write_nonblock(sock, head.encode("latin-1") + payload)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Map every exception class to a problem response, in one place."""
 

@@ -3,6 +3,7 @@ providers; agencies read their own, finance everything."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
@@ -27,6 +28,12 @@ from broker.services import usage as service
 blp = Blueprint("usage", __name__, url_prefix="/v1/usage", description="Usage")
 
 
+# The ledger keeps quantities as 64-bit counts of 1/3.6e9 (a microsecond of an hour), so it
+# holds up to about 2.5e9 units: one record is held under a billion.
+MAX_QUANTITY = Decimal("999999999.999999")
+QUANTITY_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"
+
+
 class UsageRecordInSchema(StrictSchema):
     record_id = ma.fields.String(
         required=True,
@@ -35,7 +42,14 @@ class UsageRecordInSchema(StrictSchema):
     )
     resource_id = ma.fields.UUID(required=True)
     metric = ma.fields.String(required=True, validate=ma.validate.OneOf(service.PROVIDER_METRICS))
-    quantity = Money(required=True, metadata={"description": "A decimal string, ≤ 6 decimals."})
+    quantity = Money(
+        required=True,
+        validate=ma.validate.Range(max=MAX_QUANTITY),
+        metadata={
+            "description": "A decimal string, ≤ 6 decimals, under a billion.",
+            "pattern": QUANTITY_PATTERN,
+        },
+    )
     start = Timestamp(required=True)
     end = Timestamp(required=True)
 
