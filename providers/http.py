@@ -39,12 +39,74 @@ class Unresolvable(UnsafeEndpoint):
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Refused whatever `is_global` says, which varies between Python versions (3.11.7 calls
+# 192.0.0.9, 3fff::/20, 2002::/16 and 64:ff9b:1::/48 global; 3.13 does not).
+_REFUSED = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation
+        "203.0.113.0/24",  # documentation
+        "2001::/32",  # Teredo: the tunnel's relay decides where it goes
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4 (deprecated, RFC 7526): same
+        "3fff::/20",  # documentation
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): some operator's own translator
+    )
+)
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix (RFC 6052)
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _carried(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped and -compatible (::/96), NAT64
+    (64:ff9b::/96, and 64:ff9b:1::/48 read as /96 and as RFC 6052 /48), 6to4, Teredo server
+    and client."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    value = int(address)
+    last = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None or address in _NAT64 or 1 < value < 1 << 32:
+        return [last]
+    if address in _NAT64_LOCAL:
+        split = ((value >> 64) & 0xFFFF) << 16 | ((value >> 40) & 0xFFFF)  # around bits 64-71
+        return [last, ipaddress.IPv4Address(split)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    return list(address.teredo or ())
+
+
 def _public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    # `is_global` is false for loopback, private (RFC 1918, fc00::/7), link-local,
-    # shared (100.64/10), documentation and reserved ranges.
-    return address.is_global and not address.is_multicast
+    """Whether the broker may call `address`: a globally routable unicast address, never one
+    that reaches the broker's own network (SSRF), including through an IPv4 address embedded
+    in an IPv6 one, which the host or a translator or tunnel on the way would call instead.
+    An IPv4-mapped address is that IPv4 address; the well-known NAT64 prefix is accepted when
+    the IPv4 it carries is public (an IPv6-only host reaches IPv4-only providers so, and the
+    translator calls exactly that IPv4); other IPv6 must be global unicast (2000::/3)."""
+    carried = _carried(address)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None or address in _NAT64:
+            return _public(carried[0])
+        if address not in _GLOBAL_UNICAST:
+            return False
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and not any(address in network for network in _REFUSED)
+        and all(_public(ipv4) for ipv4 in carried)
+    )
+
+
+def _described(address: IPAddress) -> str:
+    """`address`, and the IPv4 addresses it carries, for a refusal message."""
+    carried = ", ".join(str(ipv4) for ipv4 in _carried(address))
+    return f"{address} (carrying {carried})" if carried else str(address)
 
 
 def resolve_public(host: str, port: int) -> list[str]:
@@ -55,7 +117,7 @@ def resolve_public(host: str, port: int) -> list[str]:
         literal = None
     if literal is not None:
         if not _public(literal):
-            raise UnsafeEndpoint(f"{literal} is not a public address.")
+            raise UnsafeEndpoint(f"{_described(literal)} is not a public address.")
         return [str(literal)]
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -65,7 +127,9 @@ def resolve_public(host: str, port: int) -> list[str]:
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if not _public(address):
-            raise UnsafeEndpoint(f"{host!r} resolves to {address}, which is not public.")
+            raise UnsafeEndpoint(
+                f"{host!r} resolves to {_described(address)}, which is not public."
+            )
         addresses.append(str(address))
     if not addresses:
         raise Unresolvable(f"{host!r} does not resolve.")

@@ -8,13 +8,16 @@ Only `PROVIDER_ALLOW_PRIVATE_ENDPOINTS` (set by the tests for the local fake clo
 environment variable) lets http and loopback through.
 
 Names are resolved through a fake `socket.getaddrinfo` (names under `.example.test`), so no
-test depends on DNS. The last part checks `HttpPolicy` itself against local HTTP servers: a
-guarded session re-checks the address when it connects (DNS rebinding) and never follows a
-redirect.
+test depends on DNS. An IPv6 address carrying an IPv4 one (IPv4-compatible, NAT64, 6to4,
+Teredo) is judged by what it carries too, and ranges that `ipaddress.is_global` admits in some
+Python versions (192.0.0.0/24, documentation, 6to4…) are refused explicitly (issue 14). The
+last part checks `HttpPolicy` itself against local HTTP servers: a guarded session re-checks
+the address when it connects (DNS rebinding) and never follows a redirect.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import uuid
@@ -40,6 +43,61 @@ from tests.helpers import PROBLEM, all_pages, fake_getaddrinfo, problem
 
 PUBLIC_IP = "145.239.0.10"
 
+# Addresses refused through what they embed or because `is_global` admits them in some Python
+# versions, each refused as a literal and through a name answering it (issue 14):
+# name → (the address, then the IPv4 addresses it carries, all named in the refusal).
+NOT_PUBLIC: dict[str, tuple[str, ...]] = {
+    # IPv4-compatible (::/96), deprecated: refused even when what it carries is public.
+    "compat.example.test": ("::7f00:1", "127.0.0.1"),
+    "compat-public.example.test": ("::808:808", "8.8.8.8"),
+    # NAT64, well-known prefix 64:ff9b::/96: the translator calls the IPv4 it carries.
+    "nat64.example.test": ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    "nat64-private.example.test": ("64:ff9b::a00:5", "10.0.0.5"),
+    # NAT64, local-use 64:ff9b:1::/48 (RFC 8215), read in the /96 and the RFC 6052 /48 layouts;
+    # refused even when public: it leads to some operator's own translator.
+    "nat64-local.example.test": ("64:ff9b:1::a9fe:a9fe", "169.254.169.254"),
+    "nat64-local48.example.test": ("64:ff9b:1:a9fe:a9:fe00::", "169.254.169.254"),
+    "nat64-local-public.example.test": ("64:ff9b:1::808:808", "8.8.8.8"),
+    # 6to4, 2002::/16 (the IPv4 in bits 16-48), deprecated: refused even when public.
+    "sixtofour.example.test": ("2002:7f00:1::", "127.0.0.1"),
+    "sixtofour-metadata.example.test": ("2002:a9fe:a9fe::1", "169.254.169.254"),
+    "sixtofour-public.example.test": ("2002:808:808::1", "8.8.8.8"),
+    # Teredo, 2001::/32: server IPv4 in bits 32-64, client IPv4 = last 32 bits XOR 0xffffffff;
+    # refused even when both are public (not globally reachable, the relay decides).
+    "teredo-client.example.test": (
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",
+        "65.54.227.120",
+        "127.0.0.1",
+    ),
+    "teredo-server.example.test": (
+        "2001:0:a9fe:a9fe:8000:63bf:f7f7:f7f7",
+        "169.254.169.254",
+        "8.8.8.8",
+    ),
+    "teredo-public.example.test": (
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        "65.54.227.120",
+        "8.8.8.8",
+    ),
+    # Ranges refused whatever `is_global` says.
+    "ietf.example.test": ("192.0.0.9",),  # 192.0.0.0/24; `is_global` admits .9 and .10
+    "benchmark.example.test": ("198.18.0.1",),
+    "documentation.example.test": ("203.0.113.7",),
+    "documentation-v6.example.test": ("3fff::1",),  # RFC 9637
+    "this-network.example.test": ("0.1.2.3",),
+    "multicast.example.test": ("224.0.0.251",),
+    "multicast-v6.example.test": ("ff0e::1",),
+    "reserved.example.test": ("240.0.0.1",),
+    # IPv6 outside global unicast 2000::/3, which `is_global` admits.
+    "site-local.example.test": ("fec0::1",),
+    "reserved-v6.example.test": ("4000::1",),
+}
+
+
+def _in_url(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
 # Fake DNS: name → the addresses it resolves to.
 FAKE_DNS: dict[str, list[str]] = {
     "loopback.example.test": ["127.0.0.1"],
@@ -52,7 +110,13 @@ FAKE_DNS: dict[str, list[str]] = {
     "half-public.example.test": [PUBLIC_IP, "10.0.0.5"],
     "public.example.test": [PUBLIC_IP],
     "public-v6.example.test": ["2001:41d0:1:2::10"],
+    # NAT64 (well-known prefix) carrying a public IPv4 is accepted: it is how an IPv6-only
+    # broker behind DNS64 reaches an IPv4-only provider, the translator calls exactly the IPv4
+    # it carries, and RFC 6052 forbids that prefix for non-global IPv4.
+    "public-nat64.example.test": ["64:ff9b::808:808"],
+    "public-mapped.example.test": [f"::ffff:{PUBLIC_IP}"],
     "keystone.example.fr": [PUBLIC_IP],
+    **{name: [named[0]] for name, named in NOT_PUBLIC.items()},
 }
 
 
@@ -84,6 +148,8 @@ UNSAFE_URLS = [
     "https://v6-loopback.example.test/v3",
     "https://mapped.example.test/v3",
     "https://half-public.example.test/v3",
+    *(f"https://{_in_url(named[0])}/v3" for named in NOT_PUBLIC.values()),
+    *(f"https://{name}/v3" for name in NOT_PUBLIC),
 ]
 
 # Adapter, the setting holding its endpoint, and valid settings around a given URL.
@@ -215,6 +281,14 @@ def test_an_outscale_region_whose_default_endpoint_resolves_privately_is_refused
         ("openstack", "https://public.example.test/v3", "https://public.example.test/v3"),
         ("openstack", f"https://{PUBLIC_IP}:5000/v3", f"https://{PUBLIC_IP}:5000/v3"),
         ("openstack", "https://public-v6.example.test/v3", "https://public-v6.example.test/v3"),
+        ("openstack", "https://[2a01:4f8::1]/v3", "https://[2a01:4f8::1]/v3"),
+        # NAT64 carrying a public IPv4: accepted (see `public-nat64.example.test`).
+        ("openstack", "https://[64:ff9b::808:808]/v3", "https://[64:ff9b::808:808]/v3"),
+        (
+            "outscale",
+            "https://public-nat64.example.test/api/v1",
+            "https://public-nat64.example.test/api/v1",
+        ),
         ("outscale", "https://public.example.test/api/v1/", "https://public.example.test/api/v1"),
     ],
 )
@@ -316,18 +390,30 @@ def test_private_endpoints_pass_only_in_the_test_configuration(
         "shared.example.test",
         "ula.example.test",
         "half-public.example.test",
+        *NOT_PUBLIC,
+        *(named[0] for named in NOT_PUBLIC.values()),
     ],
 )
 def test_resolve_public_refuses_non_public_addresses(host: str) -> None:
     with pytest.raises(UnsafeEndpoint, match="public") as raised:
         resolve_public(host, 443)
     assert not isinstance(raised.value, Unresolvable)
+    # The refusal names the address, and the IPv4 addresses it carries.
+    named = NOT_PUBLIC.get(host) or next((n for n in NOT_PUBLIC.values() if n[0] == host), ())
+    for part in named:
+        assert part in str(raised.value)
 
 
 def test_resolve_public_answers_every_address_of_a_public_name() -> None:
     assert resolve_public(PUBLIC_IP, 443) == [PUBLIC_IP]
     assert resolve_public("public.example.test", 443) == [PUBLIC_IP]
     assert resolve_public("public-v6.example.test", 443) == ["2001:41d0:1:2::10"]
+    assert resolve_public("[2a01:4f8::1]", 443) == ["2a01:4f8::1"]
+    assert resolve_public("64:ff9b::808:808", 443) == ["64:ff9b::808:808"]
+    assert resolve_public("public-nat64.example.test", 443) == ["64:ff9b::808:808"]
+    # Python 3.13 writes this address `::ffff:145.239.0.10`, 3.11 `::ffff:91ef:a`.
+    mapped = str(ipaddress.ip_address(f"::ffff:{PUBLIC_IP}"))
+    assert resolve_public("public-mapped.example.test", 443) == [mapped]
     with pytest.raises(Unresolvable):
         resolve_public("nowhere.invalid", 443)
 

@@ -71,3 +71,19 @@ def test_request_bodies_forbid_unknown_fields() -> None:
             assert schema.get("additionalProperties") is False, f"{method} {path}"
             checked += 1
     assert checked >= 3
+
+
+def test_every_query_string_parameter_is_bounded() -> None:
+    """No query parameter takes unbounded text: a request line stays far below the 8 KiB a
+    server accepts (past that, 414)."""
+    spec = yaml.safe_load(SPEC_FILE.read_text())
+    unbounded = []
+    for path, method, operation in _operations(spec):
+        for parameter in operation.get("parameters", []):
+            schema = parameter.get("schema", {})
+            kinds = schema.get("type")
+            textual = kinds == "string" or (isinstance(kinds, list) and "string" in kinds)
+            if parameter["in"] == "query" and textual:
+                if not {"maxLength", "enum", "format"} & set(schema):
+                    unbounded.append(f"{method.upper()} {path} ?{parameter['name']}")
+    assert unbounded == []

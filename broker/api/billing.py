@@ -23,6 +23,7 @@ from broker.api.schemas import (
     country_field,
     name_field,
     page_of,
+    period_field,
 )
 from broker.api.usage import ExactQuantity
 from broker.models import BillingRunState, InvoiceState, PaymentState, Role
@@ -38,7 +39,6 @@ credit_notes = Blueprint(
     "credit_notes", __name__, url_prefix="/v1/credit-notes", description="Credit notes"
 )
 
-PERIOD = {"pattern": r"^\d{4}-(0[1-9]|1[0-2])$", "example": "2026-11"}
 _ETAG = {"ETag": {"schema": {"type": "string"}}}
 
 
@@ -118,7 +118,7 @@ def put_billing_profile(data: dict[str, Any], organization_id: uuid.UUID) -> Res
 
 
 class BillingRunCreateSchema(StrictSchema):
-    period = ma.fields.String(required=True, metadata=PERIOD)
+    period = period_field(required=True)
 
 
 class BillingRunSchema(ma.Schema):
@@ -171,7 +171,7 @@ def get_billing_run(run_id: uuid.UUID) -> Any:
 
 
 class InvoiceListArgs(ListArgs):
-    period = ma.fields.String(validate=ma.validate.Regexp(PERIOD["pattern"]))
+    period = period_field()
     state = ma.fields.Enum(InvoiceState, by_value=True)
     agency_id = ma.fields.UUID(metadata={"description": "Finance: one agency's invoices"})
 
@@ -283,7 +283,7 @@ class ExportArgs(StrictSchema):
 
 
 class PeriodExportArgs(StrictSchema):
-    period = ma.fields.String(required=True, validate=ma.validate.Regexp(PERIOD["pattern"]))
+    period = period_field(required=True)
     format = ma.fields.String(load_default="csv", validate=ma.validate.OneOf(["csv"]))
 
 

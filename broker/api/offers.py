@@ -184,7 +184,10 @@ class OfferSchema(ma.Schema):
 class SearchArgs(ListArgs):
     provider = ma.fields.UUID(load_default=None)
     region = slug_field(max_length=50, load_default=None)
-    country = ma.fields.String(load_default=None, validate=ma.validate.Regexp(r"^[A-Za-z]{2}$"))
+    country = ma.fields.String(
+        load_default=None,
+        validate=[ma.validate.Length(equal=2), ma.validate.Regexp(r"^[A-Za-z]{2}$")],
+    )
     kind = ma.fields.String(load_default=None, validate=ma.validate.OneOf(KINDS))
     min_vcpu = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=0, max=1024))
     min_ram_gib = ma.fields.Float(load_default=None, validate=ma.validate.Range(min=0, max=65536))

@@ -108,7 +108,9 @@ class RatedLineSchema(ma.Schema):
 
 def country_field(**kwargs: Any) -> ma.fields.String:
     """An ISO 3166-1 alpha-2 country code (`FR`, `CA`)."""
-    return ma.fields.String(validate=ma.validate.Regexp(r"^[A-Z]{2}$"), **kwargs)
+    return ma.fields.String(
+        validate=[ma.validate.Length(equal=2), ma.validate.Regexp(r"^[A-Z]{2}$")], **kwargs
+    )
 
 
 def currency_field(**kwargs: Any) -> ma.fields.String:
@@ -119,7 +121,23 @@ def currency_field(**kwargs: Any) -> ma.fields.String:
 def slug_field(max_length: int = 40, **kwargs: Any) -> ma.fields.String:
     """A machine name: lower-case letters, digits and dashes (`secnumcloud`, `bsi-c5`)."""
     return ma.fields.String(
-        validate=ma.validate.Regexp(rf"^[a-z0-9][a-z0-9-]{{0,{max_length - 1}}}$"), **kwargs
+        validate=[
+            ma.validate.Length(max=max_length),
+            ma.validate.Regexp(rf"^[a-z0-9][a-z0-9-]{{0,{max_length - 1}}}$"),
+        ],
+        **kwargs,
+    )
+
+
+PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+
+
+def period_field(**kwargs: Any) -> ma.fields.String:
+    """A billing period: a calendar month, `YYYY-MM`."""
+    return ma.fields.String(
+        validate=[ma.validate.Length(equal=7), ma.validate.Regexp(PERIOD_PATTERN)],
+        metadata={"example": "2026-11", **kwargs.pop("metadata", {})},
+        **kwargs,
     )
 
 
@@ -192,7 +210,8 @@ class ListArgs(StrictSchema):
         metadata={"description": f"Items per page, 1–{MAX_LIMIT}."},
     )
     cursor = ma.fields.String(
-        load_default=None,
+        # Absent or empty: the first page (a query string carries text, never null).
+        load_default="",
         validate=ma.validate.Length(max=1000),
         metadata={"description": "Opaque cursor from a previous page's `next_cursor`."},
     )

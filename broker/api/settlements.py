@@ -8,8 +8,7 @@ import marshmallow as ma
 from flask import current_app
 
 from broker.api.base import Blueprint, current_caller, request_session
-from broker.api.billing import PERIOD
-from broker.api.schemas import Money, StrictSchema
+from broker.api.schemas import Money, StrictSchema, period_field
 from broker.models import Role
 from broker.services import settlements as service
 
@@ -19,7 +18,7 @@ blp = Blueprint(
 
 
 class SettlementArgs(StrictSchema):
-    period = ma.fields.String(required=True, validate=ma.validate.Regexp(PERIOD["pattern"]))
+    period = period_field(required=True)
 
 
 class SettlementSchema(ma.Schema):
