@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgresql lint openapi bench clean
+.PHONY: run test test-sqlite test-postgresql lint openapi bench clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ run: $(STAMP)
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
 ## per core, each printed whole when done), then lint
-test: $(STAMP)
+test: $(STAMP) system-packages
 	@logs=$$(mktemp -d); \
 	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster) in parallel =="; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
@@ -29,6 +29,10 @@ test: $(STAMP)
 	rm -rf $$logs; \
 	test $$lite -eq 0 && test $$pg -eq 0
 	@$(MAKE) --no-print-directory lint
+
+## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server), when missing
+system-packages:
+	@bash .ci/system-packages
 
 test-sqlite: $(STAMP)
 	$(PY) -m pytest -q --db=sqlite

@@ -56,6 +56,8 @@ from sqlalchemy import delete, event, func, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import COUNTED_NOT_LIMITED  # noqa: E402
+
 from billing import exports  # noqa: E402
 from billing.metering import floor_hour, period_bounds, period_of  # noqa: E402
 from billing.rating import Specs, monthly_price  # noqa: E402
@@ -570,6 +572,7 @@ def run(workdir: Path, url: str) -> None:
             "CREDENTIAL_KEYS": Fernet.generate_key().decode(),
             "PROVIDER_STATE_DIR": str(workdir / "providers"),
             "LOG_LEVEL": "WARNING",
+            **COUNTED_NOT_LIMITED,
         }
     )
     client = app.test_client()

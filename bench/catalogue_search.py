@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from timing import SECONDS, bare_flask_client, measure  # noqa: E402
+from timing import COUNTED_NOT_LIMITED, SECONDS, bare_flask_client, measure  # noqa: E402
 
 from billing.rating import Price, Specs, Tier, monthly_price  # noqa: E402
 from broker import create_app  # noqa: E402
@@ -356,7 +356,14 @@ def main() -> None:
     database.dispose()
 
     bare_client = bare_flask_client()
-    app = create_app({"DATABASE_URL": url, "INSTANCE_PATH": str(workdir), "LOG_LEVEL": "WARNING"})
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "INSTANCE_PATH": str(workdir),
+            "LOG_LEVEL": "WARNING",
+            **COUNTED_NOT_LIMITED,
+        }
+    )
     client = app.test_client()
     form = {"grant_type": "client_credentials"}
     token = client.post("/oauth/token", data=form, auth=(client_id, secret)).json["access_token"]

@@ -47,6 +47,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         webhooks,
     )
     from broker.api.base import Api, close_request_session
+    from broker.api.limits import init_rate_limits
     from broker.api.problems import register_error_handlers
     from broker.auth.server import init_auth
     from broker.db import Database
@@ -67,6 +68,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     init_observability(app)
     register_error_handlers(app)
+    init_rate_limits(app)
     init_auth(app, db)
 
     @app.before_request

@@ -8,6 +8,7 @@ is how the tests point an app at their own database.
 from __future__ import annotations
 
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     return int(raw) if raw not in (None, "") else default
+
+
+def _decimal(name: str, default: str) -> Decimal:
+    """A non-negative decimal setting; a malformed value stops the app at start."""
+    raw = os.environ.get(name)
+    try:
+        value = Decimal(raw if raw not in (None, "") else default)
+    except InvalidOperation:
+        raise ValueError(f"{name} must be a decimal number, not {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"{name} must be a non-negative number, not {raw!r}")
+    return value
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -54,6 +67,16 @@ def load_config() -> dict[str, Any]:
         "CREDENTIAL_KEYS_FILE": os.environ.get(
             "BROKER_CREDENTIAL_KEYS_FILE", str(instance / "credential-keys")
         ),
+        # Rate limits ("N per second|minute|hour", the `limits` notation), counted in memory
+        # (one process) or in Redis shared by every process and host (`redis://host:6379/0`).
+        "RATE_LIMITS_ENABLED": _bool("BROKER_RATE_LIMITS", True),
+        "RATE_LIMIT_STORAGE_URI": os.environ.get("BROKER_RATE_LIMIT_STORAGE_URI", "memory://"),
+        "RATE_LIMIT_PER_CLIENT": os.environ.get("BROKER_RATE_LIMIT_PER_CLIENT", "600 per minute"),
+        "RATE_LIMIT_PER_ADDRESS": os.environ.get(
+            "BROKER_RATE_LIMIT_PER_ADDRESS", "1200 per minute"
+        ),
+        "RATE_LIMIT_TOKEN": os.environ.get("BROKER_RATE_LIMIT_TOKEN", "30 per minute"),
+        "RATE_LIMIT_EXPENSIVE": os.environ.get("BROKER_RATE_LIMIT_EXPENSIVE", "120 per minute"),
         # Timeout (seconds) of every call to a provider's API.
         "PROVIDER_TIMEOUT": float(os.environ.get("BROKER_PROVIDER_TIMEOUT", "10")),
         # Local fake clouds (http, 127.0.0.1) are allowed only when the tests set this; it has
@@ -70,6 +93,26 @@ def load_config() -> dict[str, Any]:
         # ending more than USAGE_CLOCK_SKEW_SECONDS in the future is refused too.
         "USAGE_LOOKBACK_DAYS": _int("BROKER_USAGE_LOOKBACK_DAYS", 62),
         "USAGE_CLOCK_SKEW_SECONDS": _int("BROKER_USAGE_CLOCK_SKEW_SECONDS", 300),
+        # Usage that cannot have happened is refused (`broker.services.usage`). A record must
+        # lie within its resource's life, from when it became active to when it was
+        # terminated, give or take this much: the cloud's and the broker's clocks, and the
+        # moment each saw the machine come and go, may differ by a few minutes.
+        "USAGE_LIFE_TOLERANCE_SECONDS": _int("BROKER_USAGE_LIFE_TOLERANCE_SECONDS", 300),
+        # Ceilings of what one resource can consume, where its offer's size says nothing. A
+        # 25 Gbit/s interface (the fastest a consortium cloud sells a VM) saturated for an
+        # hour moves 10,477 GiB: 12,000 GiB/h (about 28.6 Gbit/s) leaves room above it.
+        "USAGE_MAX_EGRESS_GIB_PER_HOUR": _decimal("BROKER_USAGE_MAX_EGRESS_GIB_PER_HOUR", "12000"),
+        # Requests per hour (about 830 a second sustained): a month of it is what the ledger
+        # can sum for one resource (ceilings above ~3.4 million units an hour are held there).
+        "USAGE_MAX_REQUESTS_PER_HOUR": _decimal("BROKER_USAGE_MAX_REQUESTS_PER_HOUR", "3000000"),
+        # The most one bucket can store, GiB (1 PiB): bounds its `storage_gib_month`. A VM's
+        # or volume's storage is bounded by its offer's disk size instead.
+        "USAGE_MAX_BUCKET_GIB": _decimal("BROKER_USAGE_MAX_BUCKET_GIB", "1048576"),
+        # A draft invoice line above this share (percent) of its invoice's subtotal is flagged
+        # for finance when the subtotal is over BILLING_OUTLIER_MIN_SUBTOTAL (in the
+        # invoice's currency); finance still decides whether to finalize.
+        "BILLING_OUTLIER_SHARE": _decimal("BROKER_BILLING_OUTLIER_SHARE", "50"),
+        "BILLING_OUTLIER_MIN_SUBTOTAL": _decimal("BROKER_BILLING_OUTLIER_MIN_SUBTOTAL", "1000"),
         # The seller on every invoice (the consortium), and how an agency without a billing
         # profile is taxed.
         "SELLER": {

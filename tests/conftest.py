@@ -236,6 +236,11 @@ def app_config(
         "JSON_LOGS": False,
         "LOG_LEVEL": "WARNING",
         "IDEMPOTENCY_WAIT_SECONDS": 30.0,
+        # Counted, but far beyond what any test sends (tests/test_rate_limits.py sets its own).
+        "RATE_LIMIT_PER_CLIENT": "1000000 per minute",
+        "RATE_LIMIT_PER_ADDRESS": "1000000 per minute",
+        "RATE_LIMIT_TOKEN": "1000000 per minute",
+        "RATE_LIMIT_EXPENSIVE": "1000000 per minute",
     }
 
 

@@ -19,6 +19,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from webargs.flaskparser import FlaskParser, abort
 
+from broker.api.limits import count_the_client
 from broker.api.problems import PROBLEM_CONTENT_TYPE, ProblemSchema
 from broker.api.schemas import Money
 from broker.auth.identity import Caller
@@ -229,6 +230,7 @@ class Blueprint(flask_smorest.Blueprint):
                 except OAuth2Error as error:
                     guard.raise_error_response(error)
                 g.caller = caller_from_claims(claims)
+                count_the_client(g.caller.client_id)
                 return view(*args, **kwargs)
 
             documented = self.doc(

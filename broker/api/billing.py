@@ -14,6 +14,7 @@ from billing.money import trim_decimals
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
 from broker.api.idempotency import idempotent
+from broker.api.limits import expensive
 from broker.api.schemas import (
     ListArgs,
     Money,
@@ -138,6 +139,7 @@ class BillingRunSchema(ma.Schema):
 
 @runs.route("", methods=["POST"])
 @runs.auth(Role.FINANCE)
+@expensive
 @idempotent(required=True)
 @runs.arguments(BillingRunCreateSchema)
 @runs.response(202, BillingRunSchema, headers={"Location": {"schema": {"type": "string"}}})
@@ -160,11 +162,46 @@ def list_billing_runs(args: dict[str, Any]) -> Any:
     return service.list_runs(request_session(), **args)
 
 
+class LineFlagSchema(ma.Schema):
+    code = ma.fields.String(metadata={"description": "`line_outlier`"})
+    invoice_id = ma.fields.UUID()
+    position = ma.fields.Integer(metadata={"description": "The invoice line"})
+    resource_id = ma.fields.UUID()
+    metric = ma.fields.String()
+    amount = Money(currency_from="currency")
+    currency = ma.fields.String()
+    share = ma.fields.Decimal(
+        as_string=True, metadata={"description": "Percent of the invoice's subtotal"}
+    )
+    detail = ma.fields.String()
+
+
+_FLAGS = (
+    "Lines finance should check before finalizing: each above `BROKER_BILLING_OUTLIER_SHARE` "
+    "percent of its invoice's subtotal, when the subtotal is over "
+    "`BROKER_BILLING_OUTLIER_MIN_SUBTOTAL`. Finalizing is still allowed."
+)
+
+
+class BillingRunDetailSchema(BillingRunSchema):
+    flags = ma.fields.List(
+        ma.fields.Nested(LineFlagSchema),
+        metadata={"description": _FLAGS + " Of the invoices this run built."},
+    )
+
+
 @runs.route("/<uuid:run_id>", methods=["GET"])
 @runs.auth(Role.FINANCE)
-@runs.response(200, BillingRunSchema)
+@runs.response(200, BillingRunDetailSchema)
 def get_billing_run(run_id: uuid.UUID) -> Any:
-    return service.get_run(request_session(), run_id)
+    """A billing run, with the outlier lines of the drafts it built (`flags`)."""
+    session = request_session()
+    run = service.get_run(session, run_id)
+    body = BillingRunSchema().dump(run)
+    body["flags"] = LineFlagSchema(many=True).dump(
+        service.run_flags(session, run, current_app.config)
+    )
+    return jsonify(body)
 
 
 # Invoices ------------------------------------------------------------------------------------
@@ -238,8 +275,21 @@ class InvoiceSummarySchema(ma.Schema):
     created_at = Timestamp()
 
 
+class OutlierFlags(ma.fields.List):
+    """An invoice's outlier lines, computed from its lines as it is shown."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ma.fields.Nested(LineFlagSchema), dump_only=True, metadata={"description": _FLAGS}
+        )
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> Any:
+        return service.outlier_flags(obj, current_app.config)
+
+
 class InvoiceSchema(InvoiceSummarySchema):
     lines = ma.fields.List(ma.fields.Nested(InvoiceLineSchema))
+    flags = OutlierFlags()
     snapshot = ma.fields.Dict(
         allow_none=True,
         metadata={
@@ -296,6 +346,7 @@ def _file(content: bytes, media_type: str, name: str) -> Response:
 
 @invoices.route("/<uuid:invoice_id>/export", methods=["GET"])
 @invoices.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@expensive
 @invoices.arguments(ExportArgs, location="query")
 @invoices.response(200, content_type="application/octet-stream")
 def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
@@ -310,6 +361,7 @@ def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
 
 @invoices.route("/export", methods=["GET"])
 @invoices.auth(Role.FINANCE)
+@expensive
 @invoices.arguments(PeriodExportArgs, location="query")
 @invoices.response(200, content_type="text/csv")
 def export_period(args: dict[str, Any]) -> Response:
@@ -450,6 +502,7 @@ def get_credit_note(note_id: uuid.UUID) -> Any:
 
 @credit_notes.route("/<uuid:note_id>/export", methods=["GET"])
 @credit_notes.auth(Role.BUYER, Role.APPROVER, Role.FINANCE, Role.ADMIN)
+@expensive
 @credit_notes.arguments(ExportArgs, location="query")
 @credit_notes.response(200, content_type="application/octet-stream")
 def export_credit_note(args: dict[str, Any], note_id: uuid.UUID) -> Response:

@@ -12,6 +12,7 @@ from billing.invoicing import STANDARD, TAX_CATEGORIES
 from billing.rating import METRICS
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.limits import expensive
 from broker.api.schemas import (
     NO_CONTROL_CHARACTERS,
     ListArgs,
@@ -211,6 +212,7 @@ def _offer_response(offer: Offer) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth()
+@expensive
 @blp.arguments(SearchArgs, location="query")
 @blp.response(200, page_of(OfferSchema))
 def search_offers(args: dict[str, Any]) -> Any:
