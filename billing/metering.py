@@ -5,18 +5,23 @@ broker meters running time to the microsecond, and a microsecond is 1/3,600,000,
 hour, which no decimal writes exactly. Both are whole multiples of `QUANTUM`
 (1/3,600,000,000 of a unit), so quantities are `Fraction`s stored as integer counts of it:
 sums stay exact, and an invoice line rounds once, at the end.
+
+Usage a provider reports is also checked for plausibility here, as pure functions: it must
+fall within the life of the resource it is billed to, and its quantity within what that
+resource can consume in the time it covers (`life_refusal`, `quantity_refusal`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
 from billing.money import UNIT_PRICE_QUANTUM, to_decimal, trim_decimals
+from billing.rating import HOURS_PER_MONTH
 
 QUANTA_PER_UNIT = 3_600_000_000  # a microsecond is this share of an hour
 QUANTUM = Fraction(1, QUANTA_PER_UNIT)
@@ -139,3 +144,185 @@ def hour_slices(
             max(end for _, end in pieces),
             sum((hours_between(start, end) for start, end in pieces), Fraction(0)),
         )
+
+
+# Plausibility --------------------------------------------------------------------------------
+
+# The stable codes of the rules reported usage is refused by (the API's problem `code`).
+RESOURCE_NEVER_MADE = "resource_never_made"
+OUTSIDE_RESOURCE_LIFE = "outside_resource_life"
+QUANTITY_IMPLAUSIBLE = "quantity_implausible"
+METRIC_POLLED = "metric_polled"
+
+# What the ledger can hold for one resource, metric and period: a 64-bit count of quanta. An
+# hourly ceiling is kept under it over the longest month, so that no plausible month of usage
+# (hence no invoice line) overflows what storage holds.
+LEDGER_CAPACITY = Fraction(2**63 - 1, QUANTA_PER_UNIT)
+MAX_HOURLY_CEILING = LEDGER_CAPACITY / (31 * 24)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a usage record is refused: the rule's stable `code`, the field to blame, and why."""
+
+    code: str
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one resource can consume: the kind and size of the offer it was ordered from."""
+
+    kind: str  # vm | volume | object_storage
+    vcpu: int
+    ram_gib: Decimal
+    disk_gib: int
+
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The plausibility settings: ceilings no offer's size gives, and how far the clocks of a
+    cloud and of the broker may disagree about when a resource came and went."""
+
+    egress_gib_per_hour: Fraction
+    requests_per_hour: Fraction
+    bucket_gib: Fraction
+    life_tolerance: timedelta
+
+
+def hourly_ceiling(metric: str, capacity: Capacity, ceilings: Ceilings) -> Fraction:
+    """The most of `metric` one resource can plausibly consume in an hour: its vCPUs, its GiB
+    of RAM, its disk (a bucket: the bucket ceiling) for an hour's share of a month (730 h), or
+    the egress and request ceilings. A metric without a rule has none (0)."""
+    per_hour: Fraction
+    if metric == "instance_hour":
+        per_hour = Fraction(1)
+    elif metric == "vcpu_hour":
+        per_hour = Fraction(capacity.vcpu)
+    elif metric == "ram_gib_hour":
+        per_hour = Fraction(capacity.ram_gib)
+    elif metric == "storage_gib_month":
+        stored = ceilings.bucket_gib if capacity.kind == "object_storage" else capacity.disk_gib
+        per_hour = Fraction(stored) / HOURS_PER_MONTH
+    elif metric == "egress_gib":
+        per_hour = ceilings.egress_gib_per_hour
+    elif metric == "requests":
+        per_hour = ceilings.requests_per_hour
+    else:
+        per_hour = Fraction(0)
+    return min(per_hour, MAX_HOURLY_CEILING)
+
+
+def life_refusal(
+    start: datetime,
+    end: datetime,
+    activated_at: datetime | None,
+    terminated_at: datetime | None,
+    tolerance: timedelta,
+) -> Refusal | None:
+    """Why `[start, end)` does not lie within the resource's life, or None.
+
+    A resource lives from when it first became active (`activated_at`: before that the cloud
+    was still making it, and the broker meters nothing either) until it was terminated; the
+    two clocks may disagree by `tolerance` at each end. One never active was never made.
+    """
+    if activated_at is None:
+        return Refusal(
+            RESOURCE_NEVER_MADE,
+            "resource_id",
+            "The resource was never made (it has never been active): it has no usage.",
+        )
+    if start < activated_at - tolerance:
+        return Refusal(
+            OUTSIDE_RESOURCE_LIFE,
+            "start",
+            f"The record starts before the resource became active ({_iso(activated_at)}, "
+            f"{_seconds(tolerance)} of clock skew tolerated): cut it to the resource's life.",
+        )
+    if terminated_at is not None and end > terminated_at + tolerance:
+        return Refusal(
+            OUTSIDE_RESOURCE_LIFE,
+            "end",
+            f"The record ends after the resource was terminated ({_iso(terminated_at)}, "
+            f"{_seconds(tolerance)} of clock skew tolerated): cut it to the resource's life.",
+        )
+    return None
+
+
+def within_life(
+    start: datetime,
+    end: datetime,
+    activated_at: datetime | None,
+    terminated_at: datetime | None,
+    tolerance: timedelta,
+) -> tuple[datetime, datetime] | None:
+    """The part of `[start, end)` within the resource's life (with the tolerance), or None.
+    For samples an adapter reports per clock hour, as clouds do: an hour a machine came up in
+    overlaps its life without lying within it."""
+    if activated_at is None:
+        return None
+    first = max(start, activated_at - tolerance)
+    last = end if terminated_at is None else min(end, terminated_at + tolerance)
+    return (first, last) if first < last else None
+
+
+@dataclass(frozen=True)
+class Span:
+    """A quantity of one metric over `[start, end)`."""
+
+    start: datetime
+    end: datetime
+    quantity: Fraction
+
+
+def quantity_refusal(
+    metric: str,
+    record: Span,
+    per_hour: Fraction,
+    overlapping: Sequence[Span] = (),
+) -> Refusal | None:
+    """Why `record` claims more than the resource can consume, or None.
+
+    Alone, it must stay within `per_hour` times the hours it covers. With the other records of
+    the same resource and metric that overlap it, the sum must stay within `per_hour` times
+    the hours they cover together: splitting an impossible quantity over many records with
+    the same window does not make it possible.
+    """
+    hours = hours_between(record.start, record.end)
+    if record.quantity > per_hour * hours:
+        return Refusal(
+            QUANTITY_IMPLAUSIBLE,
+            "quantity",
+            f"{_text(record.quantity)} of {metric} in {_text(hours)} h is more than the "
+            f"resource can consume: at most {_text(per_hour * hours)} "
+            f"({_text(per_hour)} an hour).",
+        )
+    if not overlapping:
+        return None
+    first = min(record.start, *(span.start for span in overlapping))
+    last = max(record.end, *(span.end for span in overlapping))
+    total = record.quantity + sum((span.quantity for span in overlapping), Fraction(0))
+    hours = hours_between(first, last)
+    if total > per_hour * hours:
+        return Refusal(
+            QUANTITY_IMPLAUSIBLE,
+            "quantity",
+            f"With the {len(overlapping)} other record(s) of {metric} it overlaps, the "
+            f"resource would have consumed {_text(total)} from {_iso(first)} to {_iso(last)}: "
+            f"at most {_text(per_hour * hours)} is plausible ({_text(per_hour)} an hour).",
+        )
+    return None
+
+
+def _text(quantity: Fraction) -> str:
+    """A quantity in a message: as `shown` (6 decimals), or whole when too big for that."""
+    return str(shown(quantity)) if abs(quantity) < 10**15 else str(round(quantity))
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(tolerance: timedelta) -> str:
+    return f"{int(tolerance.total_seconds())} s"

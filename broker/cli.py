@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from broker.config import PROJECT_ROOT, load_config
 from broker.db import Database
-from broker.models import Job, JobState, Organization, OrganizationKind, Role
+from broker.models import ApiClient, Job, JobState, Organization, OrganizationKind, Role
 
 
 def _database() -> Database:
@@ -142,6 +142,111 @@ def clients_create(org: str, roles: tuple[str, ...], name: str | None) -> None:
             )
     except BrokerError as error:
         raise click.ClickException(str(error.detail)) from error
+
+
+def _client_json(client: ApiClient) -> dict[str, Any]:
+    """A client as `broker clients list` prints it: never its secret nor the secret's hash."""
+    return {
+        "id": str(client.id),
+        "client_id": client.client_id,
+        "name": client.name,
+        "organization_id": str(client.organization_id),
+        "roles": client.roles,
+        "created_at": client.created_at.isoformat(),
+        "revoked_at": client.revoked_at.isoformat() if client.revoked_at else None,
+        "credential_version": client.credential_version,
+        "rotated_at": (client.rotated_at.isoformat() if client.rotated_at else None),
+    }
+
+
+def _find_client(session: Any, reference: str) -> ApiClient:
+    """A client by its `client_id` (or its `id`), in any organization."""
+    if len(reference) > 64 or "\x00" in reference:  # no client has such an id
+        raise click.ClickException(f"No API client {reference!r}.")
+    try:
+        condition = ApiClient.id == uuid.UUID(reference)
+    except ValueError:
+        condition = ApiClient.client_id == reference
+    client = session.scalar(select(ApiClient).where(condition))
+    if client is None:
+        raise click.ClickException(f"No API client {reference!r}.")
+    return client
+
+
+@clients.command("list")
+@click.option("--org", "org", default=None, help="Only this organization (id or exact name).")
+@click.option("--active", is_flag=True, help="Leave revoked clients out.")
+def clients_list(org: str | None, active: bool) -> None:
+    """Print API clients as JSON, oldest first, with `revoked_at` (never a secret)."""
+    database = _database()
+    _require_migrated(database)
+    statement = select(ApiClient).order_by(ApiClient.created_at, ApiClient.id)
+    if active:
+        statement = statement.where(ApiClient.revoked_at.is_(None))
+    with database.session(read_only=True) as session:
+        if org is not None:
+            try:
+                condition = Organization.id == uuid.UUID(org)
+            except ValueError:
+                condition = Organization.name == org
+            organization = session.scalar(select(Organization).where(condition))
+            if organization is None:
+                raise click.ClickException(f"No organization {org!r}.")
+            statement = statement.where(ApiClient.organization_id == organization.id)
+        _echo_json([_client_json(client) for client in session.scalars(statement)])
+
+
+@clients.command("revoke")
+@click.argument("client_ref", metavar="CLIENT_ID")
+def clients_revoke(client_ref: str) -> None:
+    """Revoke an API client (by client_id or id): it gets no new token, and the tokens it
+    holds are refused from its next request on. Prints the client as JSON."""
+    from broker.errors import BrokerError
+    from broker.models.base import utcnow
+    from broker.services import organizations
+
+    database = _database()
+    _require_migrated(database)
+    try:
+        with database.transaction() as session:
+            found = _find_client(session, client_ref)
+            client = organizations.revoke_client(
+                session, None, found.organization_id, found.client_id, utcnow()
+            )
+            printed = _client_json(client)
+    except BrokerError as error:
+        raise click.ClickException(str(error.detail)) from error
+    _echo_json(printed)  # once committed
+
+
+@clients.command("rotate")
+@click.argument("client_ref", metavar="CLIENT_ID")
+def clients_rotate(client_ref: str) -> None:
+    """Give an API client (by client_id or id) a new secret and print it as JSON (shown once).
+    The old secret and every token issued before stop working at once."""
+    from broker.errors import BrokerError
+    from broker.models.base import utcnow
+    from broker.services import organizations
+
+    database = _database()
+    _require_migrated(database)
+    try:
+        with database.transaction() as session:
+            found = _find_client(session, client_ref)
+            issued = organizations.rotate_client_secret(
+                session, None, found.organization_id, found.client_id, utcnow()
+            )
+            printed = {
+                "client_id": issued.client.client_id,
+                "client_secret": issued.secret,
+                "organization_id": str(issued.client.organization_id),
+                "roles": issued.client.roles,
+                "credential_version": issued.client.credential_version,
+            }
+    except BrokerError as error:
+        raise click.ClickException(str(error.detail)) from error
+    # Printed once committed: a secret printed by a rotation that then failed would not work.
+    _echo_json(printed)
 
 
 @main.group()
@@ -312,8 +417,24 @@ def jobs_retry(job_id: uuid.UUID) -> None:
     _echo_json({"id": str(job.id), "state": job.state.value})
 
 
+def _lanes_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    from broker.jobs.lanes import parse_lanes
+
+    try:
+        return parse_lanes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command()
-def worker() -> None:
+@click.option(
+    "--lanes",
+    default=None,
+    callback=_lanes_option,
+    help="Comma-separated lanes to claim jobs from (provisioning, billing, catalogue, other, "
+    "webhooks); default: all of them, webhook deliveries last.",
+)
+def worker(lanes: tuple[str, ...]) -> None:
     """Run a background worker until SIGTERM/SIGINT."""
     from broker.jobs.worker import install_signal_handlers, run_worker
     from broker.observability import configure_logging
@@ -322,7 +443,7 @@ def worker() -> None:
     configure_logging(config["LOG_LEVEL"], config["JSON_LOGS"])
     stop = threading.Event()
     install_signal_handlers(stop)
-    run_worker(_database(), stop, config)
+    run_worker(_database(), stop, config, lanes=lanes)
 
 
 @main.command()

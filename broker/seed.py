@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
+from broker.auth.secrets import verify_secret
 from broker.db import Database
 from broker.models import (
     AgencyPolicy,
@@ -56,6 +57,7 @@ from broker.services import (
     providers,
     trusted_issuers,
 )
+from broker.services.preconditions import IfMatch
 
 # Each demo agency's policy: (currency, monthly budget, approval threshold). Orders above the
 # threshold wait for the agency's approver; the budget caps what is committed per month.
@@ -117,17 +119,23 @@ def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
     credential."""
     issued: list[DemoCredential] = []
     with db.transaction() as session:
-        # Keep only remembered credentials whose client still exists in this database.
+        # Keep only remembered credentials that still work: the client exists in this
+        # database, is not revoked, and its secret was not rotated since.
         remembered = _read(credentials_file)
-        live = set(
-            session.scalars(
-                select(ApiClient.client_id).where(
+        hashes = {
+            client_id: secret_hash
+            for client_id, secret_hash in session.execute(
+                select(ApiClient.client_id, ApiClient.secret_hash).where(
                     ApiClient.client_id.in_([c.client_id for c in remembered]),
                     ApiClient.revoked_at.is_(None),
                 )
             )
-        )
-        known = [c for c in remembered if c.client_id in live]
+        }
+        known = [
+            c
+            for c in remembered
+            if c.client_id in hashes and verify_secret(c.client_secret, hashes[c.client_id])
+        ]
         have = {(c.organization, tuple(c.roles)) for c in known}
         for name, kind, role_sets in DEMO_ORGANIZATIONS:
             organization = session.scalar(select(Organization).where(Organization.name == name))
@@ -439,7 +447,7 @@ def _seed_policies(session: Session) -> None:
                 consortium,
                 agency.id,
                 {"legal_name": legal_name, "country": country, "vat_rate": Decimal(vat_rate)},
-                expected_version=0,
+                if_match=IfMatch.of(0),
                 config={},
             )
     for name, (currency, budget, threshold) in DEMO_POLICIES.items():
@@ -450,7 +458,7 @@ def _seed_policies(session: Session) -> None:
             session,
             consortium,
             agency.id,
-            expected_version=0,
+            if_match=IfMatch.of(0),
             currency=currency,
             monthly_budget=Decimal(budget),
             approval_threshold=Decimal(threshold),

@@ -521,6 +521,55 @@ def test_token_with_wrong_typ(
     _assert_unauthorized(_get_own_org(client, buyer, token))
 
 
+def test_token_of_a_client_that_does_not_exist(
+    client: FlaskClient, app: Flask, buyer: ApiUser, app_key: RSAKey
+) -> None:
+    """Well signed, but naming no client: the resource server checks the client, too."""
+    claims = {**_good_claims(app, buyer), "sub": "cb_nobody", "client_id": "cb_nobody"}
+    _assert_unauthorized(_get_own_org(client, buyer, _mint(claims, app_key)))
+
+
+def test_token_with_another_credential_version(
+    client: FlaskClient, app: Flask, buyer: ApiUser, app_key: RSAKey
+) -> None:
+    assert _unverified_part(buyer.token, 1)["credential_version"] == 1
+    for version in (0, 2, "1", None):
+        claims = {**_good_claims(app, buyer), "credential_version": version}
+        _assert_unauthorized(_get_own_org(client, buyer, _mint(claims, app_key)))
+    claims = {**_good_claims(app, buyer), "credential_version": 1}
+    assert _get_own_org(client, buyer, _mint(claims, app_key)).status_code == 200
+
+
+def test_token_without_credential_version_counts_as_the_first_until_a_rotation(
+    client: FlaskClient, app: Flask, admin: ApiUser, buyer: ApiUser, app_key: RSAKey
+) -> None:
+    """Tokens issued before the claim existed keep working until the client's first
+    rotation (or their expiry)."""
+    legacy = _mint(_good_claims(app, buyer), app_key)
+    assert _get_own_org(client, buyer, legacy).status_code == 200
+    rotated = client.post(
+        f"/v1/organizations/{buyer.organization_id}/clients/{buyer.client_id}/rotate-secret",
+        headers=admin.headers,
+    )
+    assert rotated.status_code == 200
+    _assert_unauthorized(_get_own_org(client, buyer, legacy))
+
+
+def test_revoked_clients_token_is_refused(
+    client: FlaskClient, db: Database, buyer: ApiUser
+) -> None:
+    """Revocation takes effect at once, however it was written (here: straight to the table,
+    as another process would)."""
+    assert _get_own_org(client, buyer, buyer.token).status_code == 200
+    with db.transaction() as session:
+        session.execute(
+            update(ApiClient)
+            .where(ApiClient.client_id == buyer.client_id)
+            .values(revoked_at=datetime.now(UTC))
+        )
+    _assert_unauthorized(_get_own_org(client, buyer, buyer.token))
+
+
 # --- the resource side: 403 ----------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from broker.db import Database
-from broker.models import ApiClient, AuditEvent, Organization, OrganizationKind
+from broker.models import ApiClient, AuditEvent, Organization, OrganizationKind, Role
 from broker.seed import DemoCredential, seed_demo
 from broker.services import organizations
 from broker.services.audit import verify_chain
@@ -190,6 +191,123 @@ def test_clients_create_for_an_unknown_organization_fails_with_a_message(cli: Ru
     assert "No organization" in output
 
 
+def _issue(db: Database, organization_id: str, role: str = "buyer") -> tuple[str, str]:
+    with db.transaction() as session:
+        issued = organizations.create_client(
+            session, None, uuid.UUID(organization_id), name="cli test", roles=[Role(role)]
+        )
+        return issued.client.client_id, issued.secret
+
+
+def test_clients_list_shows_revoked_at_and_never_a_secret(cli: Run, db: Database) -> None:
+    lyon, nantes = _make_org(db, "Lyon"), _make_org(db, "Nantes")
+    first, first_secret = _issue(db, lyon)
+    second, second_secret = _issue(db, lyon, "approver")
+    other, _ = _issue(db, nantes)
+    _ok_json(cli("clients", "revoke", first))
+
+    everything = _ok_json(cli("clients", "list"))
+    assert [c["client_id"] for c in everything] == [first, second, other]
+    by_id = {c["client_id"]: c for c in everything}
+    assert by_id[first]["revoked_at"] is not None
+    assert by_id[second]["revoked_at"] is None
+    assert by_id[second]["roles"] == ["approver"]
+    assert by_id[other]["organization_id"] == nantes
+    for listed in everything:
+        assert "client_secret" not in listed and "secret_hash" not in listed
+
+    for reference in ("Lyon", lyon):
+        listed = _ok_json(cli("clients", "list", "--org", reference))
+        assert [c["client_id"] for c in listed] == [first, second]
+    active = _ok_json(cli("clients", "list", "--org", "Lyon", "--active"))
+    assert [c["client_id"] for c in active] == [second]
+
+    result = cli("clients", "list")
+    with db.session(read_only=True) as session:
+        hashes = list(session.scalars(select(ApiClient.secret_hash)))
+    for secret in [first_secret, second_secret, *hashes]:
+        assert secret not in result.stdout
+    assert "Nobody" in _refused(cli("clients", "list", "--org", "Nobody"))
+
+
+def test_clients_revoke_refuses_the_client_its_tokens_and_a_second_revocation(
+    cli: Run, client: FlaskClient, db: Database
+) -> None:
+    client_id, secret = _issue(db, _make_org(db, "Lyon"))
+    token = fetch_token(client, client_id, secret)
+
+    revoked = _ok_json(cli("clients", "revoke", client_id))
+    assert revoked["client_id"] == client_id
+    assert revoked["revoked_at"]
+
+    response = client.get("/v1/organizations", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    refused = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)
+    )
+    assert refused.status_code == 401
+    assert refused.json["error"] == "invalid_client"
+
+    output = _refused(cli("clients", "revoke", client_id))
+    assert "revoked" in output
+    with db.session(read_only=True) as session:
+        actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.seq)))
+    assert actions.count("api_client.revoked") == 1
+
+
+def test_clients_rotate_prints_a_working_secret_and_retires_the_old_one(
+    cli: Run, client: FlaskClient, db: Database
+) -> None:
+    organization_id = _make_org(db, "Lyon")
+    client_id, old_secret = _issue(db, organization_id)
+    old_token = fetch_token(client, client_id, old_secret)
+
+    rotated = _ok_json(cli("clients", "rotate", client_id))
+    assert rotated["client_id"] == client_id
+    assert rotated["organization_id"] == organization_id
+    assert rotated["credential_version"] == 2
+    assert rotated["client_secret"] not in ("", old_secret)
+
+    new_token = fetch_token(client, client_id, rotated["client_secret"])
+    ok = client.get("/v1/organizations", headers={"Authorization": f"Bearer {new_token}"})
+    assert ok.status_code == 200
+    stale = client.get("/v1/organizations", headers={"Authorization": f"Bearer {old_token}"})
+    assert stale.status_code == 401
+    refused = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, old_secret)
+    )
+    assert refused.status_code == 401
+
+    with db.session(read_only=True) as session:
+        stored = session.scalars(select(ApiClient).where(ApiClient.client_id == client_id)).one()
+        assert rotated["client_secret"] not in stored.secret_hash
+        event = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "api_client.secret_rotated")
+        ).one()
+        assert event.object_id == str(stored.id)
+        assert event.actor_client_id is None  # the operator, at the console
+
+
+def test_clients_rotate_by_id_and_refused_when_revoked(cli: Run, db: Database) -> None:
+    client_id, _ = _issue(db, _make_org(db, "Lyon"))
+    listed = _ok_json(cli("clients", "list"))
+    row_id = listed[0]["id"]
+    assert _ok_json(cli("clients", "rotate", row_id))["client_id"] == client_id
+    _ok_json(cli("clients", "revoke", row_id))
+    output = _refused(cli("clients", "rotate", client_id))
+    assert "revoked" in output
+
+
+@pytest.mark.parametrize("command", ["revoke", "rotate"])
+def test_clients_revoke_or_rotate_an_unknown_client_fails_with_a_message(
+    cli: Run, command: str
+) -> None:
+    for reference in ("cb_nobody", str(uuid.uuid4())):
+        output = _refused(cli("clients", command, reference))
+        assert reference in output
+
+
 # --- audit verify ----------------------------------------------------------------------------
 
 
@@ -265,9 +383,19 @@ def test_db_upgrade_migrates_an_empty_sqlite_file(tmp_path: Path, instance: Path
     [
         ("orgs", "create", "--name", "Lyon", "--kind", "agency"),
         ("clients", "create", "--org", "Lyon", "--role", "buyer"),
+        ("clients", "list"),
+        ("clients", "revoke", "cb_someone"),
+        ("clients", "rotate", "cb_someone"),
         ("audit", "verify"),
     ],
-    ids=["orgs-create", "clients-create", "audit-verify"],
+    ids=[
+        "orgs-create",
+        "clients-create",
+        "clients-list",
+        "clients-revoke",
+        "clients-rotate",
+        "audit-verify",
+    ],
 )
 def test_commands_on_an_unmigrated_database_say_to_run_db_upgrade(
     tmp_path: Path, instance: Path, args: tuple[str, ...]
@@ -365,6 +493,28 @@ def test_seed_demo_again_creates_nothing_and_returns_the_same_credentials(
     assert credentials_file.read_text() == content_after_first
     assert stat.S_IMODE(credentials_file.stat().st_mode) == 0o600
     _check_credentials(db, client, second)
+
+
+def test_seed_demo_forgets_a_remembered_secret_that_was_rotated(
+    db: Database, client: FlaskClient, tmp_path: Path
+) -> None:
+    credentials_file = tmp_path / "demo-credentials.json"
+    first = seed_demo(db, credentials_file)
+    finance = next(c for c in first if c.roles == ["finance"])
+    with db.transaction() as session:
+        organizations.rotate_client_secret(
+            session,
+            None,
+            uuid.UUID(finance.organization_id),
+            finance.client_id,
+            datetime.now(UTC),
+        )
+    again = seed_demo(db, credentials_file)
+    # The dead secret is neither printed nor kept: a fresh finance client replaces it.
+    assert finance.client_id not in {c.client_id for c in again}
+    assert len(again) == 10
+    assert Counter(tuple(c.roles) for c in again) == EXPECTED_ROLES
+    _check_credentials(db, client, again)
 
 
 def test_seed_demo_without_its_credentials_file_issues_fresh_clients(

@@ -413,7 +413,7 @@ def test_exports_are_byte_identical_and_made_from_the_snapshot_only(
         "record_id": "late",
         "resource_id": machine,
         "metric": "vcpu_hour",
-        "quantity": "3",
+        "quantity": "2",  # 2 vCPU for an hour: at most 2
         "start": "2030-03-31T10:00:00Z",
         "end": "2030-03-31T11:00:00Z",
     }

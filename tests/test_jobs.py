@@ -112,6 +112,7 @@ def test_enqueue_adds_a_queued_job(db: Database) -> None:
 
     job = _job(db, job_id)
     assert (job.kind, job.state, job.payload) == (KIND, JobState.QUEUED, {"provider_id": "p-1"})
+    assert job.lane == "other"  # a kind no lane names (tests/test_fair_jobs.py: the lanes)
     assert (job.attempts, job.max_attempts) == (0, 8)
     assert before <= job.run_after <= after
     assert (job.lease_until, job.worker, job.finished_at) == (None, None, None)

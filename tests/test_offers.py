@@ -940,3 +940,41 @@ def test_unknown_offer_ids_are_404(
     for action in ("publish", "retire"):
         response = client.post(f"/v1/offers/{unknown}/{action}", headers=operator.headers)
         problem(response, 404, "not_found")
+
+
+# --- publishing checks what the cloud sells --------------------------------------------------
+
+
+def test_publishing_refuses_a_sku_the_cloud_does_not_sell(
+    client: FlaskClient, admin: ApiUser, make_user: MakeUser
+) -> None:
+    flavors = [
+        {"sku": "s-2-4", "vcpu": 2, "ram_gib": "4", "disk_gib": 50, "region": "fr-par-1"},
+        {"sku": "m-4-16", "vcpu": 4, "ram_gib": "16", "disk_gib": 100},  # every region
+    ]
+    setup = make_provider(
+        client, admin, make_user, adapter="simulated", adapter_config={"flavors": flavors}
+    )
+    drafts = {}
+    for sku, region in (("unknown-1", "fr-par-1"), ("s-2-4", "fr-lyo-1")):
+        draft, etag = create_offer(client, setup.operator, setup.id, sku=sku, region=region)
+        refused = client.post(f"/v1/offers/{draft['id']}/publish", headers=setup.operator.headers)
+        body = problem(refused, 422, "sku_not_sold")
+        assert sku in body["detail"] and region in body["detail"]
+        assert _get(client, setup.operator, draft["id"]).json["state"] == "draft"
+        drafts[sku] = (draft["id"], etag)
+    # Moved to the region where the cloud sells it, it is published.
+    offer_id, etag = drafts["s-2-4"]
+    assert _patch(client, setup.operator, offer_id, {"region": "fr-par-1"}, etag).status_code == 200
+    assert publish_offer(client, setup.operator, offer_id)[0]["state"] == "published"
+    anywhere, _ = create_offer(client, setup.operator, setup.id, sku="m-4-16", region="fr-lyo-1")
+    assert publish_offer(client, setup.operator, anywhere["id"])[0]["state"] == "published"
+
+
+def test_publishing_goes_ahead_when_the_adapter_cannot_tell(
+    client: FlaskClient, setup: ProviderSetup
+) -> None:
+    # An OpenStack provider without credentials yet: its machine types are unknown.
+    draft, _ = create_offer(client, setup.operator, setup.id, sku="anything-1")
+    published, _ = publish_offer(client, setup.operator, draft["id"])
+    assert published["state"] == "published"

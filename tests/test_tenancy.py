@@ -31,8 +31,9 @@ def _problem_without_request_id(response: Any) -> dict[str, Any]:
 
 
 def _create_org(client: FlaskClient, admin: ApiUser, name: str, kind: str) -> dict[str, Any]:
-    response = client.post("/v1/organizations", json={"name": name, "kind": kind},
-                           headers=admin.headers)
+    response = client.post(
+        "/v1/organizations", json={"name": name, "kind": kind}, headers=admin.headers
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     return dict(response.json)
 
@@ -92,9 +93,7 @@ def test_other_organization_is_404_like_an_unknown_id(
 
 
 @pytest.mark.parametrize("who", NON_ADMINS)
-def test_own_organization_is_readable(
-    client: FlaskClient, world: dict[str, Any], who: str
-) -> None:
+def test_own_organization_is_readable(client: FlaskClient, world: dict[str, Any], who: str) -> None:
     user: ApiUser = world[who]
     response = client.get(f"/v1/organizations/{user.organization_id}", headers=user.headers)
     assert response.status_code == 200
@@ -212,7 +211,10 @@ def _assert_no_secrets(text: str, secrets: list[str], hashes: list[str]) -> None
 
 
 def test_client_listing_never_returns_secrets(
-    client: FlaskClient, admin: ApiUser, db: Database, make_user: MakeUser,
+    client: FlaskClient,
+    admin: ApiUser,
+    db: Database,
+    make_user: MakeUser,
     world: dict[str, Any],
 ) -> None:
     organization_id = world["other_agency"]["id"]
@@ -230,7 +232,17 @@ def test_client_listing_never_returns_secrets(
     assert len(items) == 3
     assert {user.client_id for user in issued} <= {item["client_id"] for item in items}
     for item in items:
-        assert set(item) == {"id", "client_id", "name", "organization_id", "roles", "created_at"}
+        assert set(item) == {
+            "id",
+            "client_id",
+            "name",
+            "organization_id",
+            "roles",
+            "created_at",
+            "revoked_at",
+            "credential_version",
+            "rotated_at",
+        }
     _assert_no_secrets(response.get_data(as_text=True), secrets, hashes)
 
     # The admin's own organization (holding the admin's client) likewise.
@@ -298,9 +310,63 @@ def test_non_admin_cannot_list_clients(
 ) -> None:
     user: ApiUser = world[who]
     for organization_id in (user.organization_id, world["other_agency"]["id"]):
-        response = client.get(
-            f"/v1/organizations/{organization_id}/clients", headers=user.headers
-        )
+        response = client.get(f"/v1/organizations/{organization_id}/clients", headers=user.headers)
         assert response.status_code == 403
         assert response.mimetype == PROBLEM
         assert "secret" not in response.get_data(as_text=True).lower()
+
+
+# --- visibility before preconditions ---------------------------------------------------------
+
+IF_MATCH_CASES = [
+    pytest.param({}, 428, id="no If-Match"),
+    pytest.param({"If-Match": "abc"}, 412, id="not a version"),
+    pytest.param({"If-Match": '"v999"'}, 412, id="stale"),
+]
+
+
+@pytest.mark.parametrize(("headers", "own_status"), IF_MATCH_CASES)
+def test_a_foreign_id_is_404_whatever_the_if_match(
+    client: FlaskClient,
+    admin: ApiUser,
+    make_user: MakeUser,
+    headers: dict[str, str],
+    own_status: int,
+) -> None:
+    """Preconditions are judged only once the resource is found and visible: another
+    tenant's object answers exactly as a missing one, whatever headers come with it."""
+    from tests.catalogue_fixtures import create_offer, make_provider
+
+    mine, theirs = make_provider(client, admin, make_user), make_provider(client, admin, make_user)
+    draft, _ = create_offer(client, theirs.operator, theirs.id)
+    agency = make_user("agency", ["approver"])
+    other_agency = make_user("agency", ["approver"])
+    cases = [
+        ("PATCH", f"/v1/offers/{draft['id']}", mine.operator, {"name": "x"}),
+        ("PATCH", f"/v1/providers/{theirs.id}", mine.operator, {"name": "x"}),
+        (
+            "PUT",
+            f"/v1/organizations/{other_agency.organization_id}/policy",
+            agency,
+            {
+                "currency": "EUR",
+                "monthly_budget": None,
+                "approval_threshold": None,
+                "sovereignty": {},
+            },
+        ),
+    ]
+    for method, path, user, body in cases:
+        response = client.open(path, method=method, json=body, headers={**user.headers, **headers})
+        assert response.status_code == 404, (path, response.get_data(as_text=True))
+        missing = path.replace(path.split("/")[3], str(uuid.uuid4()))
+        absent = client.open(missing, method=method, json=body, headers={**user.headers, **headers})
+        assert absent.status_code == 404
+        assert absent.json["detail"] == response.json["detail"]
+    # The owner meets the precondition itself.
+    own = client.patch(
+        f"/v1/offers/{draft['id']}",
+        json={"name": "x"},
+        headers={**theirs.operator.headers, **headers},
+    )
+    assert own.status_code == own_status, own.get_data(as_text=True)

@@ -54,7 +54,17 @@ def _in_march(ledger: Ledger, machine: str) -> None:
 def test_a_batch_is_stored_and_readable_by_the_agency_provider_and_finance(
     ledger: Ledger, machine: str, make_user: MakeUser
 ) -> None:
-    records = [record(machine, f"r-{n}", quantity=f"{n}.5") for n in range(3)]
+    # 2 vCPU: at most 2 vCPU-hours an hour, so one record an hour
+    records = [
+        record(
+            machine,
+            f"r-{n}",
+            quantity=f"{n}.5" if n < 2 else "2",
+            start=f"2030-03-02T1{n}:00:00Z",
+            end=f"2030-03-02T1{n + 1}:00:00Z",
+        )
+        for n in range(3)
+    ]
     response = ledger.push(records)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.json["created"] == 3 and response.json["duplicates"] == 0
@@ -62,7 +72,7 @@ def test_a_batch_is_stored_and_readable_by_the_agency_provider_and_finance(
 
     for user in (ledger.market.buyer, ledger.operator, ledger.finance):
         items = all_pages(ledger.client, user, f"/v1/usage?resource_id={machine}&metric=vcpu_hour")
-        assert sorted(item["quantity"] for item in items) == ["0.5", "1.5", "2.5"]
+        assert sorted(item["quantity"] for item in items) == ["0.5", "1.5", "2"]
         assert {item["source"] for item in items} == {"push"}
         assert {item["period"] for item in items} == {"2030-03"}
     stranger = make_user("agency", ["buyer"])
@@ -103,7 +113,8 @@ def test_a_conflicting_payload_is_409_and_stores_nothing_of_its_batch(
     ledger: Ledger, machine: str
 ) -> None:
     ledger.push([record(machine)])
-    response = ledger.push([record(machine, "r-new"), record(machine, quantity="9")])
+    later = {"start": "2030-03-02T11:00:00Z", "end": "2030-03-02T12:00:00Z"}
+    response = ledger.push([record(machine, "r-new", **later), record(machine, quantity="1.5")])
     body = problem(response, 409, "usage_record_conflict")
     assert "r-1" in body["detail"]
     assert stored(ledger) == 1  # r-new was not stored either

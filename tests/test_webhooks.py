@@ -159,10 +159,28 @@ def test_approver_registers_an_endpoint_and_sees_its_secret_once(
     response = _register(client, agency.approver, events=[webhooks.ORDER_STATE_CHANGED])
     assert response.status_code == 201, response.get_data(as_text=True)
     body = response.json
-    assert set(body) == {"id", "organization_id", "url", "events", "active", "created_at", "secret"}
+    assert set(body) == {
+        "id",
+        "organization_id",
+        "url",
+        "events",
+        "active",
+        "state",
+        "consecutive_failures",
+        "last_error",
+        "last_failure_at",
+        "last_delivered_at",
+        "disabled_at",
+        "disabled_reason",
+        "created_at",
+        "secret",
+    }
     assert body["url"] == HOOK_URL
     assert body["events"] == ["order.state_changed"]
-    assert body["active"] is True
+    assert (body["active"], body["state"], body["consecutive_failures"]) == (True, "active", 0)
+    for never_yet in ("last_error", "last_failure_at", "last_delivered_at", "disabled_at"):
+        assert body[never_yet] is None
+    assert body["disabled_reason"] is None
     assert body["organization_id"] == agency.id
     assert body["created_at"].endswith("Z")
     assert response.headers["Location"].endswith(f"/v1/webhooks/{body['id']}")

@@ -12,7 +12,7 @@ from flask import Response, current_app, jsonify, url_for
 from billing import exports
 from billing.money import trim_decimals
 from broker.api.base import Blueprint, created, current_caller, now, request_session
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.idempotency import idempotent
 from broker.api.limits import expensive
 from broker.api.schemas import (
@@ -109,7 +109,7 @@ def put_billing_profile(data: dict[str, Any], organization_id: uuid.UUID) -> Res
         current_caller(),
         organization_id,
         data,
-        expected_version=if_match_version(),
+        if_match=if_match(),
         config=current_app.config,
     )
     return _profile_response(profile)
@@ -171,7 +171,8 @@ class LineFlagSchema(ma.Schema):
     amount = Money(currency_from="currency")
     currency = ma.fields.String()
     share = ma.fields.Decimal(
-        as_string=True, metadata={"description": "Percent of the invoice's subtotal"}
+        as_string=True,
+        metadata={"type": "string", "description": 'Percent of the subtotal, e.g. "99.95"'},
     )
     detail = ma.fields.String()
 
@@ -194,7 +195,7 @@ class BillingRunDetailSchema(BillingRunSchema):
 @runs.auth(Role.FINANCE)
 @runs.response(200, BillingRunDetailSchema)
 def get_billing_run(run_id: uuid.UUID) -> Any:
-    """A billing run, with the outlier lines of the drafts it built (`flags`)."""
+    """A billing run, with the outlier lines of the invoices it built (`flags`)."""
     session = request_session()
     run = service.get_run(session, run_id)
     body = BillingRunSchema().dump(run)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from flask import Response, request
 
-from broker.errors import PreconditionFailed, PreconditionRequired
-
-_TAG = re.compile(r'^(?:W/)?"v(\d{1,18})"$')
+from broker.services.preconditions import IfMatch, etag
 
 IF_MATCH_PARAMETER = {
     "name": "If-Match",
@@ -19,23 +15,11 @@ IF_MATCH_PARAMETER = {
 }
 
 
-def etag(version: int) -> str:
-    return f'"v{version}"'
-
-
 def with_etag(response: Response, version: int) -> Response:
     response.headers["ETag"] = etag(version)
     return response
 
 
-def if_match_version() -> int:
-    """The version named by `If-Match` (428 when absent, 412 when it names none)."""
-    header = request.headers.get("If-Match", "").strip()
-    if not header:
-        raise PreconditionRequired(
-            "Read the resource first and send its ETag in If-Match to change it."
-        )
-    match = _TAG.match(header)
-    if match is None:
-        raise PreconditionFailed("If-Match does not name a version of this resource.")
-    return int(match.group(1))
+def if_match() -> IfMatch:
+    """The request's `If-Match`, for the service to judge once it found the resource."""
+    return IfMatch(request.headers.get("If-Match"))

@@ -10,8 +10,16 @@ from flask import Response, jsonify
 
 from billing.invoicing import STANDARD, TAX_CATEGORIES
 from billing.rating import METRICS
-from broker.api.base import Blueprint, created, current_caller, now, request_session
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.base import (
+    Blueprint,
+    created,
+    current_caller,
+    database,
+    now,
+    provider_runtime,
+    request_session,
+)
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.limits import expensive
 from broker.api.schemas import (
     NO_CONTROL_CHARACTERS,
@@ -27,6 +35,7 @@ from broker.api.schemas import (
     slug_field,
 )
 from broker.models import EvidenceState, Offer, OfferState, Role
+from broker.services import adapters
 from broker.services import offers as service
 
 blp = Blueprint("offers", __name__, url_prefix="/v1/offers", description="Catalogue")
@@ -259,7 +268,7 @@ def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
         request_session(),
         current_caller(),
         offer_id,
-        expected_revision=if_match_version(),
+        if_match=if_match(),
         changes=data,
     )
     response = _offer_response(edit.offer)
@@ -272,8 +281,11 @@ def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
 @blp.auth(Role.PROVIDER)
 @blp.response(200, OfferSchema, headers=_ETAG)
 def publish_offer(offer_id: uuid.UUID) -> Response:
-    """Publish a draft; the version it replaces is retired."""
-    return _offer_response(service.publish_offer(request_session(), current_caller(), offer_id))
+    """Publish a draft; the version it replaces is retired. When the provider's adapter can
+    list what its cloud sells, a SKU it does not sell is refused (422 `sku_not_sold`)."""
+    sold = adapters.machine_types(database(), offer_id, provider_runtime())
+    offer = service.publish_offer(request_session(), current_caller(), offer_id, sold=sold)
+    return _offer_response(offer)
 
 
 @blp.route("/<uuid:offer_id>/retire", methods=["POST"])

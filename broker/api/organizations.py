@@ -8,8 +8,8 @@ from typing import Any
 import marshmallow as ma
 from flask import Response, jsonify
 
-from broker.api.base import Blueprint, created, current_caller, request_session
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.base import Blueprint, created, current_caller, now, request_session
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.idempotency import idempotent
 from broker.api.schemas import ListArgs, StrictSchema, Timestamp, name_field, page_of
 from broker.models import OrganizationKind, Role
@@ -50,12 +50,24 @@ class ClientCreateSchema(StrictSchema):
 
 
 class ClientSchema(ma.Schema):
+    """An API client as admins see it: never its secret, nor the secret's hash."""
+
     id = ma.fields.UUID()
     client_id = ma.fields.String()
     name = ma.fields.String()
     organization_id = ma.fields.UUID()
     roles = ma.fields.List(ma.fields.String())
     created_at = Timestamp()
+    revoked_at = Timestamp(
+        allow_none=True, metadata={"description": "When it was revoked; null while active."}
+    )
+    credential_version = ma.fields.Integer(
+        metadata={"description": "1 at creation, plus one per rotation of the secret."}
+    )
+    rotated_at = Timestamp(
+        allow_none=True,
+        metadata={"description": "When the secret was last rotated; null if never."},
+    )
 
 
 class IssuedClientSchema(ma.Schema):
@@ -67,13 +79,35 @@ class IssuedClientSchema(ma.Schema):
     organization_id = ma.fields.UUID(attribute="client.organization_id")
     roles = ma.fields.List(ma.fields.String(), attribute="client.roles")
     created_at = Timestamp(attribute="client.created_at")
+    credential_version = ma.fields.Integer(attribute="client.credential_version")
     client_secret = ma.fields.String(
         attribute="secret", metadata={"description": "Shown once, now. Only a hash is kept."}
     )
 
 
+# A client in a path: its `client_id`, or its `id`.
+_CLIENT = "<string(maxlength=64):client_id>"
+
+
+def _client_parameter() -> dict[str, Any]:
+    # A new dict each time: flask-smorest completes the one it is given in place.
+    return {"in": "path", "name": "client_id", "description": "`client_id` (or `id`)."}
+
+
+_NO_STORE = {"Cache-Control": {"schema": {"type": "string", "enum": ["no-store"]}}}
+
+
 def _organization_response(organization: Any) -> Response:
     return with_etag(jsonify(OrganizationSchema().dump(organization)), organization.version)
+
+
+def _secret_response(issued: service.IssuedClient, status: int) -> Response:
+    """A response carrying a client secret, which no cache may keep (RFC 6749 §5.1 asks
+    the same of tokens)."""
+    response = jsonify(IssuedClientSchema().dump(issued))
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blp.route("", methods=["GET"])
@@ -121,7 +155,7 @@ def update_organization(data: dict[str, Any], organization_id: uuid.UUID) -> Res
         request_session(),
         current_caller(),
         organization_id,
-        expected_version=if_match_version(),
+        if_match=if_match(),
         **data,
     )
     return _organization_response(organization)
@@ -130,10 +164,11 @@ def update_organization(data: dict[str, Any], organization_id: uuid.UUID) -> Res
 @blp.route("/<uuid:organization_id>/clients", methods=["POST"])
 @blp.auth(Role.ADMIN)
 @blp.arguments(ClientCreateSchema)
-@blp.response(201, IssuedClientSchema)
-def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> service.IssuedClient:
+@blp.response(201, IssuedClientSchema, headers=_NO_STORE)
+def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
     """Issue an API client with roles; its secret is returned once and never again."""
-    return service.create_client(request_session(), current_caller(), organization_id, **data)
+    issued = service.create_client(request_session(), current_caller(), organization_id, **data)
+    return _secret_response(issued, 201)
 
 
 @blp.route("/<uuid:organization_id>/clients", methods=["GET"])
@@ -143,3 +178,40 @@ def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> service.I
 def list_clients(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """List an organization's API clients (never their secrets)."""
     return service.list_clients(request_session(), current_caller(), organization_id, **args)
+
+
+@blp.route(
+    f"/<uuid:organization_id>/clients/{_CLIENT}/revoke",
+    methods=["POST"],
+    parameters=[_client_parameter()],
+)
+@blp.auth(Role.ADMIN)
+@blp.response(200, ClientSchema)
+def revoke_client(organization_id: uuid.UUID, client_id: str) -> Any:
+    """Revoke an API client.
+
+    It gets no new token, and the tokens it holds are refused from its next request on.
+    Revoking it again is a 409 `client_revoked`; a client of another organization is a 404.
+    """
+    return service.revoke_client(
+        request_session(), current_caller(), organization_id, client_id, now()
+    )
+
+
+@blp.route(
+    f"/<uuid:organization_id>/clients/{_CLIENT}/rotate-secret",
+    methods=["POST"],
+    parameters=[_client_parameter()],
+)
+@blp.auth(Role.ADMIN)
+@blp.response(200, IssuedClientSchema, headers=_NO_STORE)
+def rotate_client_secret(organization_id: uuid.UUID, client_id: str) -> Response:
+    """Give an API client a new secret (returned once).
+
+    The old secret, and every token issued before, stop working at once: what to do after a
+    leak. A revoked client is a 409 `client_revoked`; one of another organization a 404.
+    """
+    issued = service.rotate_client_secret(
+        request_session(), current_caller(), organization_id, client_id, now()
+    )
+    return _secret_response(issued, 200)

@@ -9,7 +9,7 @@ import marshmallow as ma
 from flask import Response, jsonify
 
 from broker.api.base import Blueprint, current_caller, request_session
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.schemas import (
     JsonBool,
     Money,
@@ -90,7 +90,7 @@ def put_policy(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
         request_session(),
         current_caller(),
         organization_id,
-        expected_version=if_match_version(),
+        if_match=if_match(),
         **data,
     )
     return _policy_response(policy)

@@ -16,7 +16,7 @@ from broker.api.base import (
     provider_runtime,
     request_session,
 )
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.evidence import dump_evidence
 from broker.api.jobs import JobSchema, job_location
 from broker.api.schemas import (
@@ -258,7 +258,7 @@ def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
         request_session(),
         current_caller(),
         provider_id,
-        expected_version=if_match_version(),
+        if_match=if_match(),
         changes=data,
         now=now(),
         http=provider_runtime().http,

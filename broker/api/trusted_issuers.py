@@ -9,7 +9,7 @@ import marshmallow as ma
 from flask import Response, jsonify
 
 from broker.api.base import Blueprint, created, current_caller, now, request_session
-from broker.api.concurrency import IF_MATCH_PARAMETER, if_match_version, with_etag
+from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.schemas import ListArgs, StrictSchema, Timestamp, name_field, page_of
 from broker.models import Role, TrustedIssuer
 from broker.services import trusted_issuers as service
@@ -104,7 +104,7 @@ def update_trusted_issuer(data: dict[str, Any], issuer_id: uuid.UUID) -> Respons
         request_session(),
         current_caller(),
         issuer_id,
-        expected_version=if_match_version(),
+        if_match=if_match(),
         changes=data,
         now=now(),
     )

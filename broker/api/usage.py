@@ -114,7 +114,16 @@ def push_usage(data: dict[str, Any]) -> Response:
     The batch is stored whole or not at all: an invalid record (unknown resource, interval in
     the future, older than the lookback window or across two months) is a 422 naming it; a
     record id already received with other contents is a 409. A record received before with
-    the same contents is answered `duplicate` and counts once."""
+    the same contents is answered `duplicate` and counts once.
+
+    Usage that cannot have happened is a 422 too, its `refused` list naming each record
+    (`index`, `record_id`) and the rule's `code`, which is also the problem's `code` when it
+    is the only thing wrong: `resource_never_made` (the machine never became active),
+    `outside_resource_life` (before its activation or after its termination, beyond the
+    clock-skew tolerance), `quantity_implausible` (more than the machine can use in that time,
+    alone or with the pushed records it overlaps: its vCPUs, its GiB of RAM, its disk, the
+    egress and request ceilings), `metric_polled` (its adapter reports that metric of that
+    machine for that month itself)."""
     result = service.push(
         request_session(), current_caller(), data["records"], now(), current_app.config
     )

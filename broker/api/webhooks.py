@@ -1,7 +1,8 @@
 """`/v1/webhooks`: where an agency wants its order and resource state changes delivered.
 
 Deliveries are signed with a secret shown once, in the answer to `POST` (see
-broker/services/webhooks.py for the signature and the retry rules).
+broker/services/webhooks.py for the signature, the retry rules, the cap on endpoints and the
+failures that disable an endpoint). `POST …/enable` and `…/disable` change its `state`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from broker.api.base import (
 )
 from broker.api.schemas import ListArgs, StrictSchema, Timestamp, page_of
 from broker.models import Role, WebhookEndpoint
+from broker.models.orders import WebhookEndpointState
 from broker.services import webhooks as service
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks", description="Webhooks")
@@ -73,7 +75,29 @@ class WebhookSchema(ma.Schema):
     events = ma.fields.List(
         ma.fields.String(), metadata={"description": "Empty: every event type."}
     )
-    active = ma.fields.Boolean()
+    active = ma.fields.Boolean(metadata={"description": "Whether `state` is `active`."})
+    state = ma.fields.Enum(
+        WebhookEndpointState,
+        by_value=True,
+        metadata={
+            "description": "`disabled`: nothing is delivered to it (its owner disabled it, or "
+            f"{service.DISABLE_AFTER_FAILURES} delivery attempts in a row failed) until it is "
+            "enabled again (`POST …/enable`)."
+        },
+    )
+    consecutive_failures = ma.fields.Integer(
+        metadata={
+            "description": "Failed delivery attempts since the last one that succeeded; at "
+            f"{service.DISABLE_AFTER_FAILURES} the endpoint is disabled."
+        }
+    )
+    last_error = ma.fields.String(
+        allow_none=True, metadata={"description": "Why the last failed attempt failed."}
+    )
+    last_failure_at = Timestamp(allow_none=True)
+    last_delivered_at = Timestamp(allow_none=True)
+    disabled_at = Timestamp(allow_none=True)
+    disabled_reason = ma.fields.String(allow_none=True)
     created_at = Timestamp()
 
 
@@ -93,7 +117,8 @@ class WebhookCreatedSchema(WebhookSchema):
 def create_webhook(data: dict[str, Any]) -> Response:
     """Register an endpoint for your organization's order and resource state changes.
 
-    The answer holds the signing secret, never shown again.
+    The answer holds the signing secret, never shown again. An organization has at most
+    10 endpoints: one more is 409 `webhook_endpoint_limit`.
     """
     runtime = provider_runtime()
     endpoint, secret = service.register(
@@ -133,3 +158,22 @@ def get_webhook(endpoint_id: uuid.UUID) -> WebhookEndpoint:
 def delete_webhook(endpoint_id: uuid.UUID) -> None:
     """Remove an endpoint; deliveries still queued for it are dropped."""
     service.delete_endpoint(request_session(), current_caller(), endpoint_id)
+
+
+@blp.route("/<uuid:endpoint_id>/enable", methods=["POST"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.response(200, WebhookSchema)
+def enable_webhook(endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """Deliver to a disabled endpoint again, its failures counted from zero.
+
+    Events of the time it was disabled are not sent.
+    """
+    return service.enable_endpoint(request_session(), current_caller(), endpoint_id)
+
+
+@blp.route("/<uuid:endpoint_id>/disable", methods=["POST"])
+@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.response(200, WebhookSchema)
+def disable_webhook(endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """Stop delivering to an endpoint until it is enabled again."""
+    return service.disable_endpoint(request_session(), current_caller(), endpoint_id)

@@ -3,6 +3,10 @@
 A secret this long cannot be guessed, so a slow password hash buys nothing and would cost
 every token request tens of milliseconds; SHA-256 with a per-secret salt is the right tool
 (as for API tokens at large hosting services). Comparison is constant-time.
+
+The token endpoint must not tell an unknown client id from a wrong secret, by its answer or
+by its time: an unknown id is checked against `UNMATCHABLE_HASH`, so it costs the same hash
+and comparison as a wrong secret of a known client.
 """
 
 from __future__ import annotations
@@ -37,3 +41,7 @@ def verify_secret(secret: str, stored: str) -> bool:
         return False
     candidate = hashlib.sha256((salt + secret).encode()).hexdigest()
     return hmac.compare_digest(candidate, digest)
+
+
+# The hash of a secret thrown away at start-up: no secret matches it.
+UNMATCHABLE_HASH = hash_secret(new_client_secret())

@@ -2,8 +2,15 @@
 
 Access tokens are RS256 JWTs per RFC 9068: `iss` names this server, `aud` names the API
 (not the client, authlib's default), `sub` and `client_id` name the client, `scope` lists its
-roles, and `org` / `org_kind` name its organization. The resource side accepts RS256 only and
-requires `iss`, `aud`, `exp`, `iat`, `sub`, `client_id` and `jti`.
+roles, `org` / `org_kind` name its organization, and `credential_version` names the version of
+the client's secret it was issued under. The resource side accepts RS256 only, requires
+`iss`, `aud`, `exp`, `iat`, `sub`, `client_id` and `jti`, and refuses the token of a client
+since revoked or whose secret was rotated after the token was issued.
+
+The token endpoint answers every failed client authentication (unknown client id, wrong
+secret, revoked client, no credentials) with the same RFC 6749 `invalid_client` response,
+after the same work (one query, one hash check), so neither the answer nor its time tells
+which client ids exist.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import ClientMixin, grants
+from authlib.oauth2.rfc6749.errors import InvalidClientError
 from authlib.oauth2.rfc6750.errors import InsufficientScopeError, InvalidTokenError
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator, JWTBearerTokenValidator
 from authlib.oauth2.rfc9068.claims import JWTAccessTokenClaims
@@ -25,14 +33,21 @@ from sqlalchemy import select
 
 from broker.auth.identity import Caller
 from broker.auth.keys import SigningKeys
-from broker.auth.secrets import verify_secret
+from broker.auth.secrets import UNMATCHABLE_HASH, verify_secret
 from broker.db import Database
 from broker.errors import Forbidden, Unauthorized
-from broker.models import ApiClient, OrganizationKind, Role
+from broker.models import ApiClient, Organization, OrganizationKind, Role
 
 ALGORITHM = "RS256"
 REALM = "broker"
 AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+# The access-token claim naming the version of the client's credentials (its secret) the token
+# was issued under.
+CREDENTIAL_VERSION_CLAIM = "credential_version"
+# What a token without the claim (issued before it existed) is taken to carry: the version
+# every client had then, so such tokens keep working until a rotation or their expiry.
+FIRST_CREDENTIAL_VERSION = 1
+CLIENT_AUTHENTICATION_FAILED = "Client authentication failed."
 
 
 class OAuthClient(ClientMixin):
@@ -74,8 +89,61 @@ class OAuthClient(ClientMixin):
         return grant_type == "client_credentials"
 
 
+class RefusedClient(ClientMixin):
+    """Stands for an unknown or revoked client id at the token endpoint.
+
+    authlib answers a client id it cannot find at once, with its own error text, while a
+    wrong secret is answered later with another: the answer and its time told unknown ids
+    from known ones. This client goes down the wrong-secret path instead: it hashes the
+    secret offered (against the revoked client's own hash, or one no secret matches) and
+    refuses it.
+    """
+
+    def __init__(self, secret_hash: str = UNMATCHABLE_HASH) -> None:
+        self.secret_hash = secret_hash
+
+    def get_client_id(self) -> str:
+        return ""
+
+    def get_default_redirect_uri(self) -> None:
+        return None
+
+    def get_allowed_scope(self, scope: str | None) -> None:
+        return None
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return False
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        verify_secret(client_secret, self.secret_hash)
+        return False
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return False
+
+    def check_response_type(self, response_type: str) -> bool:
+        return False
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return False
+
+
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+
+
+class BrokerAuthorizationServer(AuthorizationServer):
+    """authlib's server, answering every failed client authentication in one way."""
+
+    def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as error:
+            # Same status, body and `WWW-Authenticate` whatever failed (RFC 6749 §5.2 allows
+            # 401 for every method; a client that sent Basic credentials must get it).
+            raise InvalidClientError(
+                status_code=401, description=CLIENT_AUTHENTICATION_FAILED
+            ) from error
 
 
 class BrokerTokenGenerator(JWTBearerTokenGenerator):
@@ -97,15 +165,43 @@ class BrokerTokenGenerator(JWTBearerTokenGenerator):
         return {
             "org": str(client.row.organization_id),
             "org_kind": client.organization_kind,
+            # The version whose hash the secret was just checked against (read in the same
+            # query), so a token obtained with a secret rotated meanwhile is refused too.
+            CREDENTIAL_VERSION_CLAIM: client.row.credential_version,
         }
 
 
-class BrokerTokenValidator(JWTBearerTokenValidator):
-    """RFC 9068 validation, pinned to RS256 (so `alg: none` and HS256 key confusion fail)."""
+class ClientCredentialsWithdrawn(InvalidTokenError):
+    """A well-formed, unexpired token of a client since revoked, or issued under a secret
+    since rotated."""
 
-    def __init__(self, keys: SigningKeys, issuer: str, audience: str) -> None:
+    description = "The client has been revoked, or its secret rotated since this token was issued."
+
+
+class BrokerTokenValidator(JWTBearerTokenValidator):
+    """RFC 9068 validation, pinned to RS256 (so `alg: none` and HS256 key confusion fail),
+    and checked against the client's standing in the database on every request.
+
+    Why a database read per request, and not a cache: revocation and rotation must take
+    effect at once in every API process on every host, and a process-local cache cannot
+    hear about a change made in another process. The read is one lookup by the unique index
+    on `api_clients.client_id`, fetching two columns, in a short read-only transaction, and
+    only for tokens whose signature and claims are already valid (so garbage tokens cost no
+    query).
+
+    Why a version number in the token, and not "refuse tokens issued before the rotation"
+    (`iat` against a timestamp column): `iat` has whole seconds, so a token issued in the
+    second of a rotation would be wrongly kept or wrongly refused; the clocks of several
+    hosts differ; and a token request that checked the old secret just before a rotation
+    committed is signed just after it, with an `iat` later than the rotation. The version is
+    read in the same query as the hash the secret was checked against, so such a token
+    carries the old version and is refused.
+    """
+
+    def __init__(self, keys: SigningKeys, issuer: str, audience: str, db: Database) -> None:
         super().__init__(issuer=issuer, resource_server=audience, realm=REALM)
         self.keys = keys
+        self.db = db
 
     def get_jwks(self) -> RSAKey:
         return self.keys.private_key
@@ -127,6 +223,34 @@ class BrokerTokenValidator(JWTBearerTokenValidator):
         }
         return JWTAccessTokenClaims(token.claims, token.header, options)
 
+    def validate_token(
+        self, token: JWTAccessTokenClaims, scopes: Any, request: Any, **kwargs: Any
+    ) -> None:
+        # Claims first (expired, wrong audience: no query), then the client's standing (a
+        # revoked client is told 401 before any 403 for a missing role), then the scopes.
+        try:
+            token.validate()
+        except JoseError as exc:
+            raise InvalidTokenError(realm=self.realm) from exc
+        self.check_client_standing(token)
+        super().validate_token(token, scopes, request, **kwargs)
+
+    def check_client_standing(self, token: JWTAccessTokenClaims) -> None:
+        """Refuse the token if its client is revoked (or gone) or its secret was rotated."""
+        with self.db.session(read_only=True) as session:
+            standing = session.execute(
+                select(ApiClient.revoked_at, ApiClient.credential_version).where(
+                    ApiClient.client_id == str(token["client_id"])
+                )
+            ).first()
+        if (
+            standing is None
+            or standing.revoked_at is not None
+            or token.get(CREDENTIAL_VERSION_CLAIM, FIRST_CREDENTIAL_VERSION)
+            != standing.credential_version
+        ):
+            raise ClientCredentialsWithdrawn(realm=self.realm)
+
 
 class BrokerResourceProtector(ResourceProtector):
     """Turns authlib's 401/403 into our problem+json errors, keeping `WWW-Authenticate`."""
@@ -147,6 +271,8 @@ class BrokerResourceProtector(ResourceProtector):
             "missing_authorization": "Send an access token: 'Authorization: Bearer <token>'.",
             "unsupported_token_type": "Only Bearer access tokens are accepted.",
         }.get(error.error or "", "The access token is invalid or expired.")
+        if isinstance(error, ClientCredentialsWithdrawn):
+            detail = str(error.description)
         raise Unauthorized(
             detail, headers={"WWW-Authenticate": challenge}, code=error.error or "invalid_token"
         )
@@ -167,23 +293,28 @@ def init_auth(app: Flask, db: Database) -> None:
     """Create the authorization server and resource protector for this app instance."""
     keys = SigningKeys(app.config["SIGNING_KEY"], app.config["SIGNING_KEY_FILE"])
 
-    def query_client(client_id: str) -> OAuthClient | None:
+    def query_client(client_id: str) -> OAuthClient | RefusedClient:
+        """The client, or a `RefusedClient` that costs the same hash check and fails it."""
         if not client_id or len(client_id) > 64 or "\x00" in client_id:
-            return None
+            return RefusedClient()  # no client has such an id: nothing to look up
         with db.session(read_only=True) as session:
-            row = session.scalar(
-                select(ApiClient).where(
-                    ApiClient.client_id == client_id, ApiClient.revoked_at.is_(None)
-                )
-            )
-            if row is None:
-                return None
-            return OAuthClient(row, row.organization.kind.value)
+            # One query whether the client exists or not (its organization's kind joined in).
+            found = session.execute(
+                select(ApiClient, Organization.kind)
+                .join(ApiClient.organization)
+                .where(ApiClient.client_id == client_id)
+            ).first()
+        if found is None:
+            return RefusedClient()
+        row, kind = found
+        if row.revoked_at is not None:
+            return RefusedClient(row.secret_hash)
+        return OAuthClient(row, kind.value)
 
     def save_token(token: dict[str, Any], request: Any) -> None:
         """Access tokens are self-contained JWTs; nothing is stored."""
 
-    server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
+    server = BrokerAuthorizationServer(app, query_client=query_client, save_token=save_token)
     server.register_grant(ClientCredentialsGrant)
     server.register_token_generator(
         "default",
@@ -196,7 +327,7 @@ def init_auth(app: Flask, db: Database) -> None:
     )
     protector = BrokerResourceProtector()
     protector.register_token_validator(
-        BrokerTokenValidator(keys, app.config["OAUTH_ISSUER"], app.config["OAUTH_AUDIENCE"])
+        BrokerTokenValidator(keys, app.config["OAUTH_ISSUER"], app.config["OAUTH_AUDIENCE"], db)
     )
     app.extensions["broker.signing_keys"] = keys
     app.extensions["broker.oauth_server"] = server

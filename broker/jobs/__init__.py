@@ -1,1 +1,1 @@
-"""Background work: the worker loop (the durable job engine arrives with orders)."""
+"""Background work: the durable job queue, its lanes and the worker loop."""

@@ -2,10 +2,16 @@
 
 - `enqueue` adds a job to the caller's session, so it commits (or not) with the change that
   needs it.
-- `claim` takes the oldest ready job in a transaction of its own: `FOR UPDATE SKIP LOCKED` on
-  PostgreSQL, and under SQLite's `BEGIN IMMEDIATE` (one writer at a time) a plain read is
-  enough. A job whose lease ran out (its worker died) is ready again; one whose worker died
-  on its last attempt is buried (`bury_abandoned`).
+- `claim` takes the next ready job of the worker's lanes (broker/jobs/lanes.py), trying the
+  lanes in the order given (priority order by default: provisioning first, webhook
+  deliveries last). Inside a lane the organizations take turns: the job claimed is the oldest
+  ready one of the organization served longest ago in that lane (`LaneTurn`), so one
+  organization's thousand ready jobs cannot push back another's one. It runs in a transaction
+  of its own: the candidate is read `FOR UPDATE OF jobs SKIP LOCKED` on PostgreSQL (under
+  SQLite's `BEGIN IMMEDIATE` there is one writer at a time), then leased with a
+  compare-and-swap `UPDATE … WHERE id = :id AND <still ready>`. A job whose lease ran out
+  (its worker died) is ready again; one whose worker died on its last attempt is buried
+  (`bury_abandoned`).
 - `run_one` calls the job's handler outside any transaction of the queue, renewing the lease
   from a heartbeat thread, then records the outcome, unless the lease was lost meanwhile
   (another worker took the job over; its result wins). Failures retry with exponential
@@ -24,19 +30,21 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from broker.db import Database
+from broker.db import Database, insert
 from broker.jobs import crashpoints
+from broker.jobs.lanes import LANES, LaneSchedule, lane_of, parse_lanes
 from broker.models import Job, JobState
 from broker.models.base import utcnow
+from broker.models.jobs import BROKER_TENANT, LaneTurn
 from providers.base import Permanent, Throttled
 
 log = logging.getLogger("broker.jobs")
@@ -93,6 +101,7 @@ def enqueue(
     job = Job(
         id=uuid.uuid4(),
         kind=kind,
+        lane=lane_of(kind),
         payload=payload,
         organization_id=organization_id,
         dedupe_key=dedupe_key,
@@ -117,34 +126,89 @@ def enqueue(
     return job
 
 
-def claim(db: Database, worker: str, now: datetime, lease: timedelta = LEASE) -> Job | None:
-    """Lease the next ready job to `worker`; None when there is none.
-
-    A job whose lease ran out had its worker die under it: it runs again, unless that was its
-    last attempt (see `bury_abandoned`).
-    """
-    ready = or_(
+def _ready(now: datetime) -> ColumnElement[bool]:
+    """Jobs due at `now`, and those whose lease ran out with attempts left (their worker
+    died: they run again)."""
+    return or_(
         (Job.state.in_([JobState.QUEUED, JobState.FAILED])) & (Job.run_after <= now),
         (Job.state == JobState.RUNNING)
         & (Job.lease_until < now)
         & (Job.attempts < Job.max_attempts),
     )
-    with db.transaction() as session:
-        job = session.scalar(
-            select(Job)
-            .where(ready)
-            .order_by(Job.run_after, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+
+
+def _claim_in_lane(
+    session: Session, lane: str, worker: str, now: datetime, lease: timedelta
+) -> Job | None:
+    """Lease the next job of `lane`: the oldest ready job of the organization whose turn it is
+    (served longest ago in this lane, never served first)."""
+    ready = _ready(now)
+    broker = literal(BROKER_TENANT, LaneTurn.organization_id.type)
+    tenant = func.coalesce(Job.organization_id, broker)
+    candidate = session.execute(
+        select(Job.id, tenant)
+        .outerjoin(LaneTurn, and_(LaneTurn.lane == Job.lane, LaneTurn.organization_id == tenant))
+        .where(Job.lane == lane, ready)
+        .order_by(func.coalesce(LaneTurn.served_seq, 0), Job.run_after, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Job)
+    ).first()
+    if candidate is None:
+        return None
+    job_id, organization = candidate
+    # Compare and swap: leased only if still ready (always so under SQLite's write lock or the
+    # row lock above; kept so that neither guard alone is trusted).
+    leased = session.execute(
+        update(Job)
+        .where(Job.id == job_id, ready)
+        .values(
+            state=JobState.RUNNING,
+            worker=worker,
+            attempts=Job.attempts + 1,
+            lease_until=now + lease,
         )
-        if job is None:
-            return None
-        job.state, job.worker = JobState.RUNNING, worker
-        job.attempts += 1
-        job.lease_until = now + lease
-        session.flush()
-        session.expunge(job)
-        return job
+        .execution_options(synchronize_session=False)
+    )
+    if leased.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    served = (
+        session.scalar(
+            select(func.coalesce(func.max(LaneTurn.served_seq), 0)).where(LaneTurn.lane == lane)
+        )
+        or 0
+    ) + 1
+    session.execute(
+        insert(session, LaneTurn)
+        .values(lane=lane, organization_id=organization, served_seq=served, served_at=now)
+        .on_conflict_do_update(
+            index_elements=[LaneTurn.lane, LaneTurn.organization_id],
+            set_={"served_seq": served, "served_at": now},
+        )
+    )
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def claim(
+    db: Database,
+    worker: str,
+    now: datetime,
+    lease: timedelta = LEASE,
+    lanes: Sequence[str] | None = None,
+) -> Job | None:
+    """Lease the next ready job to `worker`, from the first of `lanes` (default: every lane,
+    in priority order) that has one; None when there is none.
+
+    A job whose lease ran out had its worker die under it: it runs again, unless that was its
+    last attempt (see `bury_abandoned`).
+    """
+    with db.transaction() as session:
+        for lane in LANES if lanes is None else lanes:
+            job = _claim_in_lane(session, lane, worker, now, lease)
+            if job is not None:
+                session.flush()
+                session.expunge(job)
+                return job
+        return None
 
 
 def _make_dead(
@@ -168,20 +232,22 @@ def _make_dead(
 
 
 def bury_abandoned(
-    db: Database, now: datetime, on_dead: Mapping[str, DeadHandler] | None = None
+    db: Database,
+    now: datetime,
+    on_dead: Mapping[str, DeadHandler] | None = None,
+    lanes: Sequence[str] | None = None,
 ) -> int:
-    """Jobs whose worker died during their last attempt (a job that kills its worker must not
-    loop forever) become `dead`, their dead handlers run."""
+    """Jobs (of `lanes`, default all) whose worker died during their last attempt (a job that
+    kills its worker must not loop forever) become `dead`, their dead handlers run."""
+    statement = select(Job).where(
+        Job.state == JobState.RUNNING,
+        Job.lease_until < now,
+        Job.attempts >= Job.max_attempts,
+    )
+    if lanes is not None:
+        statement = statement.where(Job.lane.in_(lanes))
     with db.transaction() as session:
-        abandoned = session.scalars(
-            select(Job)
-            .where(
-                Job.state == JobState.RUNNING,
-                Job.lease_until < now,
-                Job.attempts >= Job.max_attempts,
-            )
-            .with_for_update(skip_locked=True)
-        ).all()
+        abandoned = session.scalars(statement.with_for_update(skip_locked=True)).all()
         for job in abandoned:
             job.last_error = "The worker running the last attempt stopped without finishing."
             _make_dead(session, job, now, on_dead)
@@ -211,6 +277,7 @@ def schedule_periodic(db: Database, periodic: Iterable[Periodic], now: datetime)
                         Job(
                             id=uuid.uuid4(),
                             kind=item.kind,
+                            lane=lane_of(item.kind),
                             payload={"slot": slot},
                             schedule_key=key,
                             state=JobState.QUEUED,
@@ -300,16 +367,18 @@ def run_one(
     worker: str,
     ready_at: datetime | None = None,
     on_dead: Mapping[str, DeadHandler] | None = None,
+    lanes: Sequence[str] | None = None,
 ) -> Job | None:
-    """Claim and run one job ready at `ready_at` (default: now); the job as claimed, or None
-    when nothing was ready."""
-    bury_abandoned(context.db, context.now(), on_dead)
-    job = claim(context.db, worker, ready_at or context.now(), context.lease)
+    """Claim and run one job of `lanes` (tried in that order; default: every lane in priority
+    order) ready at `ready_at` (default: now); the job as claimed, or None when nothing was
+    ready."""
+    bury_abandoned(context.db, context.now(), on_dead, lanes)
+    job = claim(context.db, worker, ready_at or context.now(), context.lease, lanes)
     if job is None:
         return None
     crashpoints.reach("after_claim")
     handler = handlers.get(job.kind)
-    fields = {"job_id": str(job.id), "kind": job.kind, "attempt": job.attempts}
+    fields = {"job_id": str(job.id), "kind": job.kind, "lane": job.lane, "attempt": job.attempts}
     stop = threading.Event()
     beating = threading.Thread(target=_heartbeat, args=(context, job, stop), daemon=True)
     beating.start()
@@ -333,15 +402,33 @@ def run_one(
     return job
 
 
+def run_next(
+    context: JobContext,
+    handlers: Mapping[str, Handler],
+    worker: str,
+    schedule: LaneSchedule,
+    ready_at: datetime | None = None,
+    on_dead: Mapping[str, DeadHandler] | None = None,
+) -> Job | None:
+    """`run_one` over the lanes of `schedule`, in the order it gives for this claim (the
+    worker's loop: priority order, with a turn for lanes kept waiting too long)."""
+    order = schedule.order()
+    job = run_one(context, handlers, worker, ready_at, on_dead, order)
+    schedule.record(order, job.lane if job is not None else None)
+    return job
+
+
 def run_pending(
     context: JobContext,
     handlers: Mapping[str, Handler],
     worker: str = "inline",
     on_dead: Mapping[str, DeadHandler] | None = None,
+    lanes: Sequence[str] | None = None,
 ) -> int:
-    """Run the jobs ready now until none is left (tests, and the worker's inner loop). A job
-    that fails is retried later, not in this call."""
+    """Run the jobs of `lanes` (default: every lane) ready now until none is left (tests, and
+    scripts). A job that fails is retried later, not in this call."""
     count, start = 0, context.now()
-    while run_one(context, handlers, worker, ready_at=start, on_dead=on_dead) is not None:
+    schedule = LaneSchedule(parse_lanes(lanes))
+    while run_next(context, handlers, worker, schedule, start, on_dead) is not None:
         count += 1
     return count

@@ -1,5 +1,10 @@
-"""The background worker: runs queued jobs, and periodic housekeeping (expired
+"""The background worker: runs queued jobs of its lanes, and periodic housekeeping (expired
 Idempotency-Key records). It stops cleanly on SIGTERM/SIGINT, finishing the job at hand.
+
+A worker serves every lane unless told otherwise (`broker worker --lanes provisioning,billing`):
+it tries them in priority order at each claim, webhook deliveries last, and gives a lane kept
+waiting `LANE_BUDGET` claims in a row one turn first (broker/jobs/lanes.py). It queues the
+periodic jobs of its own lanes only.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import FrameType
@@ -19,6 +24,7 @@ from typing import Any
 from broker.db import Database
 from broker.jobs import queue
 from broker.jobs.handlers import HANDLERS, ON_DEAD, PERIODIC
+from broker.jobs.lanes import LaneSchedule, lane_of
 from broker.services import idempotency
 
 log = logging.getLogger("broker.worker")
@@ -49,22 +55,37 @@ def run_worker(
     tasks: list[PeriodicTask] | None = None,
     periodic: list[queue.Periodic] | None = None,
     poll_seconds: float = 1.0,
+    lanes: Sequence[str] | None = None,
 ) -> None:
-    """Run until `stop` is set. A failing task is logged and retried at its next period."""
+    """Run until `stop` is set, claiming jobs of `lanes` (default: every lane). A failing task
+    is logged and retried at its next period."""
     tasks = default_tasks() if tasks is None else tasks
     name = f"{socket.gethostname()}:{os.getpid()}"
     context = queue.JobContext(
         db, config, lease=timedelta(seconds=float(config.get("JOB_LEASE_SECONDS", 300)))
     )
-    log.info("worker started", extra={"worker": name, "tasks": [task.name for task in tasks]})
+    schedule = LaneSchedule(lanes)
+    own_periodic = [
+        item
+        for item in (PERIODIC if periodic is None else periodic)
+        if lane_of(item.kind) in schedule.lanes
+    ]
+    log.info(
+        "worker started",
+        extra={
+            "worker": name,
+            "lanes": list(schedule.lanes),
+            "tasks": [task.name for task in tasks],
+        },
+    )
     while not stop.is_set():
         try:
-            queue.schedule_periodic(db, PERIODIC if periodic is None else periodic, context.now())
+            queue.schedule_periodic(db, own_periodic, context.now())
         except Exception:
             log.exception("periodic scheduling failed")
         while not stop.is_set():
             try:
-                if queue.run_one(context, HANDLERS, name, on_dead=ON_DEAD) is None:
+                if queue.run_next(context, HANDLERS, name, schedule, on_dead=ON_DEAD) is None:
                     break
             except Exception:  # the database went away, say: retry at the next poll
                 log.exception("job queue unavailable")

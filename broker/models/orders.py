@@ -140,6 +140,11 @@ class ResourceEvent(IdMixin, Base):
     reason: Mapped[str | None] = mapped_column(String(500))
 
 
+class WebhookEndpointState(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLED = "disabled"  # by its owner, or after too many failed deliveries in a row
+
+
 class WebhookEndpoint(IdMixin, TimestampMixin, Base):
     """Where an agency wants order and resource state changes delivered (signed)."""
 
@@ -153,4 +158,16 @@ class WebhookEndpoint(IdMixin, TimestampMixin, Base):
     secret_ciphertext: Mapped[str] = mapped_column(String(1000))
     # Event types delivered (empty: all).
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # False: disabled (`state`), nothing is delivered to it until it is enabled again.
     active: Mapped[bool] = mapped_column(default=True)
+    # Failed delivery attempts since the last one that succeeded (or since it was enabled).
+    consecutive_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    last_failure_at: Mapped[datetime | None]
+    last_delivered_at: Mapped[datetime | None]
+    disabled_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(String(1000))
+
+    @property
+    def state(self) -> WebhookEndpointState:
+        return WebhookEndpointState.ACTIVE if self.active else WebhookEndpointState.DISABLED

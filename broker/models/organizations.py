@@ -53,7 +53,10 @@ class Organization(IdMixin, TimestampMixin, Base):
 class ApiClient(IdMixin, TimestampMixin, Base):
     """An OAuth 2.0 client (machine identity) of one organization, holding one or more roles.
 
-    Only a hash of the secret is stored; the secret itself is shown once, at creation.
+    Only a hash of the secret is stored; the secret itself is shown once, at creation or
+    rotation. Every access token carries the `credential_version` it was issued under, and the
+    resource server refuses a token whose version is no longer the client's (rotation) or
+    whose client is revoked (`broker.auth.server.BrokerTokenValidator`).
     """
 
     __tablename__ = "api_clients"
@@ -66,5 +69,8 @@ class ApiClient(IdMixin, TimestampMixin, Base):
     roles: Mapped[list[str]] = mapped_column(JSON)
     secret_hash: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Bumped by each rotation of the secret; tokens issued under an older version are refused.
+    credential_version: Mapped[int] = mapped_column(default=1, server_default="1")
+    rotated_at: Mapped[datetime | None] = mapped_column(default=None)
 
     organization: Mapped[Organization] = relationship(back_populates="clients")

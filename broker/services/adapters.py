@@ -3,6 +3,7 @@ credentials, and building an adapter for it with its decrypted credentials."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,15 +13,18 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from broker.db import Database
 from broker.errors import ValidationFailed
 from broker.jobs.queue import JobFailed
-from broker.models import Provider
+from broker.models import Offer, Provider
 from broker.models.base import utcnow
 from broker.services import credentials
 from broker.services.credentials import Keyring
 from providers import registry
-from providers.base import AdapterContext, ProviderAdapter, SettingsInvalid
-from providers.http import HttpPolicy
+from providers.base import AdapterContext, ProviderAdapter, ProviderError, SettingsInvalid
+from providers.http import HttpPolicy, UnsafeEndpoint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,35 @@ def adapter_for_job(
         credentials.CredentialsUnreadable,
     ) as error:
         raise JobFailed(str(error)) from None
+
+
+def machine_types(db: Database, offer_id: uuid.UUID, runtime: ProviderRuntime) -> set[str] | None:
+    """The SKUs the cloud of the offer's provider sells now (for the offer's region, when the
+    cloud says where), or None when its adapter cannot tell — no credentials yet, settings no
+    longer usable, the cloud unreachable — and checks relying on it are skipped.
+
+    The database is read in a short session of its own and the cloud called after it is
+    closed: no transaction (on SQLite, no write lock) waits on a network call."""
+    with db.session(read_only=True) as session:
+        offer = session.get(Offer, offer_id)
+        if offer is None:
+            return None
+        region = offer.region_code
+        try:
+            adapter = adapter_for(session, offer.provider, runtime)
+        except (
+            registry.AdapterUnavailable,
+            ProviderError,
+            credentials.CredentialsUnreadable,
+        ) as error:
+            log.info("machine types of provider %s unknown: %s", offer.provider_id, error)
+            return None
+    try:
+        specs = list(adapter.list_offers())
+    except (ProviderError, UnsafeEndpoint, OSError) as error:
+        log.info("machine types of provider %s unknown: %s", offer.provider_id, error)
+        return None
+    return {spec.sku for spec in specs if spec.region in (None, region)}
 
 
 def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) -> ProviderAdapter:

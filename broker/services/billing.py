@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from billing import exports, invoicing
 from billing.metering import parse_period, period_bounds, period_of, shown
@@ -31,7 +32,7 @@ from billing.money import round_amount, trim_decimals
 from billing.rating import Price
 from broker import db
 from broker.auth.identity import Caller
-from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
 from broker.models import (
     AgencyPolicy,
@@ -51,6 +52,7 @@ from broker.models import (
 )
 from broker.services import audit, offers, payments, usage
 from broker.services.pagination import Page, paginate
+from broker.services.preconditions import IfMatch
 
 BILLING_JOB = "billing.run"
 DEFAULT_CURRENCY = "EUR"
@@ -113,15 +115,14 @@ def put_profile(
     organization_id: uuid.UUID,
     data: Mapping[str, Any],
     *,
-    expected_version: int,
+    if_match: IfMatch,
     config: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Replace an agency's billing profile (finance, admins). Invoices already finalized keep
     the profile they were issued with (in their snapshot); drafts use it when rebuilt."""
     organization = _agency(session, organization_id)
     row = session.get(BillingProfile, organization_id)
-    if (row.version if row is not None else 0) != expected_version:
-        raise PreconditionFailed("The billing profile changed since you read it; read it again.")
+    if_match.check(row.version if row is not None else 0, "billing profile")
     before = audit.snapshot(row) if row is not None else None
     if row is None:
         row = BillingProfile(organization_id=organization_id)
@@ -455,6 +456,74 @@ def _fill(
 
 
 # Invoices ------------------------------------------------------------------------------------
+
+
+LINE_OUTLIER = "line_outlier"
+
+
+@dataclass(frozen=True)
+class LineFlag:
+    """A line finance should look at before finalizing, and why (`outlier_flags`)."""
+
+    invoice_id: uuid.UUID
+    position: int
+    resource_id: uuid.UUID
+    metric: str
+    amount: Decimal
+    currency: str
+    share: Decimal  # percent of the invoice's subtotal
+    detail: str
+    code: str = LINE_OUTLIER
+
+
+def outlier_flags(invoice: Invoice, config: Mapping[str, Any]) -> list[LineFlag]:
+    """The lines above `BILLING_OUTLIER_SHARE` percent of the invoice's subtotal, when the
+    subtotal is over `BILLING_OUTLIER_MIN_SUBTOTAL`: one line that outweighs all the others
+    is how billed usage that never happened shows. Computed from the lines whenever the
+    invoice is read, never stored; finalizing stays finance's decision."""
+    share = Decimal(config["BILLING_OUTLIER_SHARE"])
+    floor = Decimal(config["BILLING_OUTLIER_MIN_SUBTOTAL"])
+    subtotal = invoice.subtotal
+    if subtotal <= 0 or subtotal <= floor:
+        return []
+    flags = []
+    for line in invoice.lines:
+        percent = line.amount * 100 / subtotal
+        if percent > share:
+            shown_share = percent.quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+            flags.append(
+                LineFlag(
+                    invoice_id=invoice.id,
+                    position=line.position,
+                    resource_id=line.resource_id,
+                    metric=line.metric,
+                    amount=line.amount,
+                    currency=invoice.currency,
+                    share=shown_share,
+                    detail=f"Line {line.position} ({line.metric}, "
+                    f"{money_text(line.amount, invoice.currency)} {invoice.currency}) is "
+                    f"{shown_share} % of the subtotal "
+                    f"{money_text(subtotal, invoice.currency)} {invoice.currency}: over "
+                    f"{trim_decimals(share, keep=0)} % of an invoice over "
+                    f"{trim_decimals(floor, keep=0)}. Check its usage before finalizing.",
+                )
+            )
+    return flags
+
+
+def run_flags(session: Session, run: BillingRun, config: Mapping[str, Any]) -> list[LineFlag]:
+    """The outlier flags of the invoices `run` built (void ones aside), oldest invoice first."""
+    invoices = session.scalars(
+        select(Invoice)
+        .where(
+            Invoice.billing_run_id == run.id,
+            Invoice.state != InvoiceState.VOID,
+            Invoice.subtotal > Decimal(config["BILLING_OUTLIER_MIN_SUBTOTAL"]),
+        )
+        .options(selectinload(Invoice.lines))
+        .order_by(Invoice.created_at, Invoice.id)
+    )
+    return [flag for invoice in invoices for flag in outlier_flags(invoice, config)]
 
 
 def get_invoice(

@@ -28,6 +28,7 @@ from broker.auth.identity import Caller
 from broker.jobs.queue import JobContext, JobFailed, enqueue
 from broker.models import Job, Offer, OfferState, OrganizationKind, Provider, Role
 from broker.services import adapters, offers, providers
+from broker.services.preconditions import IfMatch
 from providers.base import OfferSpec
 
 JOB_KIND = "provider.sync_offers"
@@ -142,7 +143,7 @@ def sync_offers(
             report.unchanged.append(spec.sku)
         else:
             edit = offers.edit_offer(
-                session, caller, newest.id, expected_revision=newest.revision, changes=changes
+                session, caller, newest.id, if_match=IfMatch.of(newest.revision), changes=changes
             )
             (report.versioned if edit.created else report.updated).append(spec.sku)
     return report

@@ -23,7 +23,7 @@ from billing.invoicing import STANDARD
 from billing.money import MoneyError, parse_unit_price
 from billing.rating import METRICS, Price, Specs, Tier, monthly_price
 from broker.auth.identity import Caller
-from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.models import Evidence as EvidenceRecord
 from broker.models import (
     Offer,
@@ -36,6 +36,7 @@ from broker.models import (
 from broker.models.base import utcnow
 from broker.services import audit, evidence
 from broker.services.pagination import Page, paginate
+from broker.services.preconditions import IfMatch
 
 SORTS: dict[str, InstrumentedAttribute[Any]] = {
     "monthly_price": Offer.monthly_price,
@@ -267,13 +268,12 @@ def edit_offer(
     caller: Caller,
     offer_id: uuid.UUID,
     *,
-    expected_revision: int,
+    if_match: IfMatch,
     changes: dict[str, Any],
 ) -> Edit:
     """Edit a draft in place, or make the next version (a draft) of a published offer."""
     offer = _own_offer(session, caller, offer_id)
-    if offer.revision != expected_revision:
-        raise PreconditionFailed("The offer changed since you read it; read it again.")
+    if_match.check(offer.revision, "offer")
     if offer.state is OfferState.RETIRED:
         raise Conflict("A retired offer cannot change.", code="offer_retired")
     if offer.state is OfferState.DRAFT:
@@ -319,8 +319,13 @@ def edit_offer(
     return Edit(successor, created=True)
 
 
-def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
-    """Put a draft in the catalogue; the version it replaces (if any) is retired."""
+def publish_offer(
+    session: Session, caller: Caller, offer_id: uuid.UUID, *, sold: set[str] | None = None
+) -> Offer:
+    """Put a draft in the catalogue; the version it replaces (if any) is retired.
+
+    `sold`: the SKUs the provider's cloud sells in the offer's region, when its adapter can
+    tell (`adapters.machine_types`): an offer of anything else could never be provisioned."""
     offer = _own_offer(session, caller, offer_id)
     if offer.state is not OfferState.DRAFT:
         raise Conflict(
@@ -330,6 +335,13 @@ def publish_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offe
         raise ValidationFailed(
             "Set the offer's prices before publishing it.",
             errors={"prices": ["An offer needs an `instance_hour` price."]},
+        )
+    if sold is not None and offer.sku not in sold:
+        raise ValidationFailed(
+            f"The provider's cloud does not sell {offer.sku!r} in {offer.region_code}: every "
+            "order of it would fail.",
+            code="sku_not_sold",
+            errors={"sku": [f"Not a machine type of the cloud in {offer.region_code}."]},
         )
     now = utcnow()
     for previous in session.scalars(

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.auth.secrets import hash_secret, new_client_id, new_client_secret
-from broker.errors import NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.models import ApiClient, Organization, OrganizationKind, Role
 from broker.models.organizations import ROLES_BY_KIND
 from broker.services import audit
 from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
+from broker.services.preconditions import IfMatch
 
 _CLIENT_AUDIT_EXCLUDE = frozenset({"secret_hash"})
 
@@ -74,15 +76,12 @@ def rename_organization(
     caller: Caller,
     organization_id: uuid.UUID,
     *,
-    expected_version: int,
+    if_match: IfMatch,
     name: str,
 ) -> Organization:
-    """Change an organization's name, if nobody changed it since `expected_version`."""
+    """Change an organization's name, if nobody changed it since the caller read it."""
     organization = get_organization(session, caller, organization_id)
-    if organization.version != expected_version:
-        raise PreconditionFailed(
-            "Someone changed this organization since you read it; read it again.",
-        )
+    if_match.check(organization.version, "organization")
     if name == organization.name:
         return organization
     key = unique_name_key(session, Organization, name, exclude=organization.id)
@@ -160,8 +159,91 @@ def create_client(
 def list_clients(
     session: Session, caller: Caller, organization_id: uuid.UUID, *, limit: int, cursor: str | None
 ) -> Page[ApiClient]:
+    """An organization's API clients, revoked ones included (with `revoked_at`)."""
     get_organization(session, caller, organization_id)
     statement = select(ApiClient).where(ApiClient.organization_id == organization_id)
     return paginate(
         session, statement, [ApiClient.created_at, ApiClient.id], limit=limit, cursor=cursor
     )
+
+
+def _client_for_update(session: Session, organization_id: uuid.UUID, reference: str) -> ApiClient:
+    """One organization's client by its `client_id` (or its `id`), locked until the end of
+    the transaction so that concurrent revocations and rotations take turns.
+
+    A client of another organization answers 404, like an unknown one.
+    """
+    if len(reference) > 64 or "\x00" in reference:  # no client has such an id
+        raise NotFound("No such API client in this organization.")
+    try:
+        condition = ApiClient.id == uuid.UUID(reference)
+    except ValueError:
+        condition = ApiClient.client_id == reference
+    client = session.scalar(
+        select(ApiClient)
+        .where(condition, ApiClient.organization_id == organization_id)
+        .with_for_update()
+    )
+    if client is None:
+        raise NotFound("No such API client in this organization.")
+    return client
+
+
+def _refuse_revoked(client: ApiClient, consequence: str) -> None:
+    """409 `client_revoked`: a revoked client is revoked for good."""
+    if client.revoked_at is not None:
+        raise Conflict(
+            f"The API client {client.client_id} was revoked at "
+            f"{client.revoked_at.isoformat().replace('+00:00', 'Z')}; {consequence}",
+            code="client_revoked",
+        )
+
+
+def revoke_client(
+    session: Session, actor: Caller | None, organization_id: uuid.UUID, reference: str, at: datetime
+) -> ApiClient:
+    """Revoke an API client for good: it gets no new token, and the tokens it holds are
+    refused from its next request on (`broker.auth.server`). Revoking twice is a 409."""
+    client = _client_for_update(session, organization_id, reference)
+    _refuse_revoked(client, "it stays revoked.")
+    before = audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE)
+    client.revoked_at = at
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "api_client.revoked",
+        "api_client",
+        client.id,
+        organization_id=client.organization_id,
+        before=before,
+        after=audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE),
+    )
+    return client
+
+
+def rotate_client_secret(
+    session: Session, actor: Caller | None, organization_id: uuid.UUID, reference: str, at: datetime
+) -> IssuedClient:
+    """Give an API client a new secret, shown once in the return value (what to do after a
+    leak). The old secret stops working at once, and so do the tokens issued before: each
+    token carries the credential version it was issued under. A revoked client is a 409."""
+    client = _client_for_update(session, organization_id, reference)
+    _refuse_revoked(client, "issue a new client instead.")
+    before = audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE)
+    secret = new_client_secret()
+    client.secret_hash = hash_secret(secret)
+    client.credential_version += 1
+    client.rotated_at = at
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "api_client.secret_rotated",
+        "api_client",
+        client.id,
+        organization_id=client.organization_id,
+        before=before,
+        after=audit.snapshot(client, exclude=_CLIENT_AUDIT_EXCLUDE),
+    )
+    return IssuedClient(client, secret)

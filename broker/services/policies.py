@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
-from broker.errors import NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import NotFound, ValidationFailed
 from broker.models import AgencyPolicy, Organization, OrganizationKind, Role
 from broker.services import audit
+from broker.services.preconditions import IfMatch
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def put_policy(
     caller: Caller,
     organization_id: uuid.UUID,
     *,
-    expected_version: int,
+    if_match: IfMatch,
     currency: str,
     monthly_budget: Decimal | None,
     approval_threshold: Decimal | None,
@@ -157,8 +158,7 @@ def put_policy(
         raise ValidationFailed(errors={"approval_threshold": ["Cannot exceed the monthly budget."]})
     row = session.get(AgencyPolicy, organization_id)
     current = row.version if row is not None else 0
-    if current != expected_version:
-        raise PreconditionFailed("The policy changed since you read it; read it again.")
+    if_match.check(current, "policy")
     before = audit.snapshot(row) if row is not None else None
     if row is None:
         row = AgencyPolicy(organization_id=organization_id)

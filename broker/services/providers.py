@@ -11,11 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
-from broker.errors import NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import NotFound, ValidationFailed
 from broker.models import Organization, OrganizationKind, Provider, Role
 from broker.services import adapters, audit, evidence
 from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
+from broker.services.preconditions import IfMatch
 from providers.http import HttpPolicy
 
 # The fields of a provider document that are sovereignty claims (evidence).
@@ -115,7 +116,7 @@ def update_provider(
     caller: Caller,
     provider_id: uuid.UUID,
     *,
-    expected_version: int,
+    if_match: IfMatch,
     changes: dict[str, Any],
     now: datetime,
     http: HttpPolicy = STRICT,
@@ -138,8 +139,7 @@ def update_provider(
         provider = operated_provider(session, caller, provider_id)
     if "state" in changes and not caller.is_admin:
         raise ValidationFailed(errors={"state": ["Only the consortium can suspend a provider."]})
-    if provider.version != expected_version:
-        raise PreconditionFailed("The provider changed since you read it; read it again.")
+    if_match.check(provider.version, "provider")
     if "name" in changes:
         provider.name_key = unique_name_key(session, Provider, changes["name"], exclude=provider.id)
     before = snapshot(provider)

@@ -15,11 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
-from broker.errors import Conflict, NotFound, PreconditionFailed, ValidationFailed
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.models import TrustedIssuer
 from broker.services import audit, evidence
 from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
+from broker.services.preconditions import IfMatch
 from broker.statements import check_jwks
 
 
@@ -99,15 +100,14 @@ def update(
     caller: Caller,
     issuer_id: uuid.UUID,
     *,
-    expected_version: int,
+    if_match: IfMatch,
     changes: dict[str, Any],
     now: datetime,
 ) -> TrustedIssuer:
     """Rename an issuer or replace its keys; statements signed by a removed key stop
     counting."""
     row = get(session, issuer_id)
-    if row.version != expected_version:
-        raise PreconditionFailed("The issuer changed since you read it; read it again.")
+    if_match.check(row.version, "issuer")
     _check(session, changes, exclude=row.id)
     before = audit.snapshot(row)
     if "name" in changes:

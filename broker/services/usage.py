@@ -10,10 +10,34 @@
 Records are unique per `(provider, source, record_id)`: a replay with the same payload is
 answered as a duplicate and counts once, the same id with another payload is a 409. Records
 reaching into the future, or older than the lookback window, are refused.
+
+Usage that cannot have happened is refused too (422 naming the record and the rule's `code`):
+
+- `resource_never_made`: the resource never became active (its provisioning failed, or is
+  not done): nothing ran, nothing is billed.
+- `outside_resource_life`: a pushed record must lie within the resource's life, from when it
+  first became active (`activated_at`, when the broker starts metering it too) to when it was
+  terminated, give or take `USAGE_LIFE_TOLERANCE_SECONDS` of clock skew at each end.
+- `quantity_implausible`: a record, and with it every pushed record of the same resource and
+  metric it overlaps, stays within what the resource can consume in the time covered: its
+  offer's vCPUs and GiB of RAM per hour, its disk for a share of a month, and configured
+  ceilings for egress, requests and a bucket's storage (`billing.metering.hourly_ceiling`).
+- `metric_polled`: a metric has one source per resource and period. The adapter contract
+  declares *that* an adapter reports usage (`Feature.USAGE`), not which metrics, so the ledger
+  decides: a metric the adapter's polling already recorded for a resource in a period cannot
+  be pushed for it in that period, and a polled sample of a metric already pushed for the
+  resource in that period is skipped. The resource's row is locked while either source
+  stores, so the two never both get in, and nothing is billed twice.
+
+Polled samples are held to the same rules (skipped, and counted, when they break one), except
+that a sample need only overlap the resource's life: adapters report per clock hour, so the
+hour a machine came up in is reported whole; its quantity is bounded by the time within the
+life.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import uuid
@@ -24,16 +48,26 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import Insert, func, or_, select
+from sqlalchemy import Insert, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from billing.metering import (
+    HOUR,
+    METRIC_POLLED,
+    Capacity,
+    Ceilings,
+    Refusal,
+    Span,
     floor_hour,
     hour_slices,
+    hourly_ceiling,
+    life_refusal,
     period_bounds,
     period_of,
+    quantity_refusal,
     running_intervals,
     to_quanta,
+    within_life,
 )
 from billing.rating import METRICS, rate
 from broker import db
@@ -42,6 +76,7 @@ from broker.errors import Conflict, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed
 from broker.models import (
     MeterCursor,
+    Offer,
     Order,
     Provider,
     ProviderState,
@@ -153,11 +188,25 @@ def interval_problem(
 # Pushed usage --------------------------------------------------------------------------------
 
 
+# A resource usage is reported of, with what its offer can consume.
+Placed = tuple[Resource, Capacity]
+
+
 @dataclass
 class PushResult:
     created: int = 0
     duplicates: int = 0
     records: list[dict[str, str]] = field(default_factory=list)
+
+
+def ceilings(config: Mapping[str, Any]) -> Ceilings:
+    """The plausibility settings, as `billing.metering` takes them."""
+    return Ceilings(
+        egress_gib_per_hour=Fraction(Decimal(str(config["USAGE_MAX_EGRESS_GIB_PER_HOUR"]))),
+        requests_per_hour=Fraction(Decimal(str(config["USAGE_MAX_REQUESTS_PER_HOUR"]))),
+        bucket_gib=Fraction(Decimal(str(config["USAGE_MAX_BUCKET_GIB"]))),
+        life_tolerance=timedelta(seconds=int(config["USAGE_LIFE_TOLERANCE_SECONDS"])),
+    )
 
 
 def push(
@@ -167,29 +216,32 @@ def push(
     now: datetime,
     config: Mapping[str, Any],
 ) -> PushResult:
-    """Store a provider's batch: all of it, or (any invalid or conflicting item) none of it."""
+    """Store a provider's batch: all of it, or (any invalid, implausible or conflicting item)
+    none of it."""
     resource_ids = {record["resource_id"] for record in records}
-    placed = {
-        resource.id: resource
-        for resource in session.scalars(
-            select(Resource)
-            .join(Provider, Provider.id == Resource.provider_id)
-            .where(
-                Resource.id.in_(resource_ids),
-                Provider.organization_id == caller.organization_id,
-            )
-        )
-    }
+    placed = _with_capacity(
+        session,
+        select(Resource)
+        .join(Provider, Provider.id == Resource.provider_id)
+        .where(
+            Resource.id.in_(resource_ids),
+            Provider.organization_id == caller.organization_id,
+        ),
+    )
+    limits = ceilings(config)
     errors: dict[str, list[str]] = {}
+    refused: dict[int, Refusal] = {}
     rows: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    plausible: list[tuple[int, dict[str, Any]]] = []  # what passed the checks of one record
     for index, record in enumerate(records):
-        resource = placed.get(record["resource_id"])
-        if resource is None:
+        found = placed.get(record["resource_id"])
+        if found is None:
             errors[f"records.{index}.resource_id"] = ["No such resource on your providers."]
             continue
-        refused = interval_problem(record["start"], record["end"], now, config)
-        if refused:
-            field_name, reason = refused
+        resource, capacity = found
+        interval = interval_problem(record["start"], record["end"], now, config)
+        if interval:
+            field_name, reason = interval
             errors[f"records.{index}.{field_name}"] = [reason]
             continue
         row = _row(
@@ -204,14 +256,29 @@ def push(
             end=record["end"],
             now=now,
         )
+        refusal = life_refusal(
+            record["start"],
+            record["end"],
+            resource.activated_at,
+            resource.terminated_at,
+            limits.life_tolerance,
+        ) or quantity_refusal(
+            row["metric"], _span(row), hourly_ceiling(row["metric"], capacity, limits)
+        )
+        if refusal:
+            refused[index] = refusal
+            continue
         key = (resource.provider_id, record["record_id"])
         if key in rows and rows[key]["payload_hash"] != row["payload_hash"]:
             errors[f"records.{index}.record_id"] = [
                 "The batch holds this record id twice, with different contents."
             ]
+            continue
         rows.setdefault(key, row)
-    if errors:
-        raise ValidationFailed(errors=errors)
+        plausible.append((index, row))
+    refused.update(_ledger_refusals(session, plausible, placed, limits))
+    if errors or refused:
+        raise _refusal_problem(records, errors, refused)
 
     stored = _stored_hashes(session, rows)
     _refuse_conflicts(rows, stored)
@@ -223,7 +290,7 @@ def push(
 
     result, reported = PushResult(), set()
     for record in records:
-        key = (placed[record["resource_id"]].provider_id, record["record_id"])
+        key = (placed[record["resource_id"]][0].provider_id, record["record_id"])
         is_new = key in inserted and key not in reported
         reported.add(key)
         result.records.append(
@@ -243,6 +310,193 @@ def push(
         after={"created": result.created, "duplicates": result.duplicates},
     )
     return result
+
+
+def _with_capacity(session: Session, statement: Select[Any]) -> dict[uuid.UUID, Placed]:
+    """The resources `statement` selects, each with what its offer can consume; their rows
+    stay locked until the transaction ends, so that the pushes and polls of one resource
+    check the ledger and write to it one at a time."""
+    return {
+        resource.id: (resource, Capacity(kind, vcpu, ram_gib, disk_gib))
+        for resource, kind, vcpu, ram_gib, disk_gib in session.execute(
+            statement.add_columns(Offer.kind, Offer.vcpu, Offer.ram_gib, Offer.disk_gib)
+            .join(Offer, Offer.id == Resource.offer_id)
+            .order_by(Resource.id)
+            .with_for_update(of=Resource)
+        )
+    }
+
+
+def _span(row: Mapping[str, Any]) -> Span:
+    return Span(row["start"], row["end"], row["quantity"])
+
+
+def _ledger_refusals(
+    session: Session,
+    plausible: Sequence[tuple[int, dict[str, Any]]],
+    placed: Mapping[uuid.UUID, Placed],
+    limits: Ceilings,
+) -> dict[int, Refusal]:
+    """The rules that read the ledger: one source per metric, and quantities that stay
+    plausible with the records they overlap."""
+    refused: dict[int, Refusal] = {}
+    polled = recorded_by(
+        session,
+        UsageSource.POLL,
+        {(row["resource_id"], row["period"], row["metric"]) for _, row in plausible},
+    )
+    for index, row in plausible:
+        if (row["resource_id"], row["period"], row["metric"]) in polled:
+            refused[index] = Refusal(
+                METRIC_POLLED,
+                "metric",
+                f"The provider's adapter reports {row['metric']} of this resource for "
+                f"{row['period']} itself (polled): a metric has one source per resource, "
+                "so it is not pushed too (it would be billed twice).",
+            )
+    unpolled = [(index, row) for index, row in plausible if index not in refused]
+    batch: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    for _, row in unpolled:
+        batch.setdefault((row["provider_id"], row["record_id"]), row)
+    groups: dict[tuple[uuid.UUID, str], list[tuple[tuple[uuid.UUID, str], Span]]] = {}
+    for key, row in batch.items():
+        groups.setdefault((row["resource_id"], row["metric"]), []).append((key, _span(row)))
+    for key, resource_id, metric, span in _pushed_overlapping(session, list(batch.values())):
+        if key not in batch and (resource_id, metric) in groups:
+            groups[(resource_id, metric)].append((key, span))
+    timelines = {group_key: _Timeline(group) for group_key, group in groups.items()}
+    for index, row in unpolled:
+        timeline = timelines[(row["resource_id"], row["metric"])]
+        own, span = (row["provider_id"], row["record_id"]), _span(row)
+        others = [other for key, other in timeline.overlapping(span) if key != own]
+        refusal = quantity_refusal(
+            row["metric"],
+            span,
+            hourly_ceiling(row["metric"], placed[row["resource_id"]][1], limits),
+            others,
+        )
+        if refusal:
+            refused[index] = refusal
+    return refused
+
+
+class _Timeline:
+    """The records of one resource and metric, by start, to find those overlapping a span."""
+
+    def __init__(self, items: Iterable[tuple[tuple[uuid.UUID, str], Span]]) -> None:
+        self.items = sorted(items, key=lambda item: item[1].start)
+        self.starts = [span.start for _, span in self.items]
+        self.longest = max((span.end - span.start for _, span in self.items), default=HOUR)
+
+    def overlapping(self, span: Span) -> list[tuple[tuple[uuid.UUID, str], Span]]:
+        # Only records starting less than the longest one's length before `span` reach it.
+        low = bisect.bisect_left(self.starts, span.start - self.longest)
+        high = bisect.bisect_left(self.starts, span.end)
+        return [(key, item) for key, item in self.items[low:high] if item.end > span.start]
+
+
+def _pushed_overlapping(
+    session: Session, rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[tuple[uuid.UUID, str], uuid.UUID, str, Span]]:
+    """Pushed records already stored for the resources and metrics of `rows`, overlapping
+    their time: `((provider, record_id), resource, metric, span)`."""
+    if not rows:
+        return []
+    first, last = min(row["start"] for row in rows), max(row["end"] for row in rows)
+    metrics = {row["metric"] for row in rows}
+    periods = {row["period"] for row in rows}
+    resource_ids = sorted({row["resource_id"] for row in rows})
+    found = []
+    for offset in range(0, len(resource_ids), 500):
+        for provider_id, record_id, resource_id, metric, quantity, start, end in session.execute(
+            select(
+                UsageRecord.provider_id,
+                UsageRecord.record_id,
+                UsageRecord.resource_id,
+                UsageRecord.metric,
+                UsageRecord.quantity,
+                UsageRecord.start,
+                UsageRecord.end,
+            ).where(
+                UsageRecord.source == UsageSource.PUSH,
+                UsageRecord.resource_id.in_(resource_ids[offset : offset + 500]),
+                UsageRecord.period.in_(periods),
+                UsageRecord.metric.in_(metrics),
+                UsageRecord.start < last,
+                UsageRecord.end > first,
+            )
+        ):
+            span = Span(start, end, quantity)
+            found.append(((provider_id, record_id), resource_id, metric, span))
+    return found
+
+
+def recorded_by(
+    session: Session, source: UsageSource, keys: set[tuple[uuid.UUID, str, str]]
+) -> set[tuple[uuid.UUID, str, str]]:
+    """Which of `keys` — `(resource, period, metric)` — the ledger holds records of from
+    `source`."""
+    if not keys:
+        return set()
+    resource_ids = sorted({resource_id for resource_id, _, _ in keys})
+    periods = {period for _, period, _ in keys}
+    metrics = {metric for _, _, metric in keys}
+    found: set[tuple[uuid.UUID, str, str]] = set()
+    for offset in range(0, len(resource_ids), 500):
+        for resource_id, period, metric in session.execute(
+            select(UsageRecord.resource_id, UsageRecord.period, UsageRecord.metric)
+            .where(
+                UsageRecord.source == source,
+                UsageRecord.resource_id.in_(resource_ids[offset : offset + 500]),
+                UsageRecord.period.in_(periods),
+                UsageRecord.metric.in_(metrics),
+            )
+            .distinct()
+        ):
+            found.add((resource_id, period, metric))
+    return found & keys
+
+
+def _refusal_problem(
+    records: Sequence[Mapping[str, Any]],
+    errors: dict[str, list[str]],
+    refused: Mapping[int, Refusal],
+) -> ValidationFailed:
+    """The 422 for a batch with invalid or implausible records. Each record refused by a
+    plausibility rule is named in `refused` with the rule's `code`; the problem's own `code`
+    is that rule's when it is the only thing wrong with the batch."""
+    named = []
+    for index in sorted(refused):
+        refusal = refused[index]
+        field_name = f"records.{index}.{refusal.field}"
+        errors[field_name] = [refusal.message]
+        named.append(
+            {
+                "index": index,
+                "record_id": records[index]["record_id"],
+                "code": refusal.code,
+                "field": field_name,
+                "detail": refusal.message,
+            }
+        )
+    codes = {refusal.code for refusal in refused.values()}
+    only_rules = len(errors) == len(refused)
+    code = codes.pop() if only_rules and len(codes) == 1 else None
+    if only_rules and len(named) == 1:
+        (first,) = named
+        detail = (
+            f"Record {first['index']} (`{first['record_id']}`) is refused ({first['code']}): "
+            f"{first['detail']} Nothing of this batch was stored."
+        )
+    else:
+        detail = (
+            "Records of this batch are invalid or cannot have happened: see `errors`"
+            + (" and `refused`" if named else "")
+            + ". Nothing of this batch was stored."
+        )
+    if named:
+        return ValidationFailed(detail, errors=errors, code=code, refused=named)
+    return ValidationFailed(detail, errors=errors, code=code)
 
 
 def _stored_hashes(
@@ -437,34 +691,56 @@ def _poll_provider(context: JobContext, provider_id: uuid.UUID) -> tuple[int, in
 def _store_samples(
     session: Session, provider_id: uuid.UUID, samples: Iterable[UsageSample], context: JobContext
 ) -> tuple[int, int]:
+    """Store what the adapter reported; a sample the ledger cannot take (unknown machine,
+    unknown metric, bad interval, outside the machine's life, implausible, or of a metric
+    pushed for the machine in that period) is skipped and counted."""
     samples = list(samples)
     tokens = {sample.token for sample in samples if sample.token}
     refs = {sample.ref for sample in samples}
-    resources = list(
-        session.scalars(
-            select(Resource).where(
-                Resource.provider_id == provider_id,
-                or_(Resource.token.in_(tokens), Resource.provider_ref.in_(refs)),
-            )
-        )
+    placed = _with_capacity(
+        session,
+        select(Resource).where(
+            Resource.provider_id == provider_id,
+            or_(Resource.token.in_(tokens), Resource.provider_ref.in_(refs)),
+        ),
     )
-    by_token = {resource.token: resource for resource in resources}
-    by_ref = {resource.provider_ref: resource for resource in resources if resource.provider_ref}
-    now, rows, skipped = context.now(), [], 0
+    by_token = {resource.token: (resource, capacity) for resource, capacity in placed.values()}
+    by_ref = {
+        resource.provider_ref: (resource, capacity)
+        for resource, capacity in placed.values()
+        if resource.provider_ref
+    }
+    limits = ceilings(context.config)
+    now, rows, skipped, implausible = context.now(), [], 0, 0
     for sample in samples:
-        resource = by_token.get(sample.token or "") or by_ref.get(sample.ref)
+        found = by_token.get(sample.token or "") or by_ref.get(sample.ref)
         try:
             quantity = Fraction(Decimal(sample.quantity))
             to_quanta(quantity)
         except (ValueError, ArithmeticError):
             quantity = Fraction(-1)
         if (
-            resource is None
+            found is None
             or sample.metric not in PROVIDER_METRICS
             or quantity < 0
             or interval_problem(sample.start, sample.end, now, context.config)
         ):
             skipped += 1
+            continue
+        resource, capacity = found
+        life = within_life(
+            sample.start,
+            sample.end,
+            resource.activated_at,
+            resource.terminated_at,
+            limits.life_tolerance,
+        )
+        if life is None or quantity_refusal(
+            sample.metric,
+            Span(*life, quantity),
+            hourly_ceiling(sample.metric, capacity, limits),
+        ):
+            skipped, implausible = skipped + 1, implausible + 1
             continue
         rows.append(
             _row(
@@ -480,7 +756,23 @@ def _store_samples(
                 now=now,
             )
         )
-    return len(_insert_ignoring_duplicates(session, rows)), skipped
+    pushed = recorded_by(
+        session,
+        UsageSource.PUSH,
+        {(row["resource_id"], row["period"], row["metric"]) for row in rows},
+    )
+    kept = [row for row in rows if (row["resource_id"], row["period"], row["metric"]) not in pushed]
+    skipped += len(rows) - len(kept)
+    if implausible or len(kept) < len(rows):
+        log.warning(
+            "polled usage skipped",
+            extra={
+                "provider_id": str(provider_id),
+                "implausible": implausible,
+                "pushed_already": len(rows) - len(kept),
+            },
+        )
+    return len(_insert_ignoring_duplicates(session, kept)), skipped
 
 
 # Reading -------------------------------------------------------------------------------------

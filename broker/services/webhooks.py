@@ -16,6 +16,17 @@
   is no longer safe (not https, or a name now resolving to a private address) makes the job
   dead without sending anything. Receivers check deliveries with `verify_signature`, and
   deduplicate them by `Broker-Delivery` (the event id): a retry sends the same event again.
+  Each attempt has the outbound timeout of every call out (`BROKER_PROVIDER_TIMEOUT`), and
+  deliveries run in their own lane, after every other kind of job, with the organizations
+  taking turns (broker/jobs/lanes.py): an agency's failing endpoints delay nobody else.
+- An organization has at most `MAX_ENDPOINTS` endpoints (one more is 409
+  `webhook_endpoint_limit`). An endpoint counts its failed attempts in a row (any answer but
+  2xx, a timeout, a refused connection, an unsafe address); at `DISABLE_AFTER_FAILURES` it is
+  disabled (`state: disabled`, with `disabled_reason` and the last error), the delivery that
+  tipped it over is dead, deliveries still queued for it are skipped, and new events are not
+  queued for it. Its owner sees why (`GET /v1/webhooks/{id}`) and enables it again
+  (`POST …/enable`, which starts the count from zero); `POST …/disable` pauses it by hand.
+  Every change of state is audited (`webhook.disabled` with no actor when the broker did it).
 
 Tenancy: an agency's approvers manage their own organization's endpoints; the consortium's
 admins manage any organization's (their own by default). Other organizations' endpoints
@@ -35,11 +46,11 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
-from broker.errors import NotFound, ValidationFailed
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
 from broker.models import Job, Organization, Role, WebhookEndpoint
 from broker.models.base import utcnow
@@ -52,6 +63,10 @@ from providers.http import HttpPolicy, UnsafeEndpoint, parse_retry_after
 
 JOB_KIND = "webhook.deliver"
 MAX_ATTEMPTS = 10
+# Endpoints an organization may have (disabled ones count: delete one to make room).
+MAX_ENDPOINTS = 10
+# Failed delivery attempts in a row (over all its deliveries) that disable an endpoint.
+DISABLE_AFTER_FAILURES = 20
 
 ORDER_STATE_CHANGED = "order.state_changed"
 RESOURCE_STATE_CHANGED = "resource.state_changed"
@@ -67,6 +82,10 @@ _AUDIT_EXCLUDE = frozenset({"secret_ciphertext"})
 
 class DeliveryFailed(Exception):
     """One delivery attempt failed in a way a later attempt may not (the job is retried)."""
+
+
+class EndpointLimitReached(Conflict):
+    code, title = "webhook_endpoint_limit", "Your organization has all the endpoints it may have"
 
 
 # Endpoints ------------------------------------------------------------------------------
@@ -106,10 +125,24 @@ def register(
     """Register an endpoint of `organization_id` (default: the caller's organization); the
     endpoint and its signing secret, which is never given out again."""
     owner = caller.organization_id if organization_id is None else organization_id
-    if not _may_manage(caller, owner) or session.get(Organization, owner) is None:
+    if not _may_manage(caller, owner):
+        raise NotFound("No such organization.")
+    # The organization's row is held until the end of the transaction, so that two
+    # registrations at once cannot both take the last place.
+    if session.get(Organization, owner, with_for_update=True) is None:
         raise NotFound("No such organization.")
     _check_url(url, http)
     subscribed = _events(events)
+    registered = session.scalar(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.organization_id == owner)
+    )
+    if (registered or 0) >= MAX_ENDPOINTS:
+        raise EndpointLimitReached(
+            f"An organization may have {MAX_ENDPOINTS} webhook endpoints; it has {registered}. "
+            "Delete one (a disabled one, say) first."
+        )
     secret = secrets.token_urlsafe(32)
     endpoint = WebhookEndpoint(
         id=uuid.uuid4(), organization_id=owner, url=url, events=subscribed, active=True
@@ -160,6 +193,62 @@ def list_endpoints(
         limit=limit,
         cursor=cursor,
         scope=f"webhooks:{organization_id or ''}",
+    )
+
+
+def enable_endpoint(session: Session, caller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """Deliver to a disabled endpoint again, its failures counted from zero (new events only:
+    what happened while it was disabled is not sent). Enabling an active endpoint changes
+    nothing."""
+    endpoint = get_endpoint(session, caller, endpoint_id)
+    if endpoint.active:
+        return endpoint
+    before = audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE)
+    endpoint.active, endpoint.consecutive_failures = True, 0
+    endpoint.disabled_at = endpoint.disabled_reason = None
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "webhook.enabled",
+        "webhook_endpoint",
+        endpoint.id,
+        organization_id=endpoint.organization_id,
+        before=before,
+        after=audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE),
+    )
+    return endpoint
+
+
+def disable_endpoint(session: Session, caller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
+    """Stop delivering to an endpoint until it is enabled again (deliveries queued for it are
+    skipped). Disabling a disabled endpoint changes nothing."""
+    endpoint = get_endpoint(session, caller, endpoint_id)
+    if not endpoint.active:
+        return endpoint
+    _disable(session, caller, endpoint, f"Disabled by {caller.client_id}.", utcnow())
+    return endpoint
+
+
+def _disable(
+    session: Session,
+    caller: Caller | None,
+    endpoint: WebhookEndpoint,
+    reason: str,
+    now: datetime,
+) -> None:
+    before = audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE)
+    endpoint.active, endpoint.disabled_at, endpoint.disabled_reason = False, now, reason[:1000]
+    session.flush()
+    audit.record(
+        session,
+        caller,
+        "webhook.disabled",
+        "webhook_endpoint",
+        endpoint.id,
+        organization_id=endpoint.organization_id,
+        before=before,
+        after=audit.snapshot(endpoint, exclude=_AUDIT_EXCLUDE),
     )
 
 
@@ -301,17 +390,63 @@ def verify_signature(
 
 
 def run_delivery_job(context: JobContext, job: Job) -> dict[str, Any]:
-    """The job handler: send one frozen event to one endpoint, signed."""
-    runtime = ProviderRuntime.from_config(context.config)
+    """The job handler: send one frozen event to one endpoint, signed, and keep the
+    endpoint's count of failures in a row (which may disable it)."""
     endpoint_id = uuid.UUID(job.payload["endpoint_id"])
-    event: dict[str, Any] = job.payload["event"]
     with context.db.session(read_only=True) as session:
         endpoint = session.get(WebhookEndpoint, endpoint_id)
         if endpoint is None:
             return {"skipped": "The endpoint was deleted."}
         if not endpoint.active:
-            return {"skipped": "The endpoint is inactive."}
+            return {"skipped": "The endpoint is disabled."}
         url, ciphertext = endpoint.url, endpoint.secret_ciphertext
+    try:
+        status = _deliver(context, endpoint_id, url, ciphertext, job.payload["event"])
+    except (DeliveryFailed, JobFailed, Throttled) as error:
+        if _record_failure(context, endpoint_id, str(error)):
+            raise JobFailed(
+                f"{error} The endpoint is now disabled, after {DISABLE_AFTER_FAILURES} failed "
+                "attempts in a row."
+            ) from None
+        raise
+    with context.db.transaction() as session:
+        session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.id == endpoint_id)
+            .values(consecutive_failures=0, last_delivered_at=context.now())
+        )
+    return {"status": status}
+
+
+def _record_failure(context: JobContext, endpoint_id: uuid.UUID, message: str) -> bool:
+    """Count a failed attempt against the endpoint; whether that disabled it."""
+    now = context.now()
+    with context.db.transaction() as session:
+        endpoint = session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+        if endpoint is None:
+            return False
+        endpoint.consecutive_failures += 1
+        endpoint.last_error, endpoint.last_failure_at = message[:1000], now
+        if not endpoint.active or endpoint.consecutive_failures < DISABLE_AFTER_FAILURES:
+            return False
+        reason = (
+            f"{endpoint.consecutive_failures} failed delivery attempts in a row; "
+            f"the last: {message}"
+        )
+        _disable(session, None, endpoint, reason, now)
+        return True
+
+
+def _deliver(
+    context: JobContext,
+    endpoint_id: uuid.UUID,
+    url: str,
+    ciphertext: str,
+    event: dict[str, Any],
+) -> int:
+    """POST `event` to `url`, signed with the endpoint's secret; the 2xx status, or the error
+    of a failed attempt (`JobFailed` when retrying cannot help)."""
+    runtime = ProviderRuntime.from_config(context.config)
     try:
         secret = runtime.keyring.decrypt(endpoint_id, ciphertext)["secret"]
     except (CredentialsUnreadable, KeyError):
@@ -351,7 +486,7 @@ def run_delivery_job(context: JobContext, job: Job) -> dict[str, Any]:
         ) from None
     status = response.status_code
     if 200 <= status < 300:
-        return {"status": status}
+        return status
     if status in (429, 503) and "Retry-After" in response.headers:
         delay = parse_retry_after(response.headers.get("Retry-After"), default=60.0)
         raise Throttled(f"The endpoint answered {status}; retry in {delay:g} s.", delay)
