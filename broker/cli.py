@@ -11,7 +11,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from sqlalchemy import select
@@ -118,13 +118,7 @@ def clients_create(org: str, roles: tuple[str, ...], name: str | None) -> None:
     _require_migrated(database)
     try:
         with database.transaction() as session:
-            try:
-                condition = Organization.id == uuid.UUID(org)
-            except ValueError:
-                condition = Organization.name == org
-            organization = session.scalar(select(Organization).where(condition))
-            if organization is None:
-                raise click.ClickException(f"No organization {org!r}.")
+            organization = _find_organization(session, org)
             issued = organizations.create_client(
                 session,
                 None,
@@ -142,6 +136,18 @@ def clients_create(org: str, roles: tuple[str, ...], name: str | None) -> None:
             )
     except BrokerError as error:
         raise click.ClickException(str(error.detail)) from error
+
+
+def _find_organization(session: Any, reference: str) -> Organization:
+    """An organization by its id or its exact name."""
+    try:
+        condition = Organization.id == uuid.UUID(reference)
+    except ValueError:
+        condition = Organization.name == reference
+    organization = session.scalar(select(Organization).where(condition))
+    if organization is None:
+        raise click.ClickException(f"No organization {reference!r}.")
+    return cast(Organization, organization)
 
 
 def _client_json(client: ApiClient) -> dict[str, Any]:
@@ -185,13 +191,7 @@ def clients_list(org: str | None, active: bool) -> None:
         statement = statement.where(ApiClient.revoked_at.is_(None))
     with database.session(read_only=True) as session:
         if org is not None:
-            try:
-                condition = Organization.id == uuid.UUID(org)
-            except ValueError:
-                condition = Organization.name == org
-            organization = session.scalar(select(Organization).where(condition))
-            if organization is None:
-                raise click.ClickException(f"No organization {org!r}.")
+            organization = _find_organization(session, org)
             statement = statement.where(ApiClient.organization_id == organization.id)
         _echo_json([_client_json(client) for client in session.scalars(statement)])
 

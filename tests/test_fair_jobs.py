@@ -35,22 +35,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
-from broker.db import Database, make_engine
+from broker.db import Database
 from broker.jobs import lanes, queue
 from broker.jobs.handlers import HANDLERS, ON_DEAD, PERIODIC
 from broker.jobs.lanes import LANE_BUDGET, LANES, LaneSchedule, lane_of, parse_lanes
 from broker.jobs.queue import Handler, JobContext, claim, enqueue, run_next, run_pending
 from broker.jobs.worker import PeriodicTask, run_worker
-from broker.migrate import alembic_config, upgrade
 from broker.models import Job, JobState, OrderState, OrganizationKind, WebhookEndpoint
 from broker.services import organizations, webhooks
 from broker.services.orders import PROVISION_JOB
@@ -813,77 +809,3 @@ def test_disabling_by_hand_pauses_deliveries(
             )
             == 0
         )
-
-
-# --- the migration --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def empty_database_url(db_kind: str, tmp_path: Path, pytestconfig: pytest.Config) -> Iterator[str]:
-    if db_kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    server = make_url(pytestconfig.broker_pg_url)  # type: ignore[attr-defined]
-    name = f"lanes_{uuid.uuid4().hex[:12]}"
-    admin_dsn = f"host={server.host} port={server.port} user={server.username} dbname=postgres"
-    with psycopg.connect(admin_dsn, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(admin_dsn, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-def test_migration_0009_puts_existing_jobs_in_the_lane_of_their_kind(
-    empty_database_url: str,
-) -> None:
-    config = alembic_config(empty_database_url)
-    command.upgrade(config, "0008")
-    engine = make_engine(empty_database_url)
-    jobs = sa.table(
-        "jobs",
-        sa.column("id", sa.Uuid()),
-        sa.column("kind", sa.String()),
-        sa.column("payload", sa.JSON()),
-        sa.column("state", sa.String()),
-        sa.column("attempts", sa.Integer()),
-        sa.column("max_attempts", sa.Integer()),
-        sa.column("run_after", sa.DateTime(timezone=True)),
-        sa.column("updated_at", sa.DateTime(timezone=True)),
-        sa.column("created_at", sa.DateTime(timezone=True)),
-        sa.column("lane", sa.String()),
-    )
-    kinds = [
-        "order.provision",
-        "usage.meter",
-        "provider.sync_offers",
-        "webhook.deliver",
-        "old.kind",
-    ]
-    at = datetime(2026, 12, 1, tzinfo=UTC)
-    with engine.begin() as connection:
-        for kind in kinds:
-            connection.execute(
-                sa.insert(jobs).values(
-                    id=uuid.uuid4(),
-                    kind=kind,
-                    payload={},
-                    state="queued",
-                    attempts=0,
-                    max_attempts=8,
-                    run_after=at,
-                    updated_at=at,
-                    created_at=at,
-                )  # fmt: skip
-            )
-    upgrade(empty_database_url)
-    with engine.connect() as connection:
-        lanes_by_kind = dict(connection.execute(sa.select(jobs.c.kind, jobs.c.lane)).all())
-    engine.dispose()
-    assert lanes_by_kind == {
-        "order.provision": "provisioning",
-        "usage.meter": "billing",
-        "provider.sync_offers": "catalogue",
-        "webhook.deliver": "webhooks",
-        "old.kind": "other",
-    }
-    assert {kind: lane_of(kind) for kind in kinds} == lanes_by_kind

@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from broker.db import make_engine
+from broker.jobs.lanes import lane_of
 from broker.migrate import alembic_config, head_revisions, is_at_head, upgrade
 from broker.models import Base
 from broker.names import name_key
@@ -215,3 +216,59 @@ def test_stored_sovereignty_facts_become_verified_evidence_and_names_get_keys(
         schemes = connection.execute(text("SELECT scheme FROM provider_certifications"))
         assert schemes.scalars().all() == ["secnumcloud"]
     engine.dispose()
+
+
+def test_migration_0009_puts_existing_jobs_in_the_lane_of_their_kind(
+    empty_database_url: str,
+) -> None:
+    config = alembic_config(empty_database_url)
+    command.upgrade(config, "0008")
+    engine = make_engine(empty_database_url)
+    jobs = sa.table(
+        "jobs",
+        sa.column("id", sa.Uuid()),
+        sa.column("kind", sa.String()),
+        sa.column("payload", sa.JSON()),
+        sa.column("state", sa.String()),
+        sa.column("attempts", sa.Integer()),
+        sa.column("max_attempts", sa.Integer()),
+        sa.column("run_after", sa.DateTime(timezone=True)),
+        sa.column("updated_at", sa.DateTime(timezone=True)),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+        sa.column("lane", sa.String()),
+    )
+    kinds = [
+        "order.provision",
+        "usage.meter",
+        "provider.sync_offers",
+        "webhook.deliver",
+        "old.kind",
+    ]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        for kind in kinds:
+            connection.execute(
+                sa.insert(jobs).values(
+                    id=uuid.uuid4(),
+                    kind=kind,
+                    payload={},
+                    state="queued",
+                    attempts=0,
+                    max_attempts=8,
+                    run_after=at,
+                    updated_at=at,
+                    created_at=at,
+                )  # fmt: skip
+            )
+    upgrade(empty_database_url)
+    with engine.connect() as connection:
+        lanes_by_kind = dict(connection.execute(sa.select(jobs.c.kind, jobs.c.lane)).all())
+    engine.dispose()
+    assert lanes_by_kind == {
+        "order.provision": "provisioning",
+        "usage.meter": "billing",
+        "provider.sync_offers": "catalogue",
+        "webhook.deliver": "webhooks",
+        "old.kind": "other",
+    }
+    assert {kind: lane_of(kind) for kind in kinds} == lanes_by_kind
