@@ -25,6 +25,7 @@ from broker.api.schemas import (
     name_field,
     page_of,
     period_field,
+    reason_field,
 )
 from broker.api.usage import ExactQuantity
 from broker.models import BillingRunState, InvoiceState, PaymentState, Role
@@ -371,13 +372,6 @@ def export_period(args: dict[str, Any]) -> Response:
 
 
 # Corrections ---------------------------------------------------------------------------------
-
-
-def reason_field() -> ma.fields.String:
-    return ma.fields.String(
-        required=True,
-        validate=[ma.validate.Length(min=1, max=500), ma.validate.Regexp(r"^[^\x00-\x1f\x7f]*$")],
-    )
 
 
 class VoidSchema(StrictSchema):

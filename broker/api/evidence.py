@@ -21,6 +21,7 @@ from broker.api.schemas import (
     iso_z,
     name_field,
     page_of,
+    reason_field,
     sha256_field,
     slug_field,
 )
@@ -208,7 +209,7 @@ class EvidenceQueueArgs(EvidenceListArgs):
 
 
 class EvidenceRejectSchema(StrictSchema):
-    reason = ma.fields.String(required=True, validate=[ma.validate.Length(min=1, max=500)])
+    reason = reason_field()
 
 
 @blp.route("/providers/<uuid:provider_id>/evidence", methods=["POST"])

@@ -195,6 +195,13 @@ def name_field(**kwargs: Any) -> ma.fields.String:
     )
 
 
+def reason_field() -> ma.fields.String:
+    """Why (a decision, a correction): 1–500 characters, no control characters."""
+    return ma.fields.String(
+        required=True, validate=[ma.validate.Length(min=1, max=500), NO_CONTROL_CHARACTERS]
+    )
+
+
 def sha256_field(**kwargs: Any) -> ma.fields.String:
     """A SHA-256 digest in lower-case hex (of a document, say)."""
     return ma.fields.String(
