@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from broker.config import load_config
 from broker.errors import UnsupportedMediaType
@@ -51,6 +51,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.api.problems import register_error_handlers
     from broker.auth.server import init_auth
     from broker.db import Database
+    from broker.models.base import use_clock
     from broker.observability import configure_logging, init_observability
     from broker.services.adapters import ProviderRuntime
 
@@ -70,6 +71,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_rate_limits(app)
     init_auth(app, db)
+
+    @app.before_request
+    def _read_the_apps_clock() -> None:
+        # Every timestamp a request writes comes from the app's clock (`CLOCK`, set by tests).
+        clock = app.config.get("CLOCK")
+        if clock is not None:
+            g.clock = use_clock(clock)
+            g.clock.__enter__()
+
+    @app.teardown_request
+    def _put_the_clock_back(_error: BaseException | None = None) -> None:
+        held = g.pop("clock", None)
+        if held is not None:
+            held.__exit__(None, None, None)
 
     @app.before_request
     def _require_json_body() -> None:

@@ -63,9 +63,9 @@ def close_request_session(_exc: BaseException | None = None) -> None:
 
 
 def now() -> datetime:
-    """The current instant; tests move the clock by setting `app.config["CLOCK"]`."""
-    clock: Callable[[], datetime] = current_app.config.get("CLOCK", utcnow)
-    return clock()
+    """The current instant, by the broker's one clock (tests move it by setting
+    `app.config["CLOCK"]`, which every request of the app then reads: see `create_app`)."""
+    return utcnow()
 
 
 def created(response: Response, endpoint: str, **values: Any) -> Response:

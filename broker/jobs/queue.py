@@ -43,7 +43,7 @@ from broker.db import Database, insert
 from broker.jobs import crashpoints
 from broker.jobs.lanes import LANES, LaneSchedule, lane_of, parse_lanes
 from broker.models import Job, JobState
-from broker.models.base import utcnow
+from broker.models.base import use_clock, utcnow
 from broker.models.jobs import BROKER_TENANT, LaneTurn
 from providers.base import Permanent, Throttled
 
@@ -371,7 +371,19 @@ def run_one(
 ) -> Job | None:
     """Claim and run one job of `lanes` (tried in that order; default: every lane in priority
     order) ready at `ready_at` (default: now); the job as claimed, or None when nothing was
-    ready."""
+    ready. Everything it writes is stamped by the context's clock."""
+    with use_clock(context.now):
+        return _run_one(context, handlers, worker, ready_at, on_dead, lanes)
+
+
+def _run_one(
+    context: JobContext,
+    handlers: Mapping[str, Handler],
+    worker: str,
+    ready_at: datetime | None,
+    on_dead: Mapping[str, DeadHandler] | None,
+    lanes: Sequence[str] | None,
+) -> Job | None:
     bury_abandoned(context.db, context.now(), on_dead, lanes)
     job = claim(context.db, worker, ready_at or context.now(), context.lease, lanes)
     if job is None:

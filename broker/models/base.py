@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +24,26 @@ NAMING_CONVENTION = {
 }
 
 
+# The clock of this request or job, when someone set one (tests move time with it; see
+# `use_clock`); otherwise the system's.
+_CLOCK: ContextVar[Callable[[], datetime] | None] = ContextVar("broker_clock", default=None)
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The broker's one clock: every timestamp it writes (model defaults, audit events, jobs'
+    `run_after`, publishing, idempotency records, webhooks) comes from here."""
+    clock = _CLOCK.get()
+    return clock() if clock is not None else datetime.now(UTC)
+
+
+@contextmanager
+def use_clock(clock: Callable[[], datetime] | None) -> Iterator[None]:
+    """Within the block, `utcnow()` reads `clock` (None, or `utcnow` itself: the system's)."""
+    token = _CLOCK.set(None if clock is utcnow else clock)
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
