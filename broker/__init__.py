@@ -51,7 +51,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.api.problems import register_error_handlers
     from broker.auth.server import init_auth
     from broker.db import Database
-    from broker.models.base import use_clock
+    from broker.models.base import reset_clock, set_clock
     from broker.observability import configure_logging, init_observability
     from broker.services.adapters import ProviderRuntime
 
@@ -75,16 +75,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     @app.before_request
     def _read_the_apps_clock() -> None:
         # Every timestamp a request writes comes from the app's clock (`CLOCK`, set by tests).
-        clock = app.config.get("CLOCK")
-        if clock is not None:
-            g.clock = use_clock(clock)
-            g.clock.__enter__()
+        if app.config.get("CLOCK") is not None:
+            g.clock_token = set_clock(app.config["CLOCK"])
 
     @app.teardown_request
     def _put_the_clock_back(_error: BaseException | None = None) -> None:
-        held = g.pop("clock", None)
-        if held is not None:
-            held.__exit__(None, None, None)
+        token = g.pop("clock_token", None)
+        if token is not None:
+            reset_clock(token)
 
     @app.before_request
     def _require_json_body() -> None:

@@ -6,7 +6,7 @@ import enum
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,14 +36,24 @@ def utcnow() -> datetime:
     return clock() if clock is not None else datetime.now(UTC)
 
 
+def set_clock(clock: Callable[[], datetime] | None) -> Token[Callable[[], datetime] | None]:
+    """From now on in this context, `utcnow()` reads `clock` (None, or `utcnow` itself: the
+    system's); `reset_clock` with the token puts the previous one back."""
+    return _CLOCK.set(None if clock is utcnow else clock)
+
+
+def reset_clock(token: Token[Callable[[], datetime] | None]) -> None:
+    _CLOCK.reset(token)
+
+
 @contextmanager
 def use_clock(clock: Callable[[], datetime] | None) -> Iterator[None]:
-    """Within the block, `utcnow()` reads `clock` (None, or `utcnow` itself: the system's)."""
-    token = _CLOCK.set(None if clock is utcnow else clock)
+    """Within the block, `utcnow()` reads `clock`."""
+    token = set_clock(clock)
     try:
         yield
     finally:
-        _CLOCK.reset(token)
+        reset_clock(token)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
