@@ -1,8 +1,8 @@
 """A market with a clock the test moves, machines that run when the test says, and the jobs
 that meter and bill them, all through the API and the real job handlers.
 
-The clock starts in March 2030: ahead of the real one, so jobs queued (stamped with the real
-time) are ready at it; the API, the jobs and the lifecycle timestamps all read it.
+The clock starts in March 2030 and moves only when the test says; the API, the jobs and the
+lifecycle timestamps all read it.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ from broker.jobs.lanes import LANE_BUDGET, LANES, LaneSchedule, lane_of, parse_l
 from broker.jobs.queue import Handler, JobContext, claim, enqueue, run_next, run_pending
 from broker.jobs.worker import PeriodicTask, run_worker
 from broker.models import Job, JobState, OrderState, OrganizationKind, WebhookEndpoint
+from broker.models.base import use_clock
 from broker.services import organizations, webhooks
 from broker.services.orders import PROVISION_JOB
 from providers.http import HttpPolicy
@@ -76,11 +77,12 @@ class Clock:
 
 
 @pytest.fixture
-def clock(app: Flask) -> Clock:
-    # A minute ahead of the real clock: jobs queued now (stamped with the real time) are ready.
-    clock = Clock(datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1))
+def clock(app: Flask) -> Iterator[Clock]:
+    """The broker's clock for the test, in its requests and in what it writes directly."""
+    clock = Clock(datetime(2031, 5, 4, 9, 0, tzinfo=UTC))
     app.config["CLOCK"] = clock
-    return clock
+    with use_clock(clock):
+        yield clock
 
 
 def _organization(db: Database, name: str) -> uuid.UUID:
@@ -315,7 +317,7 @@ def test_concurrent_workers_over_lanes_and_organizations_run_each_job_once(
         time.sleep(0.002)  # let the other threads claim meanwhile
         return {}
 
-    context = JobContext(db, app.config)
+    context = JobContext(db, app.config, now=clock)
     handlers = dict.fromkeys(kinds, handler)
 
     def work(index: int) -> int:
@@ -527,15 +529,17 @@ def _measure(
     run_pending(context, HANDLERS, on_dead=ON_DEAD)
     assert order_row(db, first).state is OrderState.COMPLETED
     # Later: A's failed deliveries are all due for their retry, A orders again, then B.
+    clock.now += timedelta(minutes=1)
     with db.transaction() as session:
         session.execute(
             sa.update(Job)
             .where(Job.kind == webhooks.JOB_KIND, Job.state == JobState.FAILED)
-            .values(run_after=datetime.now(UTC) - timedelta(seconds=1))
+            .values(run_after=clock.now - timedelta(seconds=1))
         )
     place_order(client, a.market, name="again")
+    clock.now += timedelta(seconds=1)
     b_order = place_order(client, b.market)
-    clock.now = datetime.now(UTC) + timedelta(minutes=1)  # everything queued is ready
+    clock.now += timedelta(minutes=1)  # everything queued is ready
     with db.session(read_only=True) as session:
         jobs = session.scalars(
             select(Job).where(Job.state.in_([JobState.QUEUED, JobState.FAILED]))

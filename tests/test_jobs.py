@@ -41,17 +41,11 @@ from broker.jobs.queue import (
 )
 from broker.jobs.worker import PeriodicTask, run_worker
 from broker.models import Job, JobState
+from broker.models.base import use_clock
 from providers.base import Permanent, SettingsInvalid, Throttled
 from tests.helpers import run_concurrently
 
 KIND = "test.echo"
-
-
-@pytest.fixture
-def t0() -> datetime:
-    """A fixed "now", a minute ahead of the clock so that jobs enqueued by the test (with a
-    `run_after` of the real now) are ready at it."""
-    return datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
 
 
 class Clock:
@@ -63,10 +57,24 @@ class Clock:
     def __call__(self) -> datetime:
         return self.now
 
+    def tick(self) -> datetime:
+        """A second later (jobs queued in the same instant have no order among them)."""
+        self.now += timedelta(seconds=1)
+        return self.now
+
 
 @pytest.fixture
-def clock(t0: datetime) -> Clock:
-    return Clock(t0)
+def clock() -> Iterator[Clock]:
+    """The broker's clock for the test: what the test enqueues is stamped by it, too."""
+    clock = Clock(datetime(2031, 5, 4, 9, 0, tzinfo=UTC))
+    with use_clock(clock):
+        yield clock
+
+
+@pytest.fixture
+def t0(clock: Clock) -> datetime:
+    """The moment the test starts at."""
+    return clock.now
 
 
 @pytest.fixture
@@ -163,18 +171,21 @@ def test_an_expired_lease_is_taken_over_by_another_worker(db: Database, t0: date
     assert claim(db, "worker-3", later) is None
 
 
-def test_claim_takes_the_oldest_ready_job_and_skips_future_ones(db: Database, t0: datetime) -> None:
-    first, second = _enqueue(db), _enqueue(db)
+def test_claim_takes_the_oldest_ready_job_and_skips_future_ones(db: Database, clock: Clock) -> None:
+    first = _enqueue(db)
+    clock.tick()
+    second = _enqueue(db)
+    now = clock.tick()
     future = _enqueue(db)
     with db.transaction() as session:
         job = session.get(Job, future)
         assert job is not None
-        job.run_after = t0 + timedelta(minutes=1)  # due before the others' leases end
+        job.run_after = now + timedelta(minutes=1)  # due before the others' leases end
 
-    claimed = [claim(db, f"worker-{i}", t0) for i in range(3)]
+    claimed = [claim(db, f"worker-{i}", now) for i in range(3)]
 
     assert [job.id if job else None for job in claimed] == [first, second, None]
-    later = claim(db, "worker-9", t0 + timedelta(minutes=1))
+    later = claim(db, "worker-9", now + timedelta(minutes=1))
     assert later is not None and later.id == future
 
 
@@ -460,6 +471,7 @@ def test_dedupe_key_returns_the_waiting_job(
     db: Database, context: JobContext, clock: Clock, t0: datetime
 ) -> None:
     first = _enqueue(db, dedupe_key="sync:p1")
+    clock.tick()  # the first job is the oldest, run first below
     assert _enqueue(db, dedupe_key="sync:p1") == first  # queued
     assert _enqueue(db, dedupe_key="sync:p2") != first  # another key
     assert _enqueue(db) != _enqueue(db)  # no key: always a new job

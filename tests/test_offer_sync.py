@@ -105,9 +105,11 @@ def setup(client: FlaskClient, admin: ApiUser, make_user: MakeUser) -> ProviderS
 
 
 @pytest.fixture
-def t0() -> datetime:
-    """A fixed now, ahead of the real clock so that jobs queued by the test are ready."""
-    return datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+def t0(app: Flask) -> datetime:
+    """A fixed now: the broker's clock in the test's requests, and the jobs' below."""
+    moment = datetime(2031, 5, 4, 9, 0, tzinfo=UTC)
+    app.config["CLOCK"] = lambda: moment
+    return moment
 
 
 def _run_jobs(db: Database, app: Flask, now: datetime | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from tests.catalogue_fixtures import (
     EXPIRED_FROM,
@@ -978,3 +979,56 @@ def test_publishing_goes_ahead_when_the_adapter_cannot_tell(
     draft, _ = create_offer(client, setup.operator, setup.id, sku="anything-1")
     published, _ = publish_offer(client, setup.operator, draft["id"])
     assert published["state"] == "published"
+    # Nor does a change of its settings then ask whether it strands the offer.
+    provider = client.get(f"/v1/providers/{setup.id}", headers=setup.operator.headers)
+    changed = client.patch(
+        f"/v1/providers/{setup.id}",
+        json={"adapter_config": {**provider.json["adapter_config"], "region": "elsewhere"}},
+        headers={**setup.operator.headers, "If-Match": provider.headers["ETag"]},
+    )
+    assert changed.status_code == 200, changed.get_data(as_text=True)
+
+
+def test_a_change_of_adapter_settings_that_strands_published_offers_is_refused(
+    client: FlaskClient, admin: ApiUser, make_user: MakeUser
+) -> None:
+    flavors = [
+        {"sku": "s-2-4", "vcpu": 2, "ram_gib": "4", "disk_gib": 50, "region": "fr-par-1"},
+        {"sku": "m-4-16", "vcpu": 4, "ram_gib": "16", "disk_gib": 100},  # every region
+    ]
+    setup = make_provider(
+        client, admin, make_user, adapter="simulated", adapter_config={"flavors": flavors}
+    )
+    small, _ = create_offer(client, setup.operator, setup.id, sku="s-2-4", region="fr-par-1")
+    large, _ = create_offer(client, setup.operator, setup.id, sku="m-4-16", region="fr-lyo-1")
+    for offer in (small, large):
+        publish_offer(client, setup.operator, offer["id"])
+    provider = client.get(f"/v1/providers/{setup.id}", headers=setup.operator.headers)
+
+    def patch(adapter_config: dict[str, Any]) -> TestResponse:
+        return client.patch(
+            f"/v1/providers/{setup.id}",
+            json={"adapter_config": adapter_config},
+            headers={**setup.operator.headers, "If-Match": provider.headers["ETag"]},
+        )
+
+    # The cloud would sell the small flavor in Lyon only, and the large one no more.
+    refused = patch({"flavors": [{**flavors[0], "region": "fr-lyo-1"}]})
+    body = problem(refused, 422, "offers_stranded")
+    assert "m-4-16 in fr-lyo-1, s-2-4 in fr-par-1" in body["detail"]
+    assert body["errors"]["adapter_config"] == [
+        f"Offer {large['id']} ({large['name']}) is for m-4-16 in fr-lyo-1.",
+        f"Offer {small['id']} ({small['name']}) is for s-2-4 in fr-par-1.",
+    ]
+    # Nothing changed; a partial config (without the flavors) strands them all alike.
+    unchanged = client.get(f"/v1/providers/{setup.id}", headers=setup.operator.headers)
+    assert unchanged.json["adapter_config"] == provider.json["adapter_config"]
+    assert unchanged.headers["ETag"] == provider.headers["ETag"]
+    problem(patch({"faults": {"retry_after_seconds": 5}}), 422, "offers_stranded")
+
+    # Once the large offer is retired, dropping its flavor is fine.
+    retired = client.post(f"/v1/offers/{large['id']}/retire", headers=setup.operator.headers)
+    assert retired.status_code == 200
+    changed = patch({"flavors": [flavors[0]]})
+    assert changed.status_code == 200, changed.get_data(as_text=True)
+    assert changed.json["adapter_config"]["flavors"] == [flavors[0]]

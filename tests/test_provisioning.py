@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +39,7 @@ from broker.jobs import queue
 from broker.jobs.handlers import HANDLERS, ON_DEAD, PERIODIC
 from broker.jobs.queue import JobContext, Periodic, run_pending, schedule_periodic
 from broker.models import Job, JobState, Order, Resource, ResourceEvent
+from broker.models.base import use_clock
 from broker.services import orders as order_service
 from broker.services import provisioning
 from broker.services import resources as resource_service
@@ -74,14 +75,16 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
+MOMENT = datetime(2031, 5, 4, 9, 0, tzinfo=UTC)
+
+
 @pytest.fixture
-def clock(app: Flask) -> Clock:
-    """A minute ahead of the real clock, so that jobs queued (stamped with the real time) are
-    ready at it however slowly the test runs; the API reads it too (what it timestamps and
-    what the jobs do then come in order)."""
-    clock = Clock(datetime.now(UTC) + timedelta(minutes=1))
+def clock(app: Flask) -> Iterator[Clock]:
+    """The broker's clock for the test: its requests, its jobs and what it writes directly."""
+    clock = Clock(MOMENT)
     app.config["CLOCK"] = clock
-    return clock
+    with use_clock(clock):
+        yield clock
 
 
 @dataclass
@@ -263,8 +266,9 @@ def test_a_hundred_orders_through_thirty_percent_faults_make_exactly_a_hundred_m
             "retry_after_seconds": 3,
         },
     )
+    clock = Clock(MOMENT, tick=timedelta(milliseconds=1))
+    app.config["CLOCK"] = clock
     order_ids = [place_order(client, market, name=f"vm-{n:03d}") for n in range(100)]
-    clock = Clock(datetime.now(UTC) + timedelta(seconds=1), tick=timedelta(milliseconds=1))
 
     passes = _drive(app, db, clock)
 

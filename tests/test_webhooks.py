@@ -49,6 +49,7 @@ from broker.models import (
     Role,
     WebhookEndpoint,
 )
+from broker.models.base import use_clock
 from broker.services import webhooks
 from broker.services.credentials import CredentialsUnreadable, Keyring
 from providers.http import HttpPolicy
@@ -547,9 +548,12 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
 
 
 @pytest.fixture
-def t0() -> datetime:
-    # Jobs are ready from their enqueue time (the real clock): run them a little later.
-    return (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)
+def t0(app: Flask) -> Iterator[datetime]:
+    """The broker's clock for the test, in its requests and in what it writes directly."""
+    moment = datetime(2031, 5, 4, 9, 0, tzinfo=UTC)
+    app.config["CLOCK"] = lambda: moment
+    with use_clock(lambda: moment):
+        yield moment
 
 
 def _run(app: Flask, db: Database, now: datetime, *, strict: bool = False, **config: Any) -> int:

@@ -12,6 +12,7 @@ from broker.api.base import (
     Blueprint,
     created,
     current_caller,
+    database,
     now,
     provider_runtime,
     request_session,
@@ -253,7 +254,13 @@ def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
     `regions`, `jurisdiction` and `compliance` are sovereignty claims: from the consortium
     they are verified at once; from the provider's operators they become pending evidence
     (listed in `pending_evidence`) and the verified values keep counting until an assessor
-    decides."""
+    decides.
+
+    A change of `adapter` or `adapter_config` after which the cloud would no longer sell the
+    SKU of a published offer in its region is refused (422 `offers_stranded`, naming the
+    offers), whenever the adapter can tell. Arrays (`regions`, `compliance`, and those inside
+    `adapter_config`) are replaced whole, not merged."""
+    service.refuse_stranding(database(), current_caller(), provider_id, data, provider_runtime())
     provider = service.update_provider(
         request_session(),
         current_caller(),

@@ -11,12 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.db import Database
 from broker.errors import ValidationFailed
 from broker.jobs.queue import JobFailed
-from broker.models import Offer, Provider
+from broker.models import Offer, OfferState, Provider
 from broker.models.base import utcnow
 from broker.services import credentials
 from broker.services.credentials import Keyring
@@ -105,25 +106,86 @@ def machine_types(db: Database, offer_id: uuid.UUID, runtime: ProviderRuntime) -
         if offer is None:
             return None
         region = offer.region_code
-        try:
-            adapter = adapter_for(session, offer.provider, runtime)
-        except (
-            registry.AdapterUnavailable,
-            ProviderError,
-            credentials.CredentialsUnreadable,
-        ) as error:
-            log.info("machine types of provider %s unknown: %s", offer.provider_id, error)
-            return None
-    try:
-        specs = list(adapter.list_offers())
-    except (ProviderError, UnsafeEndpoint, OSError) as error:
-        log.info("machine types of provider %s unknown: %s", offer.provider_id, error)
+        adapter = _adapter_or_none(session, offer.provider, runtime)
+    listing = _listing(adapter, offer.provider_id)
+    if listing is None:
         return None
-    return {spec.sku for spec in specs if spec.region in (None, region)}
+    return {sku for sku, where in listing if where in (None, region)}
 
 
-def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) -> ProviderAdapter:
-    """An adapter for `provider`, with its credentials decrypted just now.
+def strands(
+    session: Session,
+    provider: Provider,
+    runtime: ProviderRuntime,
+    *,
+    adapter: str,
+    settings: Mapping[str, Any],
+) -> Callable[[], list[Offer] | None]:
+    """A question to ask once `session` is closed: which of the provider's published offers
+    its cloud would not sell in their region with the adapter `adapter` set up with `settings`
+    (None when that adapter cannot tell). The cloud is called by the question, so that no
+    transaction waits on it."""
+    published = list(
+        session.scalars(
+            select(Offer)
+            .where(Offer.provider_id == provider.id, Offer.state == OfferState.PUBLISHED)
+            .order_by(Offer.sku, Offer.region_code)
+        )
+    )
+    built = (
+        _adapter_or_none(session, provider, runtime, adapter=adapter, settings=settings)
+        if published
+        else None
+    )
+
+    def ask() -> list[Offer] | None:
+        if not published:
+            return []
+        listing = _listing(built, provider.id)
+        if listing is None:
+            return None
+        return [
+            offer
+            for offer in published
+            if (offer.sku, None) not in listing and (offer.sku, offer.region_code) not in listing
+        ]
+
+    return ask
+
+
+def _adapter_or_none(
+    session: Session, provider: Provider, runtime: ProviderRuntime, **other: Any
+) -> ProviderAdapter | None:
+    try:
+        return adapter_for(session, provider, runtime, **other)
+    except (registry.AdapterUnavailable, ProviderError, credentials.CredentialsUnreadable) as error:
+        log.info("machine types of provider %s unknown: %s", provider.id, error)
+        return None
+
+
+def _listing(
+    adapter: ProviderAdapter | None, provider_id: uuid.UUID
+) -> set[tuple[str, str | None]] | None:
+    """What the cloud sells, as (SKU, region or None for everywhere); None when unknown."""
+    if adapter is None:
+        return None
+    try:
+        return {(spec.sku, spec.region) for spec in adapter.list_offers()}
+    except (ProviderError, UnsafeEndpoint, OSError) as error:
+        log.info("machine types of provider %s unknown: %s", provider_id, error)
+        return None
+
+
+def adapter_for(
+    session: Session,
+    provider: Provider,
+    runtime: ProviderRuntime,
+    *,
+    adapter: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> ProviderAdapter:
+    """An adapter for `provider`, with its credentials decrypted just now (its own adapter
+    and settings, or the `adapter` and `settings` given: to try a change before making it).
 
     Raises `registry.AdapterUnavailable`, `SettingsInvalid` (settings re-checked: a name may
     resolve elsewhere than when it was configured) or `credentials.CredentialsUnreadable`.
@@ -132,4 +194,9 @@ def adapter_for(session: Session, provider: Provider, runtime: ProviderRuntime) 
     context = AdapterContext(
         provider_id=provider.id, state_dir=runtime.state_dir, http=runtime.http, clock=runtime.clock
     )
-    return registry.build(provider.adapter, provider.adapter_config, secrets, context)
+    return registry.build(
+        adapter or provider.adapter,
+        provider.adapter_config if settings is None else settings,
+        secrets,
+        context,
+    )

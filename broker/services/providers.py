@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
+from broker.db import Database
 from broker.errors import NotFound, ValidationFailed
 from broker.models import Organization, OrganizationKind, Provider, Role
 from broker.services import adapters, audit, evidence
@@ -109,6 +110,44 @@ def list_providers(session: Session, *, limit: int, cursor: str | None) -> Page[
     return paginate(
         session, select(Provider), [Provider.created_at, Provider.id], limit=limit, cursor=cursor
     )
+
+
+def refuse_stranding(
+    db: Database,
+    caller: Caller,
+    provider_id: uuid.UUID,
+    changes: dict[str, Any],
+    runtime: adapters.ProviderRuntime,
+) -> None:
+    """Refuse (422 `offers_stranded`) a change of `adapter` or `adapter_config` after which the
+    provider's cloud would not sell the SKU of one of its published offers in the offer's
+    region: every order of it would fail. Checked when the adapter can tell, and before the
+    change's transaction begins (the cloud may be slow to answer)."""
+    if not changes.keys() & {"adapter", "adapter_config"}:
+        return
+    with db.session(read_only=True) as session:
+        provider = operated_provider(session, caller, provider_id)
+        ask = adapters.strands(
+            session,
+            provider,
+            runtime,
+            adapter=changes.get("adapter", provider.adapter),
+            settings=changes.get("adapter_config", provider.adapter_config or {}),
+        )
+    stranded = ask()
+    if stranded:
+        named = ", ".join(f"{offer.sku} in {offer.region_code}" for offer in stranded)
+        raise ValidationFailed(
+            f"With these settings the cloud would no longer sell what published offers are "
+            f"for ({named}): retire those offers first, or keep their machine types.",
+            code="offers_stranded",
+            errors={
+                "adapter_config": [
+                    f"Offer {offer.id} ({offer.name}) is for {offer.sku} in {offer.region_code}."
+                    for offer in stranded
+                ]
+            },
+        )
 
 
 def update_provider(
