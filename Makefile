@@ -2,18 +2,24 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# What running needs, and what the tests need besides (`make run` installs only the first).
+RUN_STAMP := $(VENV)/.installed-run
+STAMP     := $(VENV)/.installed-test
 
 .PHONY: run test test-sqlite test-postgresql lint openapi bench clean system-packages
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 ## run: migrate the embedded database, seed the demo consortium, serve API + worker
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/broker serve
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
@@ -46,7 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 ## openapi: regenerate openapi.yaml from the code
-openapi: $(STAMP)
+openapi: $(RUN_STAMP)
 	$(VENV)/bin/flask --app broker openapi write --format=yaml openapi.yaml
 
 ## bench: benchmark scripts (they print figures; nothing asserts timings)

@@ -20,7 +20,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = 20
+# In-flight requests get this long to finish on a stop (`broker serve` waits a little more).
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "8"))
 keepalive = 5
 # Bounded request lines and headers; bodies are capped by the app (1 MiB).
 limit_request_line = 8190
@@ -38,3 +39,11 @@ control_socket_disable = True
 # Workers are restarted now and then so slow leaks cannot build up.
 max_requests = 10_000
 max_requests_jitter = 1_000
+
+
+def child_exit(_server: object, worker: object) -> None:
+    """A worker that exits leaves its live gauges behind in multiprocess mode: drop them."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -67,6 +67,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["broker.providers"] = ProviderRuntime.from_config(app.config)
     app.teardown_appcontext(close_request_session)
 
+    if app.config["WEBHOOKS_ALLOW_PRIVATE"]:
+        app.logger.warning(
+            "BROKER_ALLOW_PRIVATE_WEBHOOKS is on: webhooks may point at http and private "
+            "addresses. For development only."
+        )
     init_observability(app)
     register_error_handlers(app)
     init_rate_limits(app)

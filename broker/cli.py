@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,15 @@ from sqlalchemy.exc import OperationalError
 
 from broker.config import PROJECT_ROOT, load_config
 from broker.db import Database
-from broker.models import ApiClient, Job, JobState, Organization, OrganizationKind, Role
+from broker.models import (
+    ApiClient,
+    Job,
+    JobState,
+    Organization,
+    OrganizationKind,
+    Provider,
+    Role,
+)
 
 
 def _database() -> Database:
@@ -446,6 +455,119 @@ def worker(lanes: tuple[str, ...]) -> None:
     run_worker(_database(), stop, config, lanes=lanes)
 
 
+@main.group()
+def demo() -> None:
+    """The demo consortium that `make run` seeds."""
+
+
+# The demo clients the README's examples use: (shell name, organization, role).
+DEMO_CLIENTS = [
+    ("ADMIN", "Sovereign Cloud Consortium", "admin"),
+    ("FINANCE", "Sovereign Cloud Consortium", "finance"),
+    ("ASSESSOR", "Sovereign Cloud Consortium", "assessor"),
+    ("BUYER", "Agence nationale des données de santé", "buyer"),
+    ("APPROVER", "Agence nationale des données de santé", "approver"),
+    ("OPERATOR", "Hexagone Cloud", "provider"),
+]
+
+
+@demo.command("env")
+def demo_env() -> None:
+    """Print the demo's clients and ids as shell variables, for `eval "$(broker demo env)"`:
+    BROKER (its URL), <NAME>_ID and <NAME>_SECRET for ADMIN, FINANCE, ASSESSOR, BUYER and
+    APPROVER (of the first demo agency) and OPERATOR (of Hexagone Cloud), AGENCY_ID and
+    PROVIDER_ID."""
+    import shlex
+
+    config = load_config()
+    path = Path(config["INSTANCE_PATH"]) / "demo-credentials.json"
+    if not path.exists():
+        raise OperationalProblem("No demo here: start it once with `make run`.")
+    credentials = json.loads(path.read_text())
+    lines = {"BROKER": config["OAUTH_ISSUER"]}
+    for name, organization, role in DEMO_CLIENTS:
+        found = next(
+            (c for c in credentials if c["organization"] == organization and role in c["roles"]),
+            None,
+        )
+        if found is None:
+            raise OperationalProblem(f"The demo has no {role} client of {organization}.")
+        lines[f"{name}_ID"], lines[f"{name}_SECRET"] = found["client_id"], found["client_secret"]
+    organizations = {c["organization"]: c["organization_id"] for c in credentials}
+    lines["AGENCY_ID"] = organizations[DEMO_CLIENTS[3][1]]
+    with _database().session(read_only=True) as session:
+        provider = session.scalars(
+            select(Provider.id).where(
+                Provider.organization_id == uuid.UUID(organizations["Hexagone Cloud"])
+            )
+        ).first()
+    if provider is None:
+        raise OperationalProblem("The demo has no Hexagone Cloud provider.")
+    lines["PROVIDER_ID"] = str(provider)
+    for key, value in lines.items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook helpers for development."""
+
+
+@webhooks.command("listen")
+@click.option("--port", default=9000, show_default=True, help="Port to listen on (127.0.0.1).")
+@click.option(
+    "--secret",
+    envvar="BROKER_WEBHOOK_SECRET",
+    required=True,
+    help="The endpoint's signing secret (shown once when it was registered).",
+)
+def webhooks_listen(port: int, secret: str) -> None:
+    """Receive webhook deliveries on http://127.0.0.1:PORT/ and print each one with whether
+    its `Broker-Signature` is valid (answered 204) or not (401). The broker only delivers to
+    such a local address with BROKER_ALLOW_PRIVATE_WEBHOOKS=true (development only)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from broker.services.webhooks import SIGNATURE_HEADER, verify_signature
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            valid = verify_signature(secret, self.headers.get(SIGNATURE_HEADER), body)
+            try:
+                event = json.loads(body)
+                what = f"{event.get('type')} {event.get('id')}"
+            except ValueError:
+                event, what = None, "(not JSON)"
+            click.echo(f"{'valid' if valid else 'INVALID'} signature: {what}")
+            if event is not None:
+                click.echo(json.dumps(event, indent=2, ensure_ascii=False))
+            self.send_response(204 if valid else 401)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """Quiet: the deliveries are printed above."""
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Set, not inherited: a process started in the background may have SIGINT ignored.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    click.echo(f"Listening on http://127.0.0.1:{server.server_port}/ (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# How long `serve` waits for its children once asked to stop (Ctrl-C, SIGTERM) before it kills
+# them: a little more than gunicorn's `graceful_timeout`.
+STOP_TIMEOUT = 9.0
+
+
 @main.command()
 @click.option("--demo/--no-demo", default=True, help="Seed and print the demo consortium.")
 def serve(demo: bool) -> None:
@@ -461,14 +583,21 @@ def serve(demo: bool) -> None:
     host, port = os.environ.get("HOST", "127.0.0.1"), os.environ.get("PORT", "8000")
     database = _database()
     if demo:
-        credentials = seed_demo(database, Path(config["INSTANCE_PATH"]) / "demo-credentials.json")
-        _print_demo(credentials, f"http://{host}:{port}")
+        credentials = seed_demo(
+            database, Path(config["INSTANCE_PATH"]) / "demo-credentials.json", config
+        )
+        _print_demo(credentials, config["OAUTH_ISSUER"])
     database.refresh_statistics()
     database.dispose()
 
     env = {**os.environ, "HOST": host, "PORT": port}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(config))
+    # Each child in a process group of its own: Ctrl-C in the terminal reaches this process
+    # only, which then stops them gracefully (SIGTERM). Sent to gunicorn directly, SIGINT is a
+    # "quick" shutdown that waits out `graceful_timeout` on idle keep-alive connections and
+    # then SIGKILLs the workers.
     children = [
-        subprocess.Popen([sys.executable, "-m", "broker.cli", "worker"], env=env),
+        subprocess.Popen([sys.executable, "-m", "broker.cli", "worker"], env=env, process_group=0),
         subprocess.Popen(
             [
                 sys.executable,
@@ -479,6 +608,7 @@ def serve(demo: bool) -> None:
                 "broker.wsgi:app",
             ],
             env=env,
+            process_group=0,
         ),
     ]
     stopping = threading.Event()
@@ -488,20 +618,38 @@ def serve(demo: bool) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _stop)  # the terminal closed: its children must not outlive it
     # Run until asked to stop or until either child exits; then stop the other one too.
     while not stopping.is_set() and all(child.poll() is None for child in children):
         stopping.wait(0.5)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
+    # gunicorn gives in-flight requests `graceful_timeout` (gunicorn.conf.py); a job cut
+    # short is taken over by another worker when its lease ends (broker/jobs/queue.py).
+    deadline = time.monotonic() + STOP_TIMEOUT
     for child in children:
         try:
-            child.wait(timeout=30)
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
     click.echo("broker stopped")
     if any(child.returncode not in (0, -signal.SIGTERM) for child in children):
         sys.exit(1)
+
+
+def _metrics_dir(config: dict[str, Any]) -> Path:
+    """Where gunicorn's workers write their Prometheus metrics so that `/metrics` adds them up
+    (prometheus_client's multiprocess mode): `PROMETHEUS_MULTIPROC_DIR`, or a directory of the
+    instance; emptied on every start, as the mode requires."""
+    path = Path(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or Path(config["INSTANCE_PATH"]) / "metrics"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
 
 
 def _print_demo(credentials: list[Any], base_url: str) -> None:
@@ -520,7 +668,11 @@ def _print_demo(credentials: list[Any], base_url: str) -> None:
             "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
         )
         click.echo(f'  curl -s -H "Authorization: Bearer $TOKEN" {base_url}/v1/organizations')
-    click.echo(f"\nInteractive docs: {base_url}/docs\n")
+    click.echo(
+        "\nThe README's examples, in another terminal of this directory, start with:\n\n"
+        '  eval "$(.venv/bin/broker demo env)"'
+    )
+    click.echo(f"\nInteractive docs: {base_url}/docs (Authorize: a client id and secret)\n")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,23 @@ def instance_path() -> Path:
     return Path(os.environ.get("BROKER_INSTANCE_PATH", PROJECT_ROOT / "instance")).resolve()
 
 
+def base_url() -> str:
+    """Where this broker is reached: `BROKER_ISSUER` when set (behind a proxy, the public
+    https URL), otherwise the address it serves on (`HOST`, `PORT`), so that `PORT=8765 make
+    run` hands out tokens and a discovery document naming port 8765. A wildcard address is
+    reached locally as 127.0.0.1."""
+    configured = os.environ.get("BROKER_ISSUER")
+    if configured:
+        return configured.rstrip("/")
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = os.environ.get("PORT", "8000")
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def load_config() -> dict[str, Any]:
     """Build the application configuration from the environment."""
     instance = instance_path()
@@ -52,7 +69,7 @@ def load_config() -> dict[str, Any]:
         "DATABASE_URL": os.environ.get("DATABASE_URL", f"sqlite:///{instance / 'broker.db'}"),
         # OAuth 2.0 / RFC 9068: the issuer names this authorization server; the audience names
         # the API. Both must match exactly on every token the API accepts.
-        "OAUTH_ISSUER": os.environ.get("BROKER_ISSUER", "http://127.0.0.1:8000"),
+        "OAUTH_ISSUER": base_url(),
         "OAUTH_AUDIENCE": os.environ.get("BROKER_AUDIENCE", "https://broker.example/api"),
         "ACCESS_TOKEN_TTL": _int("BROKER_ACCESS_TOKEN_TTL", 900),
         # PEM of an RSA private key, or a path to one. When neither is set, a key is generated
@@ -82,6 +99,9 @@ def load_config() -> dict[str, Any]:
         # Local fake clouds (http, 127.0.0.1) are allowed only when the tests set this; it has
         # no environment variable on purpose.
         "PROVIDER_ALLOW_PRIVATE_ENDPOINTS": False,
+        # Development only: webhooks may point at http and private addresses (a receiver on
+        # this machine, such as `broker webhooks listen`). Off by default; logged at start.
+        "WEBHOOKS_ALLOW_PRIVATE": _bool("BROKER_ALLOW_PRIVATE_WEBHOOKS", False),
         # A worker's hold on a job (renewed while it runs); a crashed worker's jobs are taken
         # over once it runs out.
         "JOB_LEASE_SECONDS": float(os.environ.get("BROKER_JOB_LEASE_SECONDS", "300")),
@@ -146,6 +166,9 @@ def load_config() -> dict[str, Any]:
         "API_TITLE": "Sovereign Cloud Broker",
         "API_VERSION": "v1",
         "OPENAPI_VERSION": "3.1.0",
+        # Relative: the broker that serves the document (Swagger UI's requests and its
+        # "Authorize" token request go there).
+        "API_SPEC_OPTIONS": {"servers": [{"url": "/", "description": "This broker"}]},
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
         "OPENAPI_SWAGGER_UI_PATH": "/docs",

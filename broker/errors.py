@@ -7,7 +7,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
+def joined(words: Sequence[str], conjunction: str = "and") -> str:
+    """Words in a sentence: `a`, `a and b`, `a, b and c` (or with `or`)."""
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
+
+
 class BrokerError(Exception):
+    """A failure the client can act on.
+
+    `title` is the sentence shown as the problem's `detail` when none is given; the problem's
+    own `title` is the status's (`broker.api.problems.TITLES`), the same for every error.
+    """
+
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"

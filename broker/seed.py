@@ -14,6 +14,10 @@ leaves it out). Certificates are dated relative to the seeding, so the demo stay
 The consortium entered that evidence, so it is verified; besides, a demo certification body
 (a trusted issuer) has signed an EUCS statement for Hexagone Cloud, which verifies itself, and
 Atlantic Compute Europe's operator claims SecNumCloud, which waits in the assessors' queue.
+
+A new demo also gets a closed month (`broker.demo_history`): it is founded the day before last
+month began, and last month is replayed through the services and jobs, ending in issued
+invoices, a credit note, a voided invoice and its replacement.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -35,7 +41,9 @@ from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.auth.secrets import verify_secret
+from broker.config import load_config
 from broker.db import Database
+from broker.demo_history import founding_moment, seed_history
 from broker.models import (
     AgencyPolicy,
     ApiClient,
@@ -47,7 +55,7 @@ from broker.models import (
     Role,
     TrustedIssuer,
 )
-from broker.models.base import utcnow
+from broker.models.base import use_clock, utcnow
 from broker.services import (
     billing,
     evidence,
@@ -114,9 +122,51 @@ class DemoCredential:
     client_secret: str
 
 
-def seed_demo(db: Database, credentials_file: Path) -> list[DemoCredential]:
-    """Create what is missing of the demo consortium and its catalogue; return every demo
-    credential."""
+def seed_demo(
+    db: Database, credentials_file: Path, config: Mapping[str, Any] | None = None
+) -> list[DemoCredential]:
+    """Create what is missing of the demo consortium and its catalogue, and give a new demo
+    its closed month; return every demo credential.
+
+    The closed month runs jobs on the simulated clouds, so it needs the configuration of the
+    instance being seeded (where those clouds keep their machines): `config`, or the
+    environment's (`load_config()`) when the credentials file lies in that instance's
+    directory, as under `broker serve`. Otherwise (a credentials file elsewhere) the demo is
+    seeded without history, created now."""
+    now = utcnow()
+    runtime = _runtime(credentials_file, config)
+    founding: AbstractContextManager[None] = nullcontext()
+    if runtime is not None and _is_new(db):
+        founded = founding_moment(now)
+        founding = use_clock(lambda: founded)
+    with founding:
+        credentials = _seed_consortium(db, credentials_file)
+    if runtime is not None:
+        seed_history(db, runtime, now)
+    return credentials
+
+
+def _runtime(credentials_file: Path, config: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The configuration the demo's history runs its jobs with, if it is known."""
+    if config is not None:
+        return config
+    environment = load_config()
+    if Path(environment["INSTANCE_PATH"]).resolve() != credentials_file.parent.resolve():
+        return None
+    return environment
+
+
+def _is_new(db: Database) -> bool:
+    """No demo consortium yet: the seed founds it."""
+    with db.session(read_only=True) as session:
+        consortium = DEMO_ORGANIZATIONS[0][0]
+        return (
+            session.scalar(select(Organization.id).where(Organization.name == consortium)) is None
+        )
+
+
+def _seed_consortium(db: Database, credentials_file: Path) -> list[DemoCredential]:
+    """The organizations, their clients, policies and the catalogue: what is missing of them."""
     issued: list[DemoCredential] = []
     with db.transaction() as session:
         # Keep only remembered credentials that still work: the client exists in this
@@ -203,6 +253,8 @@ class DemoProvider:
     currency: str
     rates: dict[str, str]  # metric → unit price, for every metric
     offers: tuple[DemoOffer, ...]
+    # Machine types its cloud sells that have no offer yet (the README's operator publishes one).
+    not_offered: tuple[DemoOffer, ...] = ()
 
 
 DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
@@ -257,6 +309,7 @@ DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
                 instance_hour="1.95",
             ),
         ),
+        not_offered=(DemoOffer("hc-std-xs-par", "Standard XS — Paris", "fr-par-1", 1, 2, 25),),
     ),
     DemoProvider(
         name="Nordet Nuagique",
@@ -376,7 +429,7 @@ def provider_payload(
                     "gpu": offer.gpu,
                     "region": offer.region,
                 }
-                for offer in demo.offers
+                for offer in demo.offers + demo.not_offered
             ],
         },
         "regions": [

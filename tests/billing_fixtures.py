@@ -61,9 +61,7 @@ class Ledger:
         assert resource["state"] == "active" and resource["activated_at"] is not None
         return str(resource["id"])
 
-    def act(
-        self, resource_id: str, action: str, when: datetime, by: ApiUser | None = None
-    ) -> None:
+    def act(self, resource_id: str, action: str, when: datetime, by: ApiUser | None = None) -> None:
         """`action` on a machine at `when`, by its agency's buyer (the market's by default)."""
         self.at(when)
         response = self.client.post(

@@ -41,6 +41,7 @@ from broker.models import Base, OrganizationKind, Role
 from broker.services import organizations
 from broker.services.audit import GENESIS_HASH
 from tests.pgcluster import PostgresCluster
+from tests.serving import PROJECT_ROOT, free_port
 
 if TYPE_CHECKING:
     from tests.billing_fixtures import Ledger
@@ -69,13 +70,20 @@ DATABASE_FREE = (
 )
 
 
+# What a newcomer runs, on `make run`'s embedded SQLite database: the SQLite run has it.
+EMBEDDED_ONLY = ("tests/test_readme.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--db") != "postgresql":
         return
     skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
+    embedded = pytest.mark.skip(reason="the README on `make run`'s database: the SQLite run")
     for item in items:
         if item.nodeid.startswith(DATABASE_FREE):
             item.add_marker(skip)
+        elif item.nodeid.startswith(EMBEDDED_ONLY):
+            item.add_marker(embedded)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -352,3 +360,34 @@ def ledger(
 def pytest_collection_finish(session: pytest.Session) -> None:
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture
+def serve_env(
+    db_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[dict[str, str]]:
+    """The environment of a real `broker serve` (tests/serving.py) on this test's own
+    instance directory, database and free port."""
+    instance = tmp_path / "instance"
+    if db_kind == "postgresql":
+        database_url: str = request.getfixturevalue("database_url")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'serve.db'}"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BROKER_", "GUNICORN_", "PROMETHEUS_"))
+    }
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "BROKER_INSTANCE_PATH": str(instance),
+            "DATABASE_URL": database_url,
+            "WEB_CONCURRENCY": "2",
+            "PYTHONPATH": str(PROJECT_ROOT),
+            # gunicorn keeps its control socket under ~/.gunicorn: give this run its own.
+            "HOME": str(tmp_path),
+        }
+    )
+    yield env

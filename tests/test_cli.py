@@ -14,6 +14,8 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -26,11 +28,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from broker.db import Database
-from broker.models import ApiClient, AuditEvent, Organization, OrganizationKind, Role
+from broker.models import ApiClient, AuditEvent, Organization, OrganizationKind, Provider, Role
 from broker.seed import DemoCredential, seed_demo
 from broker.services import organizations
 from broker.services.audit import verify_chain
+from broker.services.webhooks import SIGNATURE_HEADER, sign
 from tests.conftest import fetch_token
+from tests.serving import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,9 +115,7 @@ def test_orgs_create_prints_the_organization(cli: Run, db: Database) -> None:
         assert stored.kind.value == "agency"
 
 
-def test_orgs_create_is_visible_to_the_api(
-    cli: Run, client: FlaskClient, admin: Any
-) -> None:
+def test_orgs_create_is_visible_to_the_api(cli: Run, client: FlaskClient, admin: Any) -> None:
     printed = _ok_json(cli("orgs", "create", "--name", "Hexagone Test", "--kind", "provider"))
     response = client.get(f"/v1/organizations/{printed['id']}", headers=admin.headers)
     assert response.status_code == 200
@@ -165,9 +167,7 @@ def test_clients_create_prints_credentials_that_get_a_token(
         assert issued["client_secret"] not in stored.secret_hash
 
 
-def test_clients_create_with_several_roles(
-    cli: Run, client: FlaskClient, db: Database
-) -> None:
+def test_clients_create_with_several_roles(cli: Run, client: FlaskClient, db: Database) -> None:
     _make_org(db, "Agence")
     issued = _ok_json(
         cli("clients", "create", "--org", "Agence", "--role", "buyer", "--role", "approver")
@@ -537,3 +537,82 @@ def test_seed_demo_without_its_credentials_file_issues_fresh_clients(
     assert stat.S_IMODE(credentials_file.stat().st_mode) == 0o600
     assert [DemoCredential(**item) for item in json.loads(credentials_file.read_text())] == fresh
     _check_credentials(db, client, fresh)
+
+
+# --- the demo and webhooks, for newcomers -----------------------------------------------------
+
+
+def test_demo_env_prints_the_demo_clients_and_ids_as_shell_variables(
+    cli: Run, db: Database, instance: Path
+) -> None:
+    credentials = seed_demo(db, instance / "demo-credentials.json")
+    result = cli("demo", "env")
+    assert result.returncode == 0, result.stderr
+
+    script = result.stdout + "\nenv\n"
+    shown = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env={}, check=True
+    ).stdout
+    variables = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    admin = next(c for c in credentials if c.roles == ["admin"])
+    buyer = next(
+        c
+        for c in credentials
+        if c.roles == ["buyer"] and c.organization == "Agence nationale des données de santé"
+    )
+    assert (variables["ADMIN_ID"], variables["ADMIN_SECRET"]) == (
+        admin.client_id,
+        admin.client_secret,
+    )
+    assert (variables["BUYER_ID"], variables["AGENCY_ID"]) == (
+        buyer.client_id,
+        buyer.organization_id,
+    )
+    assert variables["BROKER"] == "http://127.0.0.1:8000"
+    with db.session(read_only=True) as session:
+        hexagone = session.scalars(select(Provider).where(Provider.name == "Hexagone Cloud")).one()
+    assert variables["PROVIDER_ID"] == str(hexagone.id)
+
+
+def test_demo_env_without_a_demo_says_how_to_get_one(cli: Run) -> None:
+    assert "make run" in _refused(cli("demo", "env"))
+
+
+def test_webhooks_listen_prints_deliveries_and_checks_their_signature(instance: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "BROKER_INSTANCE_PATH": str(instance)}
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "webhooks", "listen", "--port", str(port)],
+        env={**env, "BROKER_WEBHOOK_SECRET": "s3cret"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        assert "Listening on" in listener.stdout.readline()
+        event = {"id": str(uuid.uuid4()), "type": "order.state_changed", "data": {"to": "approved"}}
+        body = json.dumps(event).encode()
+        timestamp = int(datetime.now(UTC).timestamp())
+        signed = {SIGNATURE_HEADER: sign("s3cret", body, timestamp)}
+        forged = {SIGNATURE_HEADER: sign("not-the-secret", body, timestamp)}
+        assert _post(port, body, signed) == 204
+        assert _post(port, body, forged) == 401
+    finally:
+        listener.terminate()
+        out, err = listener.communicate(timeout=10)
+    assert f"valid signature: order.state_changed {event['id']}" in out
+    assert f"INVALID signature: order.state_changed {event['id']}" in out
+    assert '"to": "approved"' in out
+    assert "Traceback" not in err
+
+
+def _post(port: int, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/hooks", data=body, method="POST", headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code

@@ -123,13 +123,106 @@ def test_an_hour_is_closed_only_once_it_has_ended(ledger: Ledger) -> None:
     assert metered(ledger, resource_id) == 1
 
     ledger.at(t(5, 11, 42))
-    detail = ledger.client.get(
+    cost = cost_so_far(ledger, resource_id)
+    # the metered hour plus the 42 minutes not metered yet: 1.7 h at 0.05 = 0.085 → 0.09;
+    # no vCPU or RAM hours reported yet: 1.7 h of 2 vCPU (3.4 at 0.01 = 0.034 → 0.03) and of
+    # 4 GiB (6.8 at 0.002 = 0.0136 → 0.01)
+    assert (cost["period"], cost["currency"], cost["amount"]) == ("2030-03", "EUR", "0.13")
+    assert quantities(cost) == {
+        "instance_hour": money("1.7"),
+        "ram_gib_hour": money("6.8"),
+        "vcpu_hour": money("3.4"),
+    }
+    assert [line["amount"] for line in cost["lines"]] == ["0.09", "0.01", "0.03"]
+
+
+def cost_so_far(ledger: Ledger, resource_id: str) -> dict[str, Any]:
+    """`cost_this_period` of a machine, as its agency's buyer reads it now."""
+    response = ledger.client.get(
         f"/v1/resources/{resource_id}", headers=ledger.market.buyer.headers
-    ).json
-    # the metered hour plus the 42 minutes not metered yet: 1.7 h at 0.05 = 0.085 → 0.09
-    cost = detail["cost_this_period"]
-    assert (cost["period"], cost["currency"], cost["amount"]) == ("2030-03", "EUR", "0.09")
-    assert money(cost["lines"][0]["quantity"]) == money("1.7")
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return dict(response.json["cost_this_period"])
+
+
+def quantities(cost: dict[str, Any]) -> dict[str, Any]:
+    return {line["metric"]: money(line["quantity"]) for line in cost["lines"]}
+
+
+def test_a_machine_active_for_one_minute_costs_its_vcpu_and_ram_share_too(
+    ledger: Ledger,
+) -> None:
+    """Nothing is metered or reported a minute in, yet the machine runs 2 vCPU and 4 GiB:
+    counting only its instance hour would show a third of the quantities it is billed for
+    (and with pricier vCPUs, a few percent of the money)."""
+    resource_id = ledger.start_machine(t(5, 10, 0))
+    ledger.at(t(5, 10, 1))
+    cost = cost_so_far(ledger, resource_id)
+    # one minute: 1/60 h, 2/60 vCPU-hours, 4/60 GiB-hours, shown to 6 decimals
+    assert quantities(cost) == {
+        "instance_hour": money("0.016667"),
+        "ram_gib_hour": money("0.066667"),
+        "vcpu_hour": money("0.033333"),
+    }
+    assert cost["amount"] == "0.00"  # 0.00083 + 0.00033 + 0.00013: under a cent
+
+    ledger.at(t(5, 13, 0))  # three hours on, still nothing reported nor metered
+    cost = cost_so_far(ledger, resource_id)
+    assert quantities(cost) == {
+        "instance_hour": money(3),
+        "ram_gib_hour": money(12),
+        "vcpu_hour": money(6),
+    }
+    # 3 × 0.05 = 0.15; 6 × 0.01 = 0.06; 12 × 0.002 = 0.024 → 0.02
+    assert cost["amount"] == "0.23"
+
+
+def test_reported_usage_replaces_the_estimate_and_nothing_counts_twice(ledger: Ledger) -> None:
+    """Each metric counts what was reported up to where it ends, and estimates only the
+    running time after: the cost is the same the moment before and after usage arrives."""
+    resource_id = ledger.start_machine(t(5, 10, 30))
+    ledger.act(resource_id, "stop", t(5, 12, 15))
+    ledger.act(resource_id, "start", t(5, 12, 45))
+    ledger.meter(t(5, 13, 6))  # closes the hours up to 13:00: 1.75 h + 0.25 h
+
+    # Ran 10:30–12:15 and 12:45–13:06: 2.1 h. Nothing of vCPU or RAM reported: all estimated.
+    estimated = {
+        "instance_hour": money("2.1"),
+        "ram_gib_hour": money("8.4"),
+        "vcpu_hour": money("4.2"),
+    }
+    before = cost_so_far(ledger, resource_id)
+    assert quantities(before) == estimated
+
+    # The adapter reports hours 10, 11 and 12: 0.5 + 1 + 0.5 h of 2 vCPU and 4 GiB.
+    assert poll(ledger, t(5, 13, 6))["records"] == 6
+    after = cost_so_far(ledger, resource_id)
+    assert quantities(after) == estimated  # 4 reported + 0.2 estimated (13:00–13:06), etc.
+    assert after == before
+
+    # The reported quantities win over the machine's size: say the provider reported hour 12
+    # at half (a throttled machine), the cost follows the report, not the estimate.
+    with ledger.db.transaction() as session:
+        for record in session.scalars(
+            select(UsageRecord).where(
+                UsageRecord.resource_id == uuid.UUID(resource_id),
+                UsageRecord.source == UsageSource.POLL,
+                UsageRecord.start == t(5, 12),
+            )
+        ):
+            record.quantity = record.quantity / 2
+    halved = quantities(cost_so_far(ledger, resource_id))
+    assert halved["vcpu_hour"] == money("3.7") and halved["ram_gib_hour"] == money("7.4")
+
+    # Later, stopped since 13:20: the estimate covers only 13:00–13:20 of each metric.
+    ledger.act(resource_id, "stop", t(5, 13, 20))
+    ledger.at(t(5, 13, 50))
+    # instance: 2 metered + 1/3 h; vCPU: 3.5 reported + 2/3; RAM: 7 reported + 4/3
+    assert quantities(cost_so_far(ledger, resource_id)) == {
+        "instance_hour": money("2.333333"),
+        "ram_gib_hour": money("8.333333"),
+        "vcpu_hour": money("4.166667"),
+    }
 
 
 def poll(ledger: Ledger, when: datetime) -> dict[str, Any]:

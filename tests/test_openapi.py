@@ -8,6 +8,8 @@ import yaml
 from flask import Flask
 from openapi_spec_validator import validate
 
+from broker.models import Role
+
 SPEC_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
@@ -55,8 +57,26 @@ def test_every_operation_documents_problem_errors_and_auth() -> None:
             assert operation["security"] == []  # Stripe signs its events instead
             assert "Stripe-Signature" in [p["name"] for p in operation["parameters"]]
         elif path.startswith("/v1/"):
-            assert operation["security"] == [{"bearerAuth": []}], f"{method} {path}"
-            assert operation["x-roles"], f"{method} {path}"
+            # A bearer token, or one Swagger UI's "Authorize" fetches by client credentials
+            # (the operation's roles as scopes).
+            roles = operation["x-roles"]
+            assert roles, f"{method} {path}"
+            scopes = [] if roles == ["any"] else roles
+            assert operation["security"] == [
+                {"bearerAuth": []},
+                {"clientCredentials": scopes},
+            ], f"{method} {path}"
+
+
+def test_swagger_ui_can_get_a_token_by_itself() -> None:
+    """The document names its server (relative: the broker serving it) and an OAuth2 client
+    credentials flow whose token URL is the broker's token endpoint, offering every role."""
+    spec = yaml.safe_load(SPEC_FILE.read_text())
+    assert spec["servers"] == [{"url": "/", "description": "This broker"}]
+    flow = spec["components"]["securitySchemes"]["clientCredentials"]["flows"]
+    assert flow["clientCredentials"]["tokenUrl"] == "/oauth/token"
+    assert set(flow["clientCredentials"]["scopes"]) == {role.value for role in Role}
+    assert "/oauth/token" in spec["paths"]
 
 
 def test_request_bodies_forbid_unknown_fields() -> None:

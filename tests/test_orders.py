@@ -481,7 +481,7 @@ def test_an_order_the_policy_forbids_is_refused_with_every_reason(
     body = problem(response, 422, "policy_violation")
     assert [reason["code"] for reason in body["reasons"]] == codes
     assert all(reason["detail"] for reason in body["reasons"])
-    assert body["detail"] == "; ".join(reason["detail"] for reason in body["reasons"])
+    assert body["detail"] == " ".join(reason["detail"] for reason in body["reasons"])
     assert stored(db, agency.id) == NOTHING
     # The offer itself is orderable: the policy alone refused it.
     set_policy(client, agency, budget="10000")

@@ -151,12 +151,51 @@ def test_an_approver_of_another_agency_finds_no_policy(
     assert client.get(path, headers=approver.headers).headers["ETag"] == '"v0"'
 
 
-def test_a_buyer_may_not_read_or_replace_the_policy(
+def test_a_buyer_reads_its_own_agencys_policy_but_may_not_replace_it(
     client: FlaskClient, approver: ApiUser, make_user: MakeUser
 ) -> None:
+    """Buyers order with their eyes open: they read what their approvers wrote (same body,
+    same ETag), and writing stays with approvers."""
     buyer = make_user("agency", ["buyer"], organization_id=approver.organization_id)
-    assert client.get(policy_path(buyer.organization_id), headers=buyer.headers).status_code == 403
-    assert put(client, buyer, buyer.organization_id, POLICY, '"v0"').status_code == 403
+    path = policy_path(buyer.organization_id)
+    empty = client.get(path, headers=buyer.headers)
+    assert empty.status_code == 200, empty.get_data(as_text=True)
+    assert empty.headers["ETag"] == '"v0"' and empty.json["currency"] is None
+
+    assert put(client, approver, approver.organization_id, POLICY, '"v0"').status_code == 200
+    seen = client.get(path, headers=buyer.headers)
+    assert seen.status_code == 200
+    assert seen.headers["ETag"] == '"v1"'
+    assert seen.json == client.get(path, headers=approver.headers).json
+    assert seen.json["approval_threshold"] == "2500.00"
+    assert seen.json["monthly_budget"] == "12000.50"
+
+    refused = put(client, buyer, buyer.organization_id, {**POLICY, "currency": "CAD"}, '"v1"')
+    assert refused.status_code == 403, refused.get_data(as_text=True)
+    assert client.get(path, headers=buyer.headers).json["currency"] == "EUR"
+
+
+def test_a_buyer_of_another_agency_finds_no_policy(
+    client: FlaskClient, approver: ApiUser, make_user: MakeUser
+) -> None:
+    assert put(client, approver, approver.organization_id, POLICY, '"v0"').status_code == 200
+    stranger = make_user("agency", ["buyer"])
+    response = client.get(policy_path(approver.organization_id), headers=stranger.headers)
+    assert response.status_code == 404, response.get_data(as_text=True)
+    unknown = client.get(policy_path(str(uuid.uuid4())), headers=stranger.headers)
+    assert unknown.status_code == 404
+    assert response.json["detail"] == unknown.json["detail"]  # existence does not leak
+    # Their own agency, without a policy, is the empty one.
+    own = client.get(policy_path(stranger.organization_id), headers=stranger.headers)
+    assert own.status_code == 200 and own.json["monthly_budget"] is None
+
+
+def test_a_provider_operator_may_not_read_an_agencys_policy(
+    client: FlaskClient, approver: ApiUser, make_user: MakeUser
+) -> None:
+    operator = make_user("provider", ["provider"])
+    path = policy_path(approver.organization_id)
+    assert client.get(path, headers=operator.headers).status_code == 403
 
 
 def test_a_policy_needs_a_token(client: FlaskClient, approver: ApiUser) -> None:

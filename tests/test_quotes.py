@@ -674,3 +674,116 @@ def test_evidence_not_yet_valid_counts_as_missing(
     assert reason_codes(ok_quote(client, buyer, offer_id)) == ["certification_missing"]
     app.config["CLOCK"] = lambda: starts + timedelta(seconds=1)
     assert ok_quote(client, buyer, offer_id)["allowed"] is True
+
+
+# --- approval and budget, as ordering would judge them -----------------------------------------
+
+
+def place_order(client: FlaskClient, buyer: ApiUser, offer_id: uuid.UUID, quantity: int) -> Any:
+    return client.post(
+        "/v1/orders",
+        json={"offer_id": str(offer_id), "quantity": quantity, "name": "web"},
+        headers={**buyer.headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+
+
+def test_a_quote_says_whether_the_order_would_wait_for_an_approver_as_orders_do(
+    client: FlaskClient, db: Database, buyer: ApiUser, approver: ApiUser, provider_id: uuid.UUID
+) -> None:
+    offer_id = add_offer(db, provider_id, {"instance_hour": "0.10"})  # 73.00 EUR a month
+    assert ok_quote(client, buyer, offer_id, quantity=5)["approval_required"] is False  # no policy
+
+    set_policy(client, approver, approval_threshold="146")
+    for quantity, waits in ((1, False), (2, False), (3, True)):  # 73, 146 (not over), 219
+        body = ok_quote(client, buyer, offer_id, quantity=quantity)
+        assert (body["approval_required"], body["allowed"]) == (waits, True), quantity
+        # Judged by the monthly cost of the machines, whatever `hours` the quote is for.
+        assert (
+            ok_quote(client, buyer, offer_id, quantity=quantity, hours=1)["approval_required"]
+            is waits
+        )
+        placed = place_order(client, buyer, offer_id, quantity)
+        assert placed.status_code == 201, placed.get_data(as_text=True)
+        assert placed.json["state"] == ("pending_approval" if waits else "approved"), quantity
+
+
+def test_a_quote_says_what_is_left_of_the_budget_and_whether_the_order_fits(
+    client: FlaskClient, db: Database, buyer: ApiUser, approver: ApiUser, provider_id: uuid.UUID
+) -> None:
+    offer_id = add_offer(db, provider_id, {"instance_hour": "0.10"})  # 73.00 EUR a month
+    body = ok_quote(client, buyer, offer_id)
+    assert (body["budget_remaining"], body["budget_currency"]) == (None, None)  # no budget
+
+    set_policy(client, approver, monthly_budget="500")
+    body = ok_quote(client, buyer, offer_id, quantity=2)
+    assert (body["budget_remaining"], body["budget_currency"]) == ("500.00", "EUR")
+    assert place_order(client, buyer, offer_id, 2).json["state"] == "approved"
+    # 500 − 146 committed (machines being made count, before this order)
+    assert ok_quote(client, buyer, offer_id)["budget_remaining"] == "354.00"
+
+    set_policy(client, approver, monthly_budget="500", approval_threshold="100")
+    assert place_order(client, buyer, offer_id, 2).json["state"] == "pending_approval"
+    # Orders awaiting approval count too, as they do when an order is placed.
+    fits = ok_quote(client, buyer, offer_id, quantity=2)  # 146 of the 208 left
+    assert fits["budget_remaining"] == "208.00"
+    assert (fits["allowed"], fits["approval_required"], fits["reasons"]) == (True, True, [])
+
+    over = ok_quote(client, buyer, offer_id, quantity=3)  # 219 > 208
+    assert over["budget_remaining"] == "208.00"
+    assert over["allowed"] is False
+    assert reason_codes(over) == ["budget_exceeded"]
+    assert over["reasons"][0]["detail"] == (
+        "219.00 EUR a month on top of 292.00 committed exceeds the monthly budget of 500.00 EUR."
+    )
+    refused = place_order(client, buyer, offer_id, 3)  # the order says the same
+    assert refused.status_code == 422, refused.get_data(as_text=True)
+    assert refused.json["code"] == "budget_exceeded"
+    assert refused.json["detail"] == over["reasons"][0]["detail"]
+
+    # A budget lowered under what is committed leaves nothing (never a negative amount).
+    set_policy(client, approver, monthly_budget="250")
+    body = ok_quote(client, buyer, offer_id)
+    assert (body["budget_remaining"], body["allowed"]) == ("0.00", False)
+
+
+def test_the_budget_left_is_written_in_the_budgets_currency(
+    client: FlaskClient, db: Database, buyer: ApiUser, approver: ApiUser, provider_id: uuid.UUID
+) -> None:
+    set_policy(client, approver, currency="JPY", monthly_budget="150000")
+    offer_id = add_offer(db, provider_id, {"instance_hour": "0.10"})  # EUR
+    body = ok_quote(client, buyer, offer_id)
+    assert (body["budget_remaining"], body["budget_currency"]) == ("150000", "JPY")
+    assert body["currency"] == "EUR"
+    # Amounts in two currencies do not compare: the mismatch is the one reason given.
+    assert reason_codes(body) == ["currency_mismatch"]
+
+
+def test_a_refused_order_reads_as_sentences(
+    client: FlaskClient, db: Database, buyer: ApiUser, approver: ApiUser, maple: uuid.UUID
+) -> None:
+    """Each reason is a sentence; the problem's detail puts them one after another (never
+    "requires.; The data…")."""
+    offer_id = add_offer(db, maple, {"instance_hour": "0.10"}, region=("ca-mtl-1", "CA"))
+    set_policy(client, approver, approval_threshold="10")
+    pending = place_order(client, buyer, offer_id, 1)
+    assert pending.json["state"] == "pending_approval"
+    set_policy(
+        client,
+        approver,
+        sovereignty={"allowed_countries": ["FR"], "forbid_extraterritorial": True},
+    )
+    quoted = ok_quote(client, buyer, offer_id)
+    details = [reason["detail"] for reason in quoted["reasons"]]
+    assert len(details) == 2 and all(detail.endswith(".") for detail in details)
+
+    refused = place_order(client, buyer, offer_id, 1)
+    assert refused.status_code == 422 and refused.json["code"] == "policy_violation"
+    assert refused.json["detail"] == (
+        "The data would sit in CA; your policy allows FR. The operator is exposed to foreign "
+        "law (US_CLOUD_ACT); your policy forbids it."
+    )
+    assert [reason["detail"] for reason in refused.json["reasons"]] == details
+
+    approving = client.post(f"/v1/orders/{pending.json['id']}/approve", headers=approver.headers)
+    assert approving.status_code == 422 and approving.json["code"] == "policy_violation"
+    assert approving.json["detail"] == "This order no longer complies: " + " ".join(details)

@@ -397,9 +397,11 @@ def matches(offer: OfferSpec, params: dict[str, Any], at: datetime = NOW) -> boo
 
 
 def sort_key(sort: str) -> Callable[[OfferSpec], tuple[Any, ...]]:
+    """The order a sort promises, ties broken by id; prices compare within a currency only,
+    so a price sort groups offers by currency first."""
     field_name = sort.removeprefix("-")
     value: Callable[[OfferSpec], Any] = {
-        "monthly_price": lambda o: o.monthly,
+        "monthly_price": lambda o: (o.currency, o.monthly),
         "vcpu": lambda o: o.vcpu,
         "ram_gib": lambda o: o.ram,
         "name": lambda o: o.name,
@@ -680,6 +682,39 @@ def test_retired_offers_never_appear_whatever_the_query(
 
 def test_search_needs_a_token(client: FlaskClient, catalogue: Catalogue) -> None:
     assert client.get("/v1/offers").status_code == 401
+
+
+# --- prices in several currencies ---------------------------------------------------------------
+
+
+def test_a_price_sort_never_mixes_currencies(client: FlaskClient, catalogue: Catalogue) -> None:
+    """CAD and EUR amounts do not compare: the default sort (by price) lists each currency's
+    offers together, cheapest first; descending reverses both; a `currency` filter leaves one
+    plain price order."""
+    visible = catalogue.visible("buyer")
+    by_id = {str(o.id): o for o in visible}
+    for params, currencies in (
+        ({}, ["CAD", "EUR"]),
+        ({"sort": "monthly_price"}, ["CAD", "EUR"]),
+        ({"sort": "-monthly_price"}, ["EUR", "CAD"]),
+        ({"currency": "EUR", "sort": "-monthly_price"}, ["EUR"]),
+    ):
+        got = [by_id[i] for i in walk(client, catalogue.buyer, params, limit=11)]
+        assert len(got) == len([o for o in visible if matches(o, params)]), params
+        # One run per currency, in the order given …
+        runs = [
+            c for i, c in enumerate(o.currency for o in got) if i == 0 or got[i - 1].currency != c
+        ]
+        assert runs == currencies, params
+        # … each sorted by price (ties by id).
+        for currency in currencies:
+            prices = [(o.monthly, o.id.int) for o in got if o.currency == currency]
+            descending = params.get("sort", "").startswith("-")
+            assert prices == sorted(prices, reverse=descending), (params, currency)
+    # Interleaving by amount alone would have mixed them: the catalogue has CAD offers both
+    # cheaper and dearer than some EUR offer.
+    eur = [o.monthly for o in visible if o.currency == "EUR"]
+    assert any(min(eur) < o.monthly < max(eur) for o in visible if o.currency == "CAD")
 
 
 # --- refusals --------------------------------------------------------------------------------

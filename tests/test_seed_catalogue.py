@@ -267,7 +267,8 @@ def test_the_seed_data_is_what_the_api_would_accept() -> None:
 def test_an_offer_sync_of_a_demo_provider_finds_its_catalogue_in_place(
     app: Flask, db: Database, client: FlaskClient, seeded_buyer: ApiUser, admin: ApiUser
 ) -> None:
-    """The demo providers' simulated clouds sell exactly what their offers list."""
+    """The demo providers' simulated clouds sell what their offers list, and the machine types
+    not offered yet, which a sync makes drafts of."""
     with db.session(read_only=True) as session:
         providers = session.scalars(select(Provider).order_by(Provider.name)).all()
         offers_before = session.scalar(select(func.count()).select_from(Offer))
@@ -280,12 +281,15 @@ def test_an_offer_sync_of_a_demo_provider_finds_its_catalogue_in_place(
     for provider, job_id in zip(providers, jobs, strict=True):
         job = client.get(f"/v1/jobs/{job_id}", headers=admin.headers).json
         assert job["state"] == "succeeded", job
-        listed = next(d for d in DEMO_PROVIDERS if d.name == provider.name).offers
-        assert sorted(job["result"]["unchanged"]) == sorted(o.sku for o in listed)
-        assert job["result"]["created"] == job["result"]["updated"] == []
+        demo = next(d for d in DEMO_PROVIDERS if d.name == provider.name)
+        assert sorted(job["result"]["unchanged"]) == sorted(o.sku for o in demo.offers)
+        assert sorted(job["result"]["created"]) == sorted(o.sku for o in demo.not_offered)
+        assert job["result"]["updated"] == []
         assert job["result"]["versioned"] == job["result"]["skipped"] == []
+    new_drafts = sum(len(d.not_offered) for d in DEMO_PROVIDERS)
+    assert new_drafts > 0
     with db.session(read_only=True) as session:
-        assert session.scalar(select(func.count()).select_from(Offer)) == offers_before
+        assert session.scalar(select(func.count()).select_from(Offer)) == offers_before + new_drafts
 
 
 def _seeded_user(client: FlaskClient, credentials_file: Path, roles: list[str]) -> ApiUser:

@@ -12,31 +12,40 @@ to the whole foreground process group) stops it as cleanly.
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
 import json
-import os
 import re
-import signal
 import socket
 import stat
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.seed import DEMO_ORGANIZATIONS
+from tests.serving import (
+    Server,
+    credential_lines,
+    descendants,
+    http_call,
+    kill_leftovers,
+    running,
+    start,
+    stop,
+    token_as_curl_does,
+    wait_until_up,
+)
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
+# Ctrl-C must stop `make run` within 10 s (gunicorn's graceful timeout is 8 s).
+CTRL_C_TIMEOUT = 10.0
+HEALTH_CHECKS = 20
 CURL_TOKEN = re.compile(
     r"curl -s -u '(?P<client_id>[^':]+):(?P<secret>[^']+)' -d grant_type=client_credentials "
     r"(?P<base>http://\S+)/oauth/token"
@@ -44,125 +53,10 @@ CURL_TOKEN = re.compile(
 DEMO_NAMES = {name for name, _kind, _roles in DEMO_ORGANIZATIONS}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- processes, through /proc (psutil is not installed) ---------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # "pid (comm) state ppid ..." — comm may contain spaces or parentheses.
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return ""
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """Every living descendant of `root`: pid → command line."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: dict[int, str] = {}
-    pending = list(children.get(root, []))
-    while pending:
-        pid = pending.pop()
-        found[pid] = _cmdline(pid)
-        pending.extend(children.get(pid, []))
-    return found
-
-
-def _running(pid: int, cmdline: str) -> bool:
-    """Still running (a zombie waiting to be reaped is not), and not a reused pid."""
-    fields = _stat_fields(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return _cmdline(pid) == cmdline
-
-
 # --- the server under test --------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    stdout_path: Path
-    stderr_path: Path
-    base_url: str
-    children: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def diagnostics(self) -> str:
-        return f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
-
-
-def _start(env: dict[str, str], logs: Path, run: int, base_url: str) -> Server:
-    stdout_path, stderr_path = logs / f"serve-{run}.out", logs / f"serve-{run}.err"
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broker.cli", "serve"],
-            env=env,
-            cwd=logs,
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            # Its own process group, like a shell job: Ctrl-C can be simulated with killpg,
-            # and the cleanup can reach every process it started.
-            start_new_session=True,
-        )
-    return Server(process, stdout_path, stderr_path, base_url)
-
-
-def _http(
-    method: str, url: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read()
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
-
-
-def _wait_until_up(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"serve exited with {server.process.returncode}\n{server.diagnostics()}")
-        try:
-            status, body = _http("GET", f"{server.base_url}/healthz")
-            if status == 200 and body == {"status": "ok"}:
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"/healthz did not answer within {START_TIMEOUT}s\n{server.diagnostics()}")
 
 
 def _printed_admin(server: Server) -> re.Match[str]:
@@ -171,26 +65,8 @@ def _printed_admin(server: Server) -> re.Match[str]:
     return match
 
 
-def _token_as_curl_does(base_url: str, client_id: str, secret: str) -> str:
-    """`curl -s -u 'id:secret' -d grant_type=client_credentials <base>/oauth/token`."""
-    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    status, body = _http(
-        "POST",
-        f"{base_url}/oauth/token",
-        data=b"grant_type=client_credentials",
-        headers={
-            "Authorization": f"Basic {basic}",
-            "Content-Type": "application/x-www-form-urlencoded",
-        },
-    )
-    assert status == 200, body
-    assert body["token_type"].lower() == "bearer"
-    token: str = body["access_token"]
-    return token
-
-
 def _organizations(base_url: str, token: str) -> list[dict[str, Any]]:
-    status, body = _http(
+    status, body = http_call(
         "GET", f"{base_url}/v1/organizations", headers={"Authorization": f"Bearer {token}"}
     )
     assert status == 200, body
@@ -199,36 +75,42 @@ def _organizations(base_url: str, token: str) -> list[dict[str, Any]]:
     return items
 
 
-def _credential_lines(stdout: str) -> list[str]:
-    return [line.strip() for line in stdout.splitlines() if re.search(r"\bcb_\S+\s+\S+$", line)]
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
 
 
-def _stop(server: Server, how: str) -> int:
-    """Stop like an operator would; return the exit code (fails if it does not exit)."""
-    if how == "SIGTERM":
-        server.process.send_signal(signal.SIGTERM)
-    else:  # Ctrl-C in a terminal: SIGINT to the whole foreground process group
-        os.killpg(server.process.pid, signal.SIGINT)
+def _healthz_count(exposition: str) -> float:
+    """`broker_http_requests_total` of `GET /healthz` answered 200, over every worker."""
+    pattern = re.compile(
+        r'^broker_http_requests_total\{(?=[^}]*method="GET")(?=[^}]*route="/healthz")'
+        r'(?=[^}]*status="200")[^}]*\} (\S+)$',
+        re.MULTILINE,
+    )
+    return sum(float(value) for value in pattern.findall(exposition))
+
+
+@contextlib.contextmanager
+def _keep_alive_connections(port: int, count: int) -> Iterator[None]:
+    """`count` clients that made a request each and keep their connection open, idle."""
+    connections = []
     try:
-        return server.process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"serve did not exit within {STOP_TIMEOUT}s of {how}\n{server.diagnostics()}")
-
-
-def _kill_leftovers(server: Server) -> None:
-    for pid, cmdline in server.children.items():
-        if _running(pid, cmdline):
-            os.kill(pid, signal.SIGKILL)
-    if server.process.poll() is None:
-        try:
-            os.killpg(server.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.process.wait(timeout=10)
+        for _ in range(count):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            connections.append(connection)
+        yield
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def _record_children(server: Server) -> None:
-    server.children = _descendants(server.process.pid)
+    server.children = descendants(server.process.pid)
     commands = list(server.children.values())
     assert any("broker.cli worker" in c for c in commands), commands
     assert sum("gunicorn" in c for c in commands) >= 2, commands  # master and a worker
@@ -236,7 +118,7 @@ def _record_children(server: Server) -> None:
 
 def _assert_stopped_cleanly(server: Server, code: int, how: str) -> None:
     assert code == 0, f"serve exited with {code} after {how}\n{server.diagnostics()}"
-    left = {pid: c for pid, c in server.children.items() if _running(pid, c)}
+    left = {pid: c for pid, c in server.children.items() if running(pid, c)}
     assert not left, f"processes left running after {how}: {left}"
     assert "broker stopped" in server.stdout
     assert "Traceback" not in server.stderr, server.diagnostics()
@@ -245,33 +127,41 @@ def _assert_stopped_cleanly(server: Server, code: int, how: str) -> None:
 # --- the test -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def serve_env(
-    db_kind: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[dict[str, str]]:
-    instance = tmp_path / "instance"
-    if db_kind == "postgresql":
-        database_url: str = request.getfixturevalue("database_url")
-    else:
-        database_url = f"sqlite:///{tmp_path / 'serve.db'}"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BROKER_", "GUNICORN_", "PROMETHEUS_"))
-    }
-    env.update(
-        {
-            "HOST": "127.0.0.1",
-            "PORT": str(_free_port()),
-            "BROKER_INSTANCE_PATH": str(instance),
-            "DATABASE_URL": database_url,
-            "WEB_CONCURRENCY": "1",
-            "PYTHONPATH": str(PROJECT_ROOT),
-            # gunicorn keeps its control socket under ~/.gunicorn: give this run its own.
-            "HOME": str(tmp_path),
-        }
+def _last_month_can_be_read_with_the_printed_credentials(server: Server) -> None:
+    """The demo's closed month (broker/demo_history.py), with only what `make run` printed:
+    an agency's finalized invoice in every format, its credit note, the month's settlements."""
+    printed = {}
+    for line in credential_lines(server.stdout):
+        organization, roles, client_id, secret = line.rsplit(maxsplit=3)
+        printed[(organization, roles)] = (client_id, secret)
+    base_url = server.base_url
+    finance = token_as_curl_does(base_url, *printed[("Sovereign Cloud Consortium", "finance")])
+    buyer = token_as_curl_does(
+        base_url, *printed[("Agence nationale des données de santé", "buyer")]
     )
-    yield env
+
+    def get(path: str, token: str) -> Any:
+        status, body = http_call(
+            "GET", f"{base_url}{path}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert status == 200, (path, body)
+        return body
+
+    period = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+    [invoice] = get(f"/v1/invoices?period={period}", buyer)["items"]
+    assert invoice["state"] == "finalized"
+    path = f"/v1/invoices/{invoice['id']}/export?format="
+    assert get(f"{path}json", buyer)["number"] == invoice["number"]
+    assert invoice["number"] in get(f"{path}csv", buyer)
+    assert invoice["number"] in get(f"{path}cii", buyer)
+    assert get(f"{path}pdf", buyer).startswith("%PDF")
+    [note] = get("/v1/credit-notes", buyer)["items"]
+    assert note["invoice_id"] == invoice["id"]
+    settlements = get(f"/v1/settlements?period={period}", finance)
+    assert {item["provider_name"] for item in settlements["items"]} == {
+        "Hexagone Cloud",
+        "Nordet Nuagique",
+    }
 
 
 def _raw_request(port: int, request: str) -> tuple[str, str]:
@@ -293,9 +183,9 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
     servers: list[Server] = []
     try:
         # --- first start: migrate, seed, print, serve ------------------------------------
-        first = _start(serve_env, tmp_path, 1, base_url)
+        first = start(serve_env, tmp_path, 1, base_url)
         servers.append(first)
-        _wait_until_up(first)
+        wait_until_up(first)
 
         assert credentials_file.exists()
         assert stat.S_IMODE(credentials_file.stat().st_mode) == 0o600
@@ -316,9 +206,19 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
             first.stdout
         )
 
-        token = _token_as_curl_does(printed["base"], printed["client_id"], printed["secret"])
+        token = token_as_curl_does(printed["base"], printed["client_id"], printed["secret"])
+        # The issuer is where it serves (PORT), in its tokens and its discovery document.
+        assert _claims(token)["iss"] == base_url
+        status, metadata = http_call("GET", f"{base_url}/.well-known/oauth-authorization-server")
+        assert status == 200, metadata
+        assert (metadata["issuer"], metadata["token_endpoint"], metadata["jwks_uri"]) == (
+            base_url,
+            f"{base_url}/oauth/token",
+            f"{base_url}/.well-known/jwks.json",
+        )
         organizations = _organizations(base_url, token)
         assert len(organizations) == 6
+        _last_month_can_be_read_with_the_printed_credentials(first)
         assert {o["name"] for o in organizations} == DEMO_NAMES
         demo_ids = {o["name"]: o["id"] for o in organizations}
 
@@ -332,7 +232,7 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
             assert "content-type: application/problem+json" in head.lower()
             assert json.loads(body)["status"] == status
 
-        status, created = _http(
+        status, created = http_call(
             "POST",
             f"{base_url}/v1/organizations",
             data=json.dumps({"name": "Ville de Lyon", "kind": "agency"}).encode(),
@@ -341,32 +241,43 @@ def test_serve_seeds_serves_stops_and_restarts_on_the_same_instance(
         assert status == 201, created
 
         _record_children(first)
-        code = _stop(first, "SIGTERM")
+        code = stop(first, "SIGTERM")
         _assert_stopped_cleanly(first, code, "SIGTERM")
         with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
-            _http("GET", f"{base_url}/healthz")
+            http_call("GET", f"{base_url}/healthz")
 
         # --- second start on the same instance: nothing lost, same credentials ------------
-        second = _start(serve_env, tmp_path, 2, base_url)
+        second = start(serve_env, tmp_path, 2, base_url)
         servers.append(second)
-        _wait_until_up(second)
+        wait_until_up(second)
 
         assert json.loads(credentials_file.read_text()) == credentials
-        assert _credential_lines(second.stdout) == _credential_lines(first.stdout)
-        assert len(_credential_lines(second.stdout)) == 10
+        assert credential_lines(second.stdout) == credential_lines(first.stdout)
+        assert len(credential_lines(second.stdout)) == 10
         again = _printed_admin(second)
         assert (again["client_id"], again["secret"]) == (admin["client_id"], admin["client_secret"])
 
-        token = _token_as_curl_does(again["base"], again["client_id"], again["secret"])
+        token = token_as_curl_does(again["base"], again["client_id"], again["secret"])
         organizations = _organizations(base_url, token)
         assert {o["name"]: o["id"] for o in organizations} == {
             **demo_ids,
             "Ville de Lyon": created["id"],
         }
 
+        # /metrics adds up what every gunicorn worker counted (two of them here).
+        for _ in range(HEALTH_CHECKS):
+            assert http_call("GET", f"{base_url}/healthz")[0] == 200
+        for _ in range(4):
+            status, exposition = http_call("GET", f"{base_url}/metrics")
+            assert status == 200
+            assert _healthz_count(exposition) >= HEALTH_CHECKS, exposition
+
+        # Ctrl-C while clients hold keep-alive connections open: a prompt, quiet stop.
         _record_children(second)
-        code = _stop(second, "Ctrl-C")
+        with _keep_alive_connections(int(serve_env["PORT"]), 8):
+            code = stop(second, "Ctrl-C", timeout=CTRL_C_TIMEOUT)
         _assert_stopped_cleanly(second, code, "Ctrl-C")
+        assert "SIGKILL" not in second.stderr, second.diagnostics()
     finally:
         for server in servers:
-            _kill_leftovers(server)
+            kill_leftovers(server)

@@ -875,3 +875,34 @@ def test_jobs_deliver_the_event_frozen_at_notify_time(
     assert delivered[0]["id"] != delivered[1]["id"]
     queued = {job.payload["event"]["id"]: job.payload["event"] for job in _jobs(db)}
     assert {e["id"]: e for e in delivered} == queued
+
+
+def test_the_development_switch_lets_a_local_receiver_take_deliveries(
+    app: Flask,
+    client: FlaskClient,
+    db: Database,
+    agency: Agency,
+    receivers: Callable[..., Receiver],
+    t0: datetime,
+) -> None:
+    receiver = receivers()
+    local = f"{receiver.url}/hooks"  # http on 127.0.0.1
+    app.config["PROVIDER_ALLOW_PRIVATE_ENDPOINTS"] = False  # as in production
+    # Off (the default): refused, saying what is expected.
+    refused = problem(_register(client, agency.approver, local), 422, "validation_failed")
+    assert "https URL with a public host name" in refused["errors"]["url"][0]
+
+    app.config["WEBHOOKS_ALLOW_PRIVATE"] = True  # BROKER_ALLOW_PRIVATE_WEBHOOKS=true
+    created = _created(client, agency.approver, url=local)
+    assert _notify(db, agency.id, webhooks.ORDER_STATE_CHANGED, ORDER_DATA) == 1
+    assert _run(app, db, t0, strict=True) == 1  # providers stay strict; webhooks may be local
+    (got,) = receiver.received
+    signature = _header(got, webhooks.SIGNATURE_HEADER)
+    assert webhooks.verify_signature(created["secret"], signature, got.body, now=t0)
+
+    # Switched off again, the queued delivery of a local endpoint is dead, unsent.
+    app.config["WEBHOOKS_ALLOW_PRIVATE"] = False
+    assert _notify(db, agency.id, webhooks.ORDER_STATE_CHANGED, ORDER_DATA) == 1
+    assert _run(app, db, t0, strict=True) == 1
+    assert len(receiver.received) == 1
+    assert sorted(job.state.value for job in _jobs(db)) == ["dead", "succeeded"]

@@ -13,19 +13,20 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import flask_smorest
+import marshmallow as ma
 from authlib.oauth2 import OAuth2Error
-from flask import Request, Response, current_app, g, request, url_for
+from flask import Request, Response, current_app, g, json, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
-from webargs.flaskparser import FlaskParser, abort
+from webargs.flaskparser import FlaskParser
 
 from broker.api.limits import count_the_client
 from broker.api.problems import PROBLEM_CONTENT_TYPE, ProblemSchema
 from broker.api.schemas import Money
 from broker.auth.identity import Caller
-from broker.auth.server import caller_from_claims, protector
+from broker.auth.server import caller_from_claims, protector, require_roles
 from broker.db import Database
-from broker.errors import BrokerError, ValidationFailed
+from broker.errors import BrokerError, ValidationFailed, joined
 from broker.models import Role
 from broker.models.base import utcnow
 from broker.services.adapters import ProviderRuntime
@@ -34,6 +35,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BEARER = "bearerAuth"
+# The same tokens, as Swagger UI's "Authorize" gets them itself (client credentials).
+OAUTH2 = "clientCredentials"
+ROLE_SCOPES = {
+    Role.BUYER: "An agency's buyer: search, quote, order, use machines",
+    Role.APPROVER: "An agency's approver: approve orders, set the policy, webhooks",
+    Role.PROVIDER: "A provider's operator: offers, evidence, usage",
+    Role.FINANCE: "The consortium's finance: billing runs, invoices, settlements",
+    Role.ASSESSOR: "The consortium's assessor: vouch for or reject evidence",
+    Role.ADMIN: "The consortium's administration",
+}
 
 
 def database() -> Database:
@@ -125,6 +136,20 @@ class Api(flask_smorest.Api):
             },
         )
         self.spec.components.security_scheme(
+            OAUTH2,
+            {
+                "type": "oauth2",
+                "description": "Client credentials of an API client: its roles are its scopes "
+                "(a token carries every role of the client).",
+                "flows": {
+                    "clientCredentials": {
+                        "tokenUrl": "/oauth/token",
+                        "scopes": {role.value: words for role, words in ROLE_SCOPES.items()},
+                    }
+                },
+            },
+        )
+        self.spec.components.security_scheme(
             "basicAuth",
             {"type": "http", "scheme": "basic", "description": "client_id:client_secret"},
         )
@@ -139,17 +164,50 @@ class _Parser(FlaskParser):
         "querystring": None,
     }
 
-    def _raw_load_json(self, req: Request) -> Any:
+    def load_json(self, req: Request, schema: ma.Schema) -> Any:
         # Only endpoints that take a body parse one, so an empty body is a malformed request
         # (webargs would read it as `{}` and an all-optional PATCH would pass).
         if not req.get_data(cache=True):
-            abort(400, messages={"json": ["A JSON body is required."]})
+            raise BrokerError(body_required(schema), code="malformed_body")
+        return super().load_json(req, schema)
+
+    def _raw_load_json(self, req: Request) -> Any:
         try:
             document = super()._raw_load_json(req)
         except RecursionError:  # the JSON decoder's own stack, hundreds of levels down
             raise _too_deep() from None
         check_json_document(document)
         return document
+
+
+def body_required(schema: ma.Schema) -> str:
+    """What to send when the body is missing: the required fields, as a JSON example
+    (`{"reason": "…"}`), or the fields to choose from when none is required."""
+    hint: str | None = getattr(schema, "BODY_HINT", None)
+    if hint:
+        return f"A JSON body is required: {hint}"
+    fields = {name: field for name, field in schema.load_fields.items() if not field.dump_only}
+    required = {name: _placeholder(field) for name, field in fields.items() if field.required}
+    if required:
+        example = json.dumps(required, ensure_ascii=False)
+        noun = "field" if len(required) == 1 else "fields"
+        return f"A JSON body is required, with the {noun} {joined(list(required))}: {example}."
+    if fields:
+        return f"A JSON body is required: an object with any of {joined(list(fields), 'or')}."
+    return "A JSON body is required: a JSON object."
+
+
+def _placeholder(field: ma.fields.Field) -> Any:
+    """A stand-in value of the field's JSON type, for an example body."""
+    if isinstance(field, ma.fields.Boolean):
+        return True
+    if isinstance(field, ma.fields.Number) and not isinstance(field, ma.fields.Decimal):
+        return 1
+    if isinstance(field, ma.fields.List):
+        return []
+    if isinstance(field, ma.fields.Nested | ma.fields.Dict):
+        return {}
+    return "…"
 
 
 # No request of this API nests deeper than a few levels; a limit keeps every later walk of the
@@ -219,22 +277,24 @@ class Blueprint(flask_smorest.Blueprint):
         The caller is then available as `current_caller()`; the roles are documented on the
         operation as `x-roles`.
         """
-        scopes = [role.value for role in roles] or None
 
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 guard = protector()
                 try:
-                    claims = guard.acquire_token(scopes)
+                    # The token's validity and its client's standing (401); the roles after,
+                    # here, where the 403 can name the roles needed.
+                    claims = guard.acquire_token()
                 except OAuth2Error as error:
                     guard.raise_error_response(error)
                 g.caller = caller_from_claims(claims)
+                require_roles(g.caller, roles)
                 count_the_client(g.caller.client_id)
                 return view(*args, **kwargs)
 
             documented = self.doc(
-                security=[{BEARER: []}],
+                security=[{BEARER: []}, {OAUTH2: [role.value for role in roles]}],
                 **{"x-roles": [role.value for role in roles] or ["any"]},
             )
             return cast(F, documented(wrapper))

@@ -17,6 +17,7 @@ from broker.api.idempotency import idempotent
 from broker.api.limits import expensive
 from broker.api.schemas import (
     ListArgs,
+    Matches,
     Money,
     StrictSchema,
     Timestamp,
@@ -52,13 +53,25 @@ class BillingProfileSchema(StrictSchema):
     address = ma.fields.String(
         load_default=None,
         allow_none=True,
-        validate=[ma.validate.Length(max=500), ma.validate.Regexp(r"^[^\x00-\x09\x0b-\x1f\x7f]*$")],
+        validate=[
+            ma.validate.Length(max=500),
+            Matches(
+                r"^[^\x00-\x09\x0b-\x1f\x7f]*$",
+                "postal address text: line breaks are allowed, other control characters "
+                "(tabs and the like) are not",
+            ),
+        ],
     )
     country = country_field(required=True)
     vat_id = ma.fields.String(
         load_default=None,
         allow_none=True,
-        validate=ma.validate.Regexp(r"^[A-Z0-9]{2,30}$"),
+        validate=Matches(
+            r"^[A-Z0-9]{2,30}$",
+            "a VAT identification number in capitals and digits without spaces, 2–30 "
+            "characters, such as `FR40303265045`",
+            suggest=True,
+        ),
         metadata={"description": "VAT identification number, e.g. FR40303265045"},
     )
     vat_rate = Money(

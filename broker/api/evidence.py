@@ -19,6 +19,7 @@ from broker.api.schemas import (
     country_field,
     https_url_field,
     iso_z,
+    law_code_field,
     name_field,
     page_of,
     reason_field,
@@ -29,8 +30,6 @@ from broker.models import Evidence, EvidenceKind, EvidenceState, Role
 from broker.services import evidence as service
 
 blp = Blueprint("evidence", __name__, url_prefix="/v1", description="Sovereignty evidence")
-
-EXPOSURE_PATTERN = r"^[A-Z][A-Z0-9_]{1,39}$"
 
 
 class CertificationClaimSchema(StrictSchema):
@@ -67,7 +66,7 @@ class JurisdictionClaimSchema(StrictSchema):
     operator_country = country_field(required=True)
     parent_country = country_field(load_default=None, allow_none=True)
     extraterritorial_exposure = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Regexp(EXPOSURE_PATTERN)),
+        law_code_field(),
         load_default=list,
         validate=ma.validate.Length(max=20),
         metadata={"description": "Foreign laws reaching the operator, e.g. `US_CLOUD_ACT`."},
@@ -78,7 +77,7 @@ class RegionClaimSchema(StrictSchema):
     """Where a region's data centre is, and its tier."""
 
     kind = ma.fields.String(required=True, validate=ma.validate.OneOf(["region"]))
-    region_code = slug_field(max_length=50, required=True)
+    region_code = slug_field(max_length=50, example="fr-par-1", required=True)
     country = country_field(required=True)
     city = name_field(load_default=None, allow_none=True)
     datacenter_tier = WholeNumber(
@@ -96,6 +95,12 @@ CLAIM_SCHEMAS: tuple[type[StrictSchema], ...] = (
 
 class EvidenceClaimSchema(ma.Schema):
     """One claim, read with the schema of its `kind` (documented as their `oneOf`)."""
+
+    # What a request without a body is told to send (see `broker.api.base.body_required`).
+    BODY_HINT = (
+        "a claim whose `kind` is certification, jurisdiction or region, with the fields of "
+        'that kind, such as {"kind": "jurisdiction", "operator_country": "FR"}.'
+    )
 
     def load(self, data: Any, **_kwargs: Any) -> Any:
         if not isinstance(data, dict):

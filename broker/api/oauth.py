@@ -53,7 +53,9 @@ _TOKEN_REQUEST = {
     requestBody=_TOKEN_REQUEST,
     security=[{"basicAuth": []}, {}],
     description="Client credentials grant (RFC 6749 §4.4). Authenticate with HTTP Basic "
-    "(`client_secret_basic`) or form fields (`client_secret_post`).",
+    "(`client_secret_basic`) or form fields (`client_secret_post`). The body is form-encoded "
+    "(`application/x-www-form-urlencoded`): a JSON body is refused with `invalid_request` and "
+    "an `error_description` saying so.",
 )
 @blp.response(200, TokenSchema)
 @blp.alt_response(400, schema=OAuthErrorSchema, description="RFC 6749 error")

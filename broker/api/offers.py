@@ -24,6 +24,7 @@ from broker.api.limits import expensive
 from broker.api.schemas import (
     NO_CONTROL_CHARACTERS,
     ListArgs,
+    Matches,
     Money,
     StrictSchema,
     Timestamp,
@@ -81,24 +82,41 @@ class PriceSchema(StrictSchema):
 
 class OfferPatchSchema(StrictSchema):
     name = name_field()
-    region = slug_field(max_length=50, metadata={"description": "A region code of the provider"})
-    specs = ma.fields.Nested(SpecsSchema)
+    region = slug_field(
+        max_length=50, example="fr-par-1", metadata={"description": "A region code of the provider"}
+    )
+    specs = ma.fields.Nested(
+        SpecsSchema, metadata={"description": "Replaced whole: send every field of the specs."}
+    )
     prices = ma.fields.List(
-        ma.fields.Nested(PriceSchema), validate=ma.validate.Length(min=1, max=len(METRICS))
+        ma.fields.Nested(PriceSchema),
+        validate=ma.validate.Length(min=1, max=len(METRICS)),
+        metadata={"description": "Replaced whole, not merged: send every price the offer keeps."},
     )
     compliance = ma.fields.List(
         slug_field(),
         validate=ma.validate.Length(max=50),
-        metadata={"description": "Schemes claimed: a subset of the provider's evidence."},
+        metadata={
+            "description": "Schemes claimed: a subset of the provider's evidence. Replaced "
+            "whole, not merged."
+        },
     )
 
 
 class OfferCreateSchema(OfferPatchSchema):
     provider_id = ma.fields.UUID(required=True)
-    sku = ma.fields.String(required=True, validate=ma.validate.Regexp(service.SKU_PATTERN))
+    sku = ma.fields.String(
+        required=True,
+        validate=Matches(
+            service.SKU_PATTERN,
+            "a SKU such as `vm.s2-4`: letters, digits, dots, underscores and hyphens, starting "
+            "with a letter or digit, at most 100 characters",
+            suggest=True,
+        ),
+    )
     name = name_field(required=True)
     kind = ma.fields.String(load_default="vm", validate=ma.validate.OneOf(KINDS))
-    region = slug_field(max_length=50, required=True)
+    region = slug_field(max_length=50, example="fr-par-1", required=True)
     specs = ma.fields.Nested(SpecsSchema, required=True)
     prices = ma.fields.List(
         ma.fields.Nested(PriceSchema),
@@ -193,10 +211,15 @@ class OfferSchema(ma.Schema):
 
 class SearchArgs(ListArgs):
     provider = ma.fields.UUID(load_default=None)
-    region = slug_field(max_length=50, load_default=None)
+    region = slug_field(max_length=50, example="fr-par-1", load_default=None)
     country = ma.fields.String(
         load_default=None,
-        validate=[ma.validate.Length(equal=2), ma.validate.Regexp(r"^[A-Za-z]{2}$")],
+        validate=Matches(
+            r"^[A-Za-z]{2}$",
+            "an ISO 3166-1 alpha-2 country code, such as `FR`",
+            suggest=True,
+            equal=2,
+        ),
     )
     kind = ma.fields.String(load_default=None, validate=ma.validate.OneOf(KINDS))
     min_vcpu = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=0, max=1024))
@@ -211,7 +234,12 @@ class SearchArgs(ListArgs):
     sort = ma.fields.String(
         load_default="monthly_price",
         validate=ma.validate.OneOf([f"{d}{k}" for k in service.SORTS for d in ("", "-")]),
-        metadata={"description": "Field to sort by; prefix `-` for descending."},
+        metadata={
+            "description": "Field to sort by; prefix `-` for descending. Prices in different "
+            "currencies do not compare: `monthly_price` sorts by `currency` first (alphabetical "
+            "ISO 4217 code), then by price within each currency, and `-monthly_price` reverses "
+            "both. Give `currency` for one plain price order."
+        },
     )
 
 
@@ -263,7 +291,11 @@ def get_offer(offer_id: uuid.UUID) -> Response:
 @blp.alt_response(201, schema=OfferSchema, description="A new version (draft) was created")
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
-    """Edit a draft (200), or make the next version of a published offer as a draft (201)."""
+    """Edit a draft (200), or make the next version of a published offer as a draft (201).
+
+    Fields left out keep their value; a field sent replaces the old value whole (`prices`,
+    `specs` and `compliance` are not merged). The `ETag` is the document's revision, not the
+    offer's `version`: send it back as it is in `If-Match`."""
     edit = service.edit_offer(
         request_session(),
         current_caller(),

@@ -11,7 +11,9 @@ from flask import Response, jsonify
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.idempotency import idempotent
 from broker.api.schemas import (
+    NO_CONTROL_CHARACTERS,
     ListArgs,
+    Matches,
     Money,
     StrictSchema,
     Timestamp,
@@ -29,20 +31,27 @@ blp = Blueprint("orders", __name__, url_prefix="/v1/orders", description="Orders
 SSH_KEY = (
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]{16,8192}( [^\n]{0,200})?$"
 )
+SSH_KEY_EXPECTED = (
+    "an OpenSSH public key line such as `ssh-ed25519 AAAAC3Nza… user@host`: the type "
+    "(ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521), a space, the base64 key, and an "
+    "optional comment, on one line"
+)
 
 
 class OrderParametersSchema(StrictSchema):
     image = ma.fields.String(
-        validate=[ma.validate.Length(min=1, max=200), ma.validate.Regexp(r"^[^\x00-\x1f]+$")],
+        validate=[ma.validate.Length(min=1, max=200), NO_CONTROL_CHARACTERS],
         metadata={"description": "Image id or name at the provider (its default when absent)."},
     )
-    ssh_public_key = ma.fields.String(validate=ma.validate.Regexp(SSH_KEY))
+    ssh_public_key = ma.fields.String(validate=Matches(SSH_KEY, SSH_KEY_EXPECTED))
 
 
 class OrderCreateSchema(StrictSchema):
     offer_id = ma.fields.UUID(required=True)
     quantity = WholeNumber(load_default=1, validate=ma.validate.Range(min=1, max=20))
-    name = slug_field(max_length=50, required=True, metadata={"description": "Machine name."})
+    name = slug_field(
+        max_length=50, example="web-01", required=True, metadata={"description": "Machine name."}
+    )
     parameters = ma.fields.Nested(OrderParametersSchema, load_default=dict)
 
 

@@ -69,11 +69,12 @@ def _policy_response(policy: service.PolicyView) -> Response:
 
 
 @blp.route("/<uuid:organization_id>/policy", methods=["GET"])
-@blp.auth(Role.APPROVER, Role.ADMIN)
+@blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
 @blp.response(200, PolicyOutSchema, headers=_ETAG)
 def get_policy(organization_id: uuid.UUID) -> Response:
-    """Read an agency's policy (its approvers, or admins). Without one, all fields are empty
-    and the ETag is `"v0"`."""
+    """Read an agency's policy (its buyers and approvers, or admins), so buyers know before
+    ordering what is allowed and what waits for an approver. Without one, all fields are empty
+    and the ETag is `"v0"`. Another agency's policy answers 404."""
     return _policy_response(
         service.get_policy(request_session(), current_caller(), organization_id)
     )
@@ -85,7 +86,8 @@ def get_policy(organization_id: uuid.UUID) -> Response:
 @blp.response(200, PolicyOutSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def put_policy(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
-    """Replace an agency's policy. Needs `If-Match` with the ETag you read."""
+    """Replace an agency's policy (its approvers, or admins). Needs `If-Match` with the ETag
+    you read."""
     policy = service.put_policy(
         request_session(),
         current_caller(),

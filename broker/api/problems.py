@@ -66,20 +66,55 @@ _HTTP_CODES = {
 }
 
 
+# One title per status, whatever answers it (a domain error, Werkzeug, webargs, the rate
+# limiter, gunicorn): the title is the kind of failure a person reads, the same wording every
+# time; `code` names the precise problem and `detail` says what to do about it.
+TITLES: dict[int, str] = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict with the current state",
+    412: "The resource has changed",
+    413: "The request body is too large",
+    414: "The URL is too long",
+    415: "Unsupported media type",
+    422: "The request is not valid",
+    428: "Precondition required",
+    429: "Too many requests",
+    431: "The request headers are too large",
+    500: "Internal error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+def title_for(status: int) -> str:
+    """The title of every problem answered with `status`."""
+    if status in TITLES:
+        return TITLES[status]
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def problem(
     status: int,
     code: str,
-    title: str | None = None,
     detail: str | None = None,
     *,
     errors: Mapping[str, Sequence[str]] | None = None,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
-    """Build a problem+json response."""
+    """Build a problem+json response (its title is the status's: `TITLES`)."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
-        "title": title or HTTPStatus(status).phrase,
+        "title": title_for(status),
         "status": status,
         "code": code,
     }
@@ -152,7 +187,7 @@ def write_server_problem(sock: Any, status_int: int, reason: str, mesg: str) -> 
 
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + _HTTP_CODES.get(status_int, "bad_request"),
-        "title": reason,
+        "title": title_for(status_int),
         "status": status_int,
         "code": _HTTP_CODES.get(status_int, "bad_request"),
     }
@@ -171,11 +206,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(BrokerError)
     def _broker_error(error: BrokerError) -> Response:
+        # A domain error's class `title` is its default sentence: it becomes the detail when
+        # none was given (the problem's title is the status's, as for every other error).
         return problem(
             error.status,
             error.code,
-            error.title,
-            error.detail,
+            error.detail or error.title,
             errors=error.errors,
             headers=error.headers,
             extra=error.extra,
@@ -199,7 +235,6 @@ def register_error_handlers(app: Flask) -> None:
         return problem(
             412,
             "precondition_failed",
-            "The resource has changed",
             "Someone changed this resource while you did; read it again and retry.",
         )
 

@@ -25,9 +25,11 @@ from broker.api.schemas import (
     StrictSchema,
     Timestamp,
     WholeNumber,
+    adapter_name_field,
     country_field,
     https_url_field,
     iso_z,
+    law_code_field,
     name_field,
     page_of,
     sha256_field,
@@ -43,7 +45,7 @@ _ETAG = {"ETag": {"schema": {"type": "string"}}}
 
 
 class RegionSchema(StrictSchema):
-    code = slug_field(max_length=50, required=True)
+    code = slug_field(max_length=50, example="fr-par-1", required=True)
     country = country_field(required=True)
     city = name_field(load_default=None, allow_none=True)
     datacenter_tier = WholeNumber(
@@ -69,7 +71,7 @@ class JurisdictionSchema(StrictSchema):
     operator_country = country_field(required=True)
     parent_country = country_field(load_default=None, allow_none=True)
     extraterritorial_exposure = ma.fields.List(
-        ma.fields.String(validate=ma.validate.Regexp(r"^[A-Z][A-Z0-9_]{1,39}$")),
+        law_code_field(),
         load_default=list,
         validate=ma.validate.Length(max=20),
         metadata={"description": "Foreign laws reaching the operator, e.g. `US_CLOUD_ACT`."},
@@ -78,8 +80,14 @@ class JurisdictionSchema(StrictSchema):
 
 class ProviderPatchSchema(StrictSchema):
     name = name_field()
-    adapter = ma.fields.String(validate=ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,49}$"))
-    adapter_config = ma.fields.Dict(keys=ma.fields.String(validate=ma.validate.Length(max=100)))
+    adapter = adapter_name_field()
+    adapter_config = ma.fields.Dict(
+        keys=ma.fields.String(validate=ma.validate.Length(max=100)),
+        metadata={
+            "description": "Replaced whole, not merged: send every setting (a partial one drops "
+            "the others, such as `flavors`)."
+        },
+    )
     regions = ma.fields.List(
         ma.fields.Nested(RegionSchema), validate=ma.validate.Length(min=1, max=100)
     )
@@ -93,9 +101,7 @@ class ProviderPatchSchema(StrictSchema):
 class ProviderCreateSchema(ProviderPatchSchema):
     name = name_field(required=True)
     organization_id = ma.fields.UUID(required=True)
-    adapter = ma.fields.String(
-        required=True, validate=ma.validate.Regexp(r"^[a-z][a-z0-9_]{1,49}$")
-    )
+    adapter = adapter_name_field(required=True)
     adapter_config = ma.fields.Dict(
         keys=ma.fields.String(validate=ma.validate.Length(max=100)), load_default=dict
     )

@@ -38,8 +38,35 @@ class QuoteSchema(ma.Schema):
     lines = ma.fields.List(ma.fields.Nested(RatedLineSchema), attribute="estimate.lines")
     total = Money(attribute="estimate.total", currency_from="estimate.currency")
     currency = ma.fields.String(attribute="estimate.currency")
-    allowed = ma.fields.Boolean()
+    allowed = ma.fields.Boolean(
+        metadata={
+            "description": "Whether your agency's policy and budget allow ordering this "
+            "(`reasons` says why not), as placing the order would check them."
+        }
+    )
     reasons = ma.fields.List(ma.fields.Nested(ReasonSchema))
+    approval_required = ma.fields.Boolean(
+        metadata={
+            "description": "Whether an order of this would wait for an approver of your agency: "
+            "its monthly cost (`quantity` machines for 730 h, whatever `hours`) is over the "
+            "policy's approval threshold. The same rule orders follow; an order that is not "
+            "`allowed` is refused instead."
+        }
+    )
+    budget_remaining = Money(
+        allow_none=True,
+        currency_from="budget_currency",
+        metadata={
+            "description": "What is left of your agency's monthly budget before this order: the "
+            "budget less what is committed a month (machines being made or alive, and orders "
+            "awaiting approval); 0 when already reached; null without a budget. In "
+            "`budget_currency`."
+        },
+    )
+    budget_currency = ma.fields.String(
+        allow_none=True,
+        metadata={"description": "The currency of your agency's budget; null without one."},
+    )
 
 
 @blp.route("", methods=["POST"])

@@ -21,7 +21,6 @@ from broker.api.schemas import (
 )
 from broker.models import ResourceState, Role
 from broker.services import resources as service
-from broker.services import usage
 
 blp = Blueprint("resources", __name__, url_prefix="/v1/resources", description="Resources")
 
@@ -69,8 +68,14 @@ class ResourceDetailSchema(ResourceSchema):
     cost_this_period = ma.fields.Nested(
         CostSchema,
         metadata={
-            "description": "At its order's prices, before tax: metered usage plus the running "
-            "time not metered yet."
+            "description": "What the machine has cost so far this period, at its order's "
+            "prices, before tax: the usage recorded for every metric, plus an estimate for the "
+            "running time whose usage has not arrived yet. The broker meters instance hours "
+            "each hour; vCPU and RAM hours come from the provider later (polled hour by hour, "
+            "or pushed), so until they do they are estimated from the machine's size (vCPUs, "
+            "GiB of RAM) and the time it ran; once they arrive they replace the estimate for "
+            "the time they cover. Storage and egress count once reported. The invoice bills "
+            "the usage recorded."
         },
     )
 
@@ -96,7 +101,7 @@ def get_resource(resource_id: uuid.UUID) -> Response:
     session = request_session()
     resource = service.get_resource(session, current_caller(), resource_id)
     body = ResourceDetailSchema(exclude=["cost_this_period"]).dump(resource)
-    body["cost_this_period"] = CostSchema().dump(usage.cost_this_period(session, resource, now()))
+    body["cost_this_period"] = CostSchema().dump(service.cost_this_period(session, resource, now()))
     return jsonify(body)
 
 

@@ -26,6 +26,12 @@ class Timestamp(ma.fields.AwareDateTime):
     """A UTC instant written as ISO 8601 with `Z` (`2026-11-22T13:37:00.123456Z`)."""
 
     def __init__(self, **kwargs: Any) -> None:
+        expected = "an ISO 8601 date and time, such as `2026-11-22T13:37:00Z`"
+        kwargs["error_messages"] = {
+            "invalid": f"Expected {expected}.",
+            "invalid_awareness": f"Expected {expected} (with `Z` or an offset like `+01:00`).",
+            **kwargs.get("error_messages", {}),
+        }
         super().__init__(format="iso", default_timezone=UTC, **kwargs)
 
     def _serialize(self, value: datetime | None, attr: Any, obj: Any, **kwargs: Any) -> Any:
@@ -57,8 +63,64 @@ class StrictSchema(ma.Schema):
         return data
 
 
-NO_CONTROL_CHARACTERS = ma.validate.Regexp(
-    r"^[^\x00-\x1f\x7f]*$", error="Control characters are not allowed."
+class Matches(ma.validate.Regexp):
+    """A pattern whose error says, in words, what matches: marshmallow's own says only
+    "String does not match expected pattern.", which leaves the caller guessing.
+
+    `expected` completes the sentence "Expected …" (say, "an ISO 3166-1 alpha-2 country code
+    in capitals, such as FR"). With `suggest` (for codes and identifiers, where case and spaces
+    carry no meaning: not for URLs or free text), when a change of case or of spaces alone
+    would make the input match, the message suggests it too ("Did you mean FR?").
+    """
+
+    def __init__(
+        self,
+        regex: str,
+        expected: str,
+        *,
+        suggest: bool = False,
+        max: int | None = None,  # noqa: A002 - the names apispec reads a length bound by
+        equal: int | None = None,
+    ) -> None:
+        self.pattern = re.compile(regex)
+        super().__init__(self.pattern, error=f"Expected {expected}.")
+        self.expected = expected
+        self.suggest = suggest
+        # A length bound the OpenAPI document shows (`maxLength`: every query string is
+        # bounded); the pattern enforces it too, with the same message.
+        self.min, self.max, self.equal = None, max, equal
+
+    def __call__(self, value: Any) -> Any:
+        # `fullmatch`: a pattern's `$` would also let a trailing newline through.
+        if not isinstance(value, str) or self.pattern.fullmatch(value) is None:
+            suggestion = self.suggestion(value) if self.suggest else None
+            hint = f" Did you mean `{suggestion}`?" if suggestion else ""
+            raise ma.ValidationError(self.error + hint)
+        return value
+
+    def suggestion(self, value: Any) -> str | None:
+        """The input with its case or spaces changed, if that alone makes it match."""
+        if not isinstance(value, str) or len(value) > _MAX_SUGGESTED:
+            return None
+        for variant in (fix(value) for fix in _FIXES):
+            if variant and variant != value and self.pattern.fullmatch(variant):
+                return variant
+        return None
+
+
+# Suggestions are short: echoing a long input back adds nothing.
+_MAX_SUGGESTED = 100
+_FIXES = (
+    str.strip,
+    str.lower,
+    str.upper,
+    lambda text: "-".join(text.lower().split()),
+    lambda text: "".join(text.split()),
+    lambda text: "".join(text.split()).upper(),
+)
+
+NO_CONTROL_CHARACTERS = Matches(
+    r"^[^\x00-\x1f\x7f]*$", "text without control characters (tabs, line breaks and the like)"
 )
 
 
@@ -106,10 +168,40 @@ class RatedLineSchema(ma.Schema):
     currency = ma.fields.String()
 
 
+COUNTRY_PATTERN = r"^[A-Z]{2}$"
+COUNTRY_EXPECTED = "an ISO 3166-1 alpha-2 country code in capitals, such as `FR` or `DE`"
+
+
 def country_field(**kwargs: Any) -> ma.fields.String:
     """An ISO 3166-1 alpha-2 country code (`FR`, `CA`)."""
     return ma.fields.String(
-        validate=[ma.validate.Length(equal=2), ma.validate.Regexp(r"^[A-Z]{2}$")], **kwargs
+        validate=Matches(COUNTRY_PATTERN, COUNTRY_EXPECTED, suggest=True, equal=2), **kwargs
+    )
+
+
+def law_code_field(**kwargs: Any) -> ma.fields.String:
+    """A foreign law reaching an operator (an extraterritorial exposure): `US_CLOUD_ACT`."""
+    return ma.fields.String(
+        validate=Matches(
+            r"^[A-Z][A-Z0-9_]{1,39}$",
+            "a foreign law's code such as `US_CLOUD_ACT`: capitals, digits and underscores, "
+            "starting with a letter, 2–40 characters",
+            suggest=True,
+        ),
+        **kwargs,
+    )
+
+
+def adapter_name_field(**kwargs: Any) -> ma.fields.String:
+    """The name of a provider adapter plugin (`simulated`, `openstack`, `outscale`)."""
+    return ma.fields.String(
+        validate=Matches(
+            r"^[a-z][a-z0-9_]{1,49}$",
+            "an adapter name such as `openstack`: lowercase letters, digits and underscores, "
+            "starting with a letter, 2–50 characters",
+            suggest=True,
+        ),
+        **kwargs,
     )
 
 
@@ -118,13 +210,18 @@ def currency_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(validate=ma.validate.OneOf(sorted(MINOR_UNITS)), **kwargs)
 
 
-def slug_field(max_length: int = 40, **kwargs: Any) -> ma.fields.String:
+def slug_field(
+    max_length: int = 40, *, example: str = "secnumcloud", **kwargs: Any
+) -> ma.fields.String:
     """A machine name: lower-case letters, digits and dashes (`secnumcloud`, `bsi-c5`)."""
     return ma.fields.String(
-        validate=[
-            ma.validate.Length(max=max_length),
-            ma.validate.Regexp(rf"^[a-z0-9][a-z0-9-]{{0,{max_length - 1}}}$"),
-        ],
+        validate=Matches(
+            rf"^[a-z0-9][a-z0-9-]{{0,{max_length - 1}}}$",
+            f"a lowercase slug such as `{example}`: a–z, 0–9 and hyphens, not starting with a "
+            f"hyphen, at most {max_length} characters",
+            suggest=True,
+            max=max_length,
+        ),
         **kwargs,
     )
 
@@ -135,7 +232,9 @@ PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 def period_field(**kwargs: Any) -> ma.fields.String:
     """A billing period: a calendar month, `YYYY-MM`."""
     return ma.fields.String(
-        validate=[ma.validate.Length(equal=7), ma.validate.Regexp(PERIOD_PATTERN)],
+        validate=Matches(
+            PERIOD_PATTERN, "a calendar month as YYYY-MM, such as `2026-11`", equal=7
+        ),
         metadata={"example": "2026-11", **kwargs.pop("metadata", {})},
         **kwargs,
     )
@@ -155,7 +254,7 @@ class WholeNumber(ma.fields.Integer):
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int:
         integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         if isinstance(value, bool) or not integral:
-            raise ma.ValidationError("Not a whole number.")
+            raise ma.ValidationError("Expected a whole number, such as 2.")
         return int(value)
 
 
@@ -173,7 +272,10 @@ def https_url_field(**kwargs: Any) -> ma.fields.String:
     return ma.fields.String(
         validate=[
             ma.validate.Length(max=500),
-            ma.validate.Regexp(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\x00-\x20\x7f]*)?$"),
+            Matches(
+                r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\x00-\x20\x7f]*)?$",
+                "an https URL without spaces, such as `https://example.org/certificate.pdf`",
+            ),
         ],
         **kwargs,
     )
@@ -205,7 +307,9 @@ def reason_field() -> ma.fields.String:
 def sha256_field(**kwargs: Any) -> ma.fields.String:
     """A SHA-256 digest in lower-case hex (of a document, say)."""
     return ma.fields.String(
-        validate=ma.validate.Regexp(r"^[0-9a-f]{64}$", error="64 lower-case hex digits."),
+        validate=Matches(
+            r"^[0-9a-f]{64}$", "a SHA-256 digest as 64 lower-case hex digits", suggest=True
+        ),
         **kwargs,
     )
 

@@ -10,7 +10,7 @@ from flask import Response, jsonify
 
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
-from broker.api.schemas import ListArgs, StrictSchema, Timestamp, name_field, page_of
+from broker.api.schemas import ListArgs, Matches, StrictSchema, Timestamp, name_field, page_of
 from broker.models import Role, TrustedIssuer
 from broker.services import trusted_issuers as service
 
@@ -19,6 +19,11 @@ blp = Blueprint(
 )
 
 _ETAG = {"ETag": {"schema": {"type": "string"}}}
+ISSUER_PATTERN = Matches(
+    r"^[\x21-\x7e]+$",
+    "the issuer's identifier as its statements' `iss` carries it, usually a URI such as "
+    "`https://issuer.example.org`: printable ASCII without spaces",
+)
 
 
 class JwkSetSchema(StrictSchema):
@@ -35,7 +40,7 @@ class JwkSetSchema(StrictSchema):
 class TrustedIssuerPatchSchema(StrictSchema):
     name = name_field()
     issuer = ma.fields.String(
-        validate=[ma.validate.Length(min=1, max=500), ma.validate.Regexp(r"^[\x21-\x7e]+$")],
+        validate=[ma.validate.Length(min=1, max=500), ISSUER_PATTERN],
         metadata={"description": "The `iss` its statements carry (a URI, usually)."},
     )
     jwks = ma.fields.Nested(JwkSetSchema, metadata={"description": "Its public keys."})
@@ -45,7 +50,7 @@ class TrustedIssuerCreateSchema(TrustedIssuerPatchSchema):
     name = name_field(required=True)
     issuer = ma.fields.String(
         required=True,
-        validate=[ma.validate.Length(min=1, max=500), ma.validate.Regexp(r"^[\x21-\x7e]+$")],
+        validate=[ma.validate.Length(min=1, max=500), ISSUER_PATTERN],
         metadata={"description": "The `iss` its statements carry (a URI, usually)."},
     )
     jwks = ma.fields.Nested(

@@ -7,11 +7,12 @@ failures that disable an endpoint). `POST …/enable` and `…/disable` change i
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, jsonify
+from flask import Response, current_app, has_app_context, jsonify
 
 from broker.api.base import (
     Blueprint,
@@ -20,7 +21,7 @@ from broker.api.base import (
     provider_runtime,
     request_session,
 )
-from broker.api.schemas import ListArgs, StrictSchema, Timestamp, page_of
+from broker.api.schemas import ListArgs, Matches, StrictSchema, Timestamp, page_of
 from broker.models import Role, WebhookEndpoint
 from broker.models.orders import WebhookEndpointState
 from broker.services import webhooks as service
@@ -36,13 +37,37 @@ _PORT = (
     r"|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
 )
 URL_PATTERN = rf"^https://(?:{_LABEL}\.)+{_TOP_LABEL}{_PORT}(?:/[^\x00-\x20\x7f]*)?$"
+URL_EXPECTED = (
+    "an https URL with a public host name (not an IP address), an optional port and path, "
+    "such as `https://hooks.example.org/broker`"
+)
+
+
+# With the development switch (`BROKER_ALLOW_PRIVATE_WEBHOOKS`), any http(s) URL.
+LOCAL_URL_PATTERN = r"^https?://[^\s/?#]+(?:[/?#][^\x00-\x20\x7f]*)?$"
+
+
+class WebhookUrl(Matches):
+    """The public https URL by name of production; with the development switch on, any
+    http(s) URL (the delivery's address checks are relaxed alike: `service.http_policy`)."""
+
+    def __call__(self, value: Any) -> Any:
+        switched_on = has_app_context() and current_app.config.get("WEBHOOKS_ALLOW_PRIVATE")
+        if switched_on and isinstance(value, str):
+            if re.fullmatch(LOCAL_URL_PATTERN, value):
+                return value
+        return super().__call__(value)
 
 
 class WebhookCreateSchema(StrictSchema):
     url = ma.fields.String(
         required=True,
-        validate=[ma.validate.Length(max=500), ma.validate.Regexp(URL_PATTERN)],
-        metadata={"description": "An https URL whose host name resolves to public addresses only."},
+        validate=[ma.validate.Length(max=500), WebhookUrl(URL_PATTERN, URL_EXPECTED)],
+        metadata={
+            "description": "An https URL whose host name resolves to public addresses only "
+            "(any http(s) URL when the server runs with BROKER_ALLOW_PRIVATE_WEBHOOKS=true, "
+            "for development)."
+        },
     )
     events = ma.fields.List(
         ma.fields.String(validate=ma.validate.OneOf(service.EVENT_TYPES)),
@@ -127,7 +152,7 @@ def create_webhook(data: dict[str, Any]) -> Response:
         data["url"],
         data["events"],
         runtime.keyring,
-        runtime.http,
+        service.http_policy(current_app.config),
         organization_id=data["organization_id"],
     )
     response = jsonify({**WebhookSchema().dump(endpoint), "secret": secret})

@@ -16,22 +16,25 @@ which client ids exist.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import ClientMixin, grants
-from authlib.oauth2.rfc6749.errors import InvalidClientError
+from authlib.oauth2.rfc6749 import errors as rfc6749_errors
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError
 from authlib.oauth2.rfc6750.errors import InsufficientScopeError, InvalidTokenError
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator, JWTBearerTokenValidator
 from authlib.oauth2.rfc9068.claims import JWTAccessTokenClaims
 from flask import Flask, current_app
+from flask import request as flask_request
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import select
 
-from broker.auth.identity import Caller
+from broker.auth.identity import Caller, missing_role_message
 from broker.auth.keys import SigningKeys
 from broker.auth.secrets import UNMATCHABLE_HASH, verify_secret
 from broker.db import Database
@@ -132,8 +135,58 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
 
 
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+GRANT_TYPE = "client_credentials"
+
+
+def token_request_refusal(
+    content_type: str, has_body: bool, grant_type: str | None
+) -> OAuth2Error | None:
+    """What is wrong with the shape of a token request, before any client is looked up: a body
+    that is not form-encoded (JSON, say: RFC 6749 §4.4.2 wants a form, and authlib, reading
+    only forms, would answer `unsupported_grant_type`), no `grant_type`, or another grant than
+    client credentials. Descriptions stay within RFC 6749's character set (no quotes)."""
+    if has_body and content_type != FORM_CONTENT_TYPE:
+        # The client's Content-Type is not echoed: it may hold characters RFC 6749 forbids.
+        sent = " rather than JSON" if content_type.endswith(("/json", "+json")) else ""
+        return InvalidRequestError(
+            description=f"Send the token request form-encoded (Content-Type: "
+            f"{FORM_CONTENT_TYPE}){sent}: grant_type={GRANT_TYPE}, with the client "
+            "credentials in HTTP Basic authentication or as client_id and client_secret "
+            "form fields."
+        )
+    if not grant_type:
+        return InvalidRequestError(
+            description=f"grant_type is missing: send grant_type={GRANT_TYPE}, form-encoded "
+            f"({FORM_CONTENT_TYPE})."
+        )
+    if grant_type != GRANT_TYPE:
+        return UnsupportedGrantTypeError(grant_type)
+    return None
+
+
+class UnsupportedGrantTypeError(rfc6749_errors.UnsupportedGrantTypeError):
+    """authlib's, with a description saying which grant is supported."""
+
+    def __init__(self, grant_type: str) -> None:
+        super().__init__(grant_type)
+        self.description = f"Only grant_type={GRANT_TYPE} is supported."
+
+
 class BrokerAuthorizationServer(AuthorizationServer):
-    """authlib's server, answering every failed client authentication in one way."""
+    """authlib's server, answering every failed client authentication in one way, and a
+    token request of the wrong shape with what to send instead."""
+
+    def create_token_response(self, request: Any = None) -> Any:
+        oauth_request = self.create_oauth2_request(request)
+        refusal = token_request_refusal(
+            flask_request.mimetype,
+            bool(flask_request.get_data(cache=True)),
+            oauth_request.payload.grant_type,
+        )
+        if refusal is not None:
+            return self.handle_error_response(oauth_request, refusal)
+        return super().create_token_response(request)
 
     def authenticate_client(self, request: Any, methods: list[str], endpoint: str = "token") -> Any:
         try:
@@ -252,13 +305,33 @@ class BrokerTokenValidator(JWTBearerTokenValidator):
             raise ClientCredentialsWithdrawn(realm=self.realm)
 
 
+def missing_role(needed: Sequence[Role], held: Iterable[Role]) -> Forbidden:
+    """The 403 of a valid token without any of the roles `needed`: it names them, and the
+    roles the token has, in `detail` and as `required_roles` / `your_roles`; the challenge is
+    RFC 6750's `insufficient_scope` with the `scope` that would do."""
+    scope = " ".join(role.value for role in needed)
+    return Forbidden(
+        missing_role_message(needed, held),
+        headers={
+            "WWW-Authenticate": (
+                f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'
+            )
+        },
+        required_roles=[role.value for role in needed],
+        your_roles=sorted(role.value for role in held),
+    )
+
+
 class BrokerResourceProtector(ResourceProtector):
-    """Turns authlib's 401/403 into our problem+json errors, keeping `WWW-Authenticate`."""
+    """Turns authlib's 401/403 into our problem+json errors, keeping `WWW-Authenticate`.
+
+    Roles are checked by `require_roles` (which can name them), not by authlib's scopes; an
+    `insufficient_scope` from authlib is still answered, should a caller pass scopes."""
 
     def raise_error_response(self, error: OAuth2Error) -> None:
         if isinstance(error, InsufficientScopeError):
             raise Forbidden(
-                "This operation needs a role your client does not hold.",
+                "This operation needs a role your access token does not have.",
                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope"'},
             )
         challenge = next(
@@ -276,6 +349,12 @@ class BrokerResourceProtector(ResourceProtector):
         raise Unauthorized(
             detail, headers={"WWW-Authenticate": challenge}, code=error.error or "invalid_token"
         )
+
+
+def require_roles(caller: Caller, needed: Sequence[Role]) -> None:
+    """403 unless the caller has one of `needed` (any role will do when none is named)."""
+    if needed and not caller.roles & set(needed):
+        raise missing_role(needed, caller.roles)
 
 
 def caller_from_claims(claims: JWTAccessTokenClaims) -> Caller:

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from broker.auth.identity import Caller
+from broker.auth.identity import Caller, missing_role_message
 from broker.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from broker.models import (
     Evidence,
@@ -634,7 +634,10 @@ def list_evidence(
         if not _sees_all(caller, provider):
             statement = statement.where(Evidence.state == EvidenceState.VERIFIED)
     elif not caller.is_consortium:
-        raise Forbidden("The evidence queue is the consortium's.")
+        raise Forbidden(
+            "The evidence queue is the consortium's. "
+            + missing_role_message((Role.ASSESSOR, Role.ADMIN), caller.roles)
+        )
     if state is not None:
         statement = statement.where(Evidence.state == state)
     if kind is not None:

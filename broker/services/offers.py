@@ -38,11 +38,14 @@ from broker.services import audit, evidence
 from broker.services.pagination import Page, paginate
 from broker.services.preconditions import IfMatch
 
-SORTS: dict[str, InstrumentedAttribute[Any]] = {
-    "monthly_price": Offer.monthly_price,
-    "vcpu": Offer.vcpu,
-    "ram_gib": Offer.ram_gib,
-    "name": Offer.name,
+# Each sort's keys, before the offer id that breaks ties. Prices in different currencies do not
+# compare, so a price sort groups offers by currency first (as `max_monthly_price` needs a
+# `currency`); within one currency (or with the `currency` filter) it is a plain price order.
+SORTS: dict[str, tuple[InstrumentedAttribute[Any], ...]] = {
+    "monthly_price": (Offer.currency, Offer.monthly_price),
+    "vcpu": (Offer.vcpu,),
+    "ram_gib": (Offer.ram_gib,),
+    "name": (Offer.name,),
 }
 
 
@@ -496,11 +499,11 @@ def search_offers(
             )
         )
     descending = search.sort.startswith("-")
-    key = SORTS[search.sort.removeprefix("-")]
+    keys = SORTS[search.sort.removeprefix("-")]
     return paginate(
         session,
         statement.where(*conditions),
-        [key, Offer.id],
+        [*keys, Offer.id],
         limit=limit,
         cursor=cursor,
         descending=descending,

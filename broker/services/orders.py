@@ -40,7 +40,7 @@ from broker.models import (
 )
 from broker.services import audit, offers, policies, resources, webhooks
 from broker.services.pagination import Page, paginate
-from broker.services.quotes import offer_facts
+from broker.services.policies import offer_facts
 from providers.base import order_token
 
 PROVISION_JOB = "order.provision"
@@ -81,6 +81,56 @@ def committed_monthly_cost(
     return Decimal(machines or 0) + Decimal(waiting or 0)
 
 
+def order_monthly_cost(offer: Offer, quantity: int) -> tuple[Decimal, Decimal]:
+    """What one machine of `offer` and `quantity` of them cost a month (730 h): the figures an
+    order records, and its budget and approval are judged by."""
+    unit = monthly_price(offers.prices_of(offer), offers.specs_of(offer))
+    return unit, unit * quantity
+
+
+def approval_reason(
+    policy: policies.PolicyView, monthly_cost: Decimal, currency: str
+) -> str | None:
+    """Why an order costing `monthly_cost` a month waits for an approver of its agency (it is
+    over the approval threshold), or None when it is approved at once. Quotes tell buyers the
+    same, by this same rule."""
+    threshold = policy.approval_threshold
+    if threshold is None or monthly_cost <= threshold:
+        return None
+    return (
+        f"{monthly_cost} {currency} a month is over the approval threshold of "
+        f"{round_amount(threshold, currency)}."
+    )
+
+
+def budget_remaining(
+    session: Session, policy: policies.PolicyView, organization_id: uuid.UUID
+) -> Decimal | None:
+    """What a new order may still cost a month within the agency's budget: the budget less what
+    is committed (machines, and orders awaiting approval, as placing an order counts them);
+    never below zero. None when the agency has no budget."""
+    if policy.monthly_budget is None:
+        return None
+    committed = committed_monthly_cost(session, organization_id, pending=True)
+    return max(policy.monthly_budget - committed, Decimal(0))
+
+
+def budget_reason(
+    session: Session,
+    policy: policies.PolicyView,
+    organization_id: uuid.UUID,
+    amount: Decimal,
+    currency: str,
+    *,
+    pending: bool,
+) -> policies.Reason | None:
+    """`budget_exceeded` when `amount` more a month would take the agency past its budget."""
+    shown = _over_budget(session, policy, organization_id, amount, currency, pending=pending)
+    if shown is None:
+        return None
+    return policies.Reason("budget_exceeded", _budget_detail(shown, currency, policy))
+
+
 def _over_budget(
     session: Session,
     policy: policies.PolicyView,
@@ -112,6 +162,15 @@ def _budget_detail(shown: dict[str, str], currency: str, policy: policies.Policy
         f"{shown['order_monthly_cost']} {currency} a month on top of "
         f"{shown['committed']} committed exceeds the monthly budget of "
         f"{shown['monthly_budget']} {policy.currency}."
+    )
+
+
+def _violation(reasons: list[policies.Reason], lead: str = "") -> PolicyViolation:
+    """The 422 for an order the policy forbids, with every reason. Each reason's detail is a
+    sentence of its own (ending with a period), so the detail joins them with a space."""
+    return PolicyViolation(
+        lead + " ".join(reason.detail for reason in reasons),
+        reasons=[{"code": reason.code, "detail": reason.detail} for reason in reasons],
     )
 
 
@@ -167,12 +226,8 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
         policy.sovereignty, offer_facts(offer, now), policy_currency=policy.budget_currency
     )
     if reasons:
-        raise PolicyViolation(
-            "; ".join(reason.detail for reason in reasons),
-            reasons=[{"code": r.code, "detail": r.detail} for r in reasons],
-        )
-    unit = monthly_price(offers.prices_of(offer), offers.specs_of(offer))
-    total = unit * data["quantity"]
+        raise _violation(reasons)
+    unit, total = order_monthly_cost(offer, data["quantity"])
     shown = _over_budget(
         session, policy, caller.organization_id, total, offer.currency, pending=True
     )
@@ -183,13 +238,7 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
             order_monthly_cost=shown["order_monthly_cost"],
             monthly_budget=shown["monthly_budget"],
         )
-    threshold = policy.approval_threshold
-    waits = None
-    if threshold is not None and total > threshold:
-        waits = (
-            f"{total} {offer.currency} a month is over the approval threshold of "
-            f"{round_amount(threshold, offer.currency)}."
-        )
+    waits = approval_reason(policy, total, offer.currency)
     order = Order(
         id=uuid.uuid4(),
         organization_id=caller.organization_id,
@@ -305,10 +354,7 @@ def approve(session: Session, caller: Caller, order_id: uuid.UUID, now: datetime
     order, before = _decide(session, caller, order_id, "approved")
     reasons = _still_allowed(session, order, now)
     if reasons:
-        raise PolicyViolation(
-            "This order no longer complies: " + "; ".join(r.detail for r in reasons),
-            reasons=[{"code": r.code, "detail": r.detail} for r in reasons],
-        )
+        raise _violation(reasons, "This order no longer complies: ")
     order.state, order.state_reason = OrderState.APPROVED, None
     order.decided_by, order.decided_at = caller.client_id, now
     _save(session, caller, "order.approved", order, before)
@@ -326,14 +372,10 @@ def _still_allowed(session: Session, order: Order, now: datetime) -> list[polici
     )
     if offer.provider.state is not ProviderState.ACTIVE:
         reasons.append(policies.Reason("provider_suspended", "The provider is suspended."))
-    shown = _over_budget(
+    over = budget_reason(
         session, policy, order.organization_id, order.monthly_cost, order.currency, pending=False
     )
-    if shown is not None:
-        reasons.append(
-            policies.Reason("budget_exceeded", _budget_detail(shown, order.currency, policy))
-        )
-    return reasons
+    return [*reasons, over] if over is not None else reasons
 
 
 def reject(

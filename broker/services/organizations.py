@@ -101,6 +101,14 @@ def rename_organization(
     return organization
 
 
+# An organization's kind in a sentence, with its article.
+_KIND_IN_WORDS = {
+    OrganizationKind.AGENCY: "an agency",
+    OrganizationKind.PROVIDER: "a provider",
+    OrganizationKind.CONSORTIUM: "the consortium",
+}
+
+
 @dataclass(frozen=True)
 class IssuedClient:
     client: ApiClient
@@ -126,11 +134,11 @@ def create_client(
     allowed = ROLES_BY_KIND[organization.kind]
     refused = sorted(role.value for role in roles if role not in allowed)
     if refused:
+        kind = _KIND_IN_WORDS[organization.kind]
+        may_hold = ", ".join(sorted(role.value for role in allowed))
         raise ValidationFailed(
-            f"An organization of kind {organization.kind.value!r} cannot hold these roles.",
-            errors={
-                "roles": [f"Not allowed for a {organization.kind.value}: {', '.join(refused)}."]
-            },
+            f"The clients of {kind} may hold only these roles: {may_hold}.",
+            errors={"roles": [f"Not allowed for {kind}: {', '.join(refused)}."]},
             code="role_not_allowed",
         )
     secret = new_client_secret()

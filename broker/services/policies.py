@@ -1,10 +1,14 @@
 """Agency policies: reading and replacing them, and the one pure function that says whether
-an offer is allowed under a policy (quotes use it now, orders next)."""
+an offer is allowed under a policy (quotes and orders use it).
+
+An agency's buyers read its policy (what they may order, and above what monthly cost an order
+waits for an approver); its approvers also replace it; admins do both for any agency."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -12,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.errors import NotFound, ValidationFailed
-from broker.models import AgencyPolicy, Organization, OrganizationKind, Role
-from broker.services import audit
+from broker.models import AgencyPolicy, Offer, Organization, OrganizationKind, Role
+from broker.services import audit, evidence
 from broker.services.preconditions import IfMatch
 
 
@@ -40,6 +44,20 @@ class OfferFacts:
     valid_certifications: frozenset[str]
     currency: str
     jurisdiction_verified: bool = True
+
+
+def offer_facts(offer: Offer, now: datetime) -> OfferFacts:
+    """The sovereignty facts of an offer at `now`: only verified, unexpired evidence counts
+    (the offer's region and its provider's jurisdiction are kept counting by
+    `evidence.recount`)."""
+    provider = offer.provider
+    return OfferFacts(
+        country=offer.region_country,
+        extraterritorial_exposure=tuple(provider.extraterritorial_exposure),
+        valid_certifications=evidence.valid_schemes(provider, now) & set(offer.compliance_schemes),
+        currency=offer.currency,
+        jurisdiction_verified=evidence.verified_jurisdiction(provider) is not None,
+    )
 
 
 def evaluate(
@@ -118,9 +136,17 @@ def _view(row: AgencyPolicy) -> PolicyView:
     )
 
 
-def _agency(session: Session, caller: Caller, organization_id: uuid.UUID) -> Organization:
-    """The agency whose policy `caller` may manage: admins any, approvers their own."""
-    own = organization_id == caller.organization_id and Role.APPROVER in caller.roles
+# Who, within the agency, may read its policy and who may replace it (admins: any agency's).
+READERS = frozenset({Role.BUYER, Role.APPROVER})
+WRITERS = frozenset({Role.APPROVER})
+
+
+def _agency(
+    session: Session, caller: Caller, organization_id: uuid.UUID, roles: frozenset[Role]
+) -> Organization:
+    """The agency whose policy `caller` may read or write (`roles` of its own agency), or
+    404: another agency's policy answers exactly like one that does not exist."""
+    own = organization_id == caller.organization_id and bool(roles & caller.roles)
     organization = session.get(Organization, organization_id) if own or caller.is_admin else None
     if organization is None or organization.kind is not OrganizationKind.AGENCY:
         raise NotFound("No such agency.")
@@ -133,7 +159,8 @@ def policy_of(session: Session, organization_id: uuid.UUID) -> PolicyView:
 
 
 def get_policy(session: Session, caller: Caller, organization_id: uuid.UUID) -> PolicyView:
-    _agency(session, caller, organization_id)
+    """The agency's policy, for its buyers and approvers (admins: any agency's)."""
+    _agency(session, caller, organization_id, READERS)
     return policy_of(session, organization_id)
 
 
@@ -149,7 +176,7 @@ def put_policy(
     sovereignty: dict[str, Any],
 ) -> PolicyView:
     """Replace an agency's policy (If-Match: `"v0"` for an agency that has none yet)."""
-    _agency(session, caller, organization_id)
+    _agency(session, caller, organization_id, WRITERS)
     if (
         monthly_budget is not None
         and approval_threshold is not None

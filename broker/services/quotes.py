@@ -1,4 +1,9 @@
-"""Quotes: what an offer would cost the calling agency, and whether its policy allows it."""
+"""Quotes: what an offer would cost the calling agency, and whether its policy allows it.
+
+A quote answers what placing the order would: the same policy check, the same budget check
+and the same approval rule as `broker/services/orders.py` (it calls them), so a buyer knows
+before ordering whether the order would be refused, wait for an approver, or go through.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,8 @@ from billing.rating import Estimate, estimate
 from broker.auth.identity import Caller
 from broker.errors import Conflict
 from broker.models import Offer, OfferState, ProviderState
-from broker.services import evidence, offers, policies
-from broker.services.policies import OfferFacts, Reason
+from broker.services import offers, orders, policies
+from broker.services.policies import Reason
 
 
 @dataclass(frozen=True)
@@ -24,24 +29,13 @@ class Quote:
     hours: Decimal
     estimate: Estimate
     reasons: list[Reason]
+    approval_required: bool
+    budget_remaining: Decimal | None
+    budget_currency: str | None
 
     @property
     def allowed(self) -> bool:
         return not self.reasons
-
-
-def offer_facts(offer: Offer, now: datetime) -> OfferFacts:
-    """The sovereignty facts of an offer at `now`: only verified, unexpired evidence counts
-    (the offer's region and its provider's jurisdiction are kept counting by
-    `evidence.recount`)."""
-    provider = offer.provider
-    return OfferFacts(
-        country=offer.region_country,
-        extraterritorial_exposure=tuple(provider.extraterritorial_exposure),
-        valid_certifications=evidence.valid_schemes(provider, now) & set(offer.compliance_schemes),
-        currency=offer.currency,
-        jurisdiction_verified=evidence.verified_jurisdiction(provider) is not None,
-    )
 
 
 def quote(
@@ -53,7 +47,8 @@ def quote(
     hours: Decimal,
     now: datetime,
 ) -> Quote:
-    """Cost per metric for `quantity` machines over `hours`, checked against the policy."""
+    """Cost per metric for `quantity` machines over `hours`, checked against the policy and
+    the budget as an order of `quantity` machines would be (by its monthly cost)."""
     offer = offers.get_offer(session, caller, offer_id)
     if offer.state is not OfferState.PUBLISHED:
         raise Conflict(f"This offer is {offer.state}: it cannot be ordered.", code="not_orderable")
@@ -62,6 +57,23 @@ def quote(
     cost = estimate(offers.prices_of(offer), offers.specs_of(offer), quantity=quantity, hours=hours)
     policy = policies.policy_of(session, caller.organization_id)
     reasons = policies.evaluate(
-        policy.sovereignty, offer_facts(offer, now), policy_currency=policy.budget_currency
+        policy.sovereignty,
+        policies.offer_facts(offer, now),
+        policy_currency=policy.budget_currency,
     )
-    return Quote(offer, quantity, hours, cost, reasons)
+    _, monthly = orders.order_monthly_cost(offer, quantity)
+    if policy.budget_currency in (None, offer.currency):  # otherwise: currency_mismatch above
+        over = orders.budget_reason(
+            session, policy, caller.organization_id, monthly, offer.currency, pending=True
+        )
+        reasons += [over] if over is not None else []
+    return Quote(
+        offer,
+        quantity,
+        hours,
+        cost,
+        reasons,
+        approval_required=orders.approval_reason(policy, monthly, offer.currency) is not None,
+        budget_remaining=orders.budget_remaining(session, policy, caller.organization_id),
+        budget_currency=policy.budget_currency,
+    )

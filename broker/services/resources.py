@@ -6,6 +6,10 @@ metering reads) and tells the agency's webhooks. An action moves the resource to
 state at once (a second action meanwhile is a 409) and queues a job that calls the provider.
 A periodic job compares live resources with the providers: a machine deleted behind the
 broker's back is marked `terminated` with the reason, so it is never billed silently.
+
+A machine's cost so far this period (`cost_this_period`) is its usage in the ledger plus an
+estimate of the running time whose usage has not arrived yet, so that a buyer sees from the
+first minute what the invoice will say.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from billing.metering import hour_slices, period_bounds, period_of, running_intervals
+from billing.rating import rate, usage_for
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound
 from broker.jobs.queue import JobContext, JobFailed, enqueue
-from broker.models import Job, Resource, ResourceEvent, ResourceState
-from broker.services import adapters, audit, webhooks
+from broker.models import Job, Offer, Order, Resource, ResourceEvent, ResourceState, UsageRecord
+from broker.services import adapters, audit, offers, usage, webhooks
 from broker.services.pagination import Page, paginate
 from providers.base import Action, InstanceState, Permanent, ProviderError
 
@@ -139,6 +147,54 @@ def list_resources(
         descending=True,
         scope=f"{caller.organization_id}:{order_id}:{state}",
     )
+
+
+# Metrics a machine consumes while it runs, at a rate its size gives (`usage_for`): the broker
+# meters `instance_hour` each hour after it ends; vCPU and RAM hours arrive from the provider
+# (an adapter poll, hour by hour, or a push). Storage and egress count once they are reported.
+RUNNING_METRICS = (usage.INSTANCE_HOUR, "vcpu_hour", "ram_gib_hour")
+
+
+def cost_this_period(session: Session, resource: Resource, now: datetime) -> dict[str, Any]:
+    """What `resource` has cost so far this period, before tax, at its order's prices.
+
+    Each metric counts its usage in the ledger; a running-time metric also counts the time the
+    machine ran after that usage ends (after the meter's cursor for `instance_hour`, after the
+    last record of the metric for the others), times what the machine consumes an hour. Usage
+    arriving replaces that estimate, since the estimate only starts where the usage ends.
+    """
+    period = period_of(now)
+    first = period_bounds(period)[0]
+    quantities: dict[str, Fraction] = {}
+    arrived: dict[str, datetime] = {}
+    for metric, total, last_end in session.execute(
+        select(UsageRecord.metric, func.sum(UsageRecord.quantity), func.max(UsageRecord.end))
+        .where(UsageRecord.resource_id == resource.id, UsageRecord.period == period)
+        .group_by(UsageRecord.metric)
+    ):
+        quantities[metric], arrived[metric] = total, last_end
+    arrived[usage.INSTANCE_HOUR] = usage.metered_until(session) or first
+    spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
+    offer = session.get_one(Offer, resource.offer_id)
+    per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
+    for metric in RUNNING_METRICS:
+        since = max(arrived.get(metric, first), first)
+        hours = sum((piece.hours for piece in hour_slices(spans, since, now)), Fraction(0))
+        if hours:
+            quantities[metric] = quantities.get(metric, Fraction(0)) + hours * per_hour[metric]
+    order = session.get(Order, resource.order_id)
+    prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
+    lines = [
+        rate(prices[metric], quantity)
+        for metric, quantity in sorted(quantities.items())
+        if metric in prices
+    ]
+    return {
+        "period": period,
+        "currency": resource.currency,
+        "amount": sum((line.amount for line in lines), Decimal(0)),
+        "lines": lines,
+    }
 
 
 def request_action(

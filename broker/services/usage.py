@@ -69,7 +69,7 @@ from billing.metering import (
     to_quanta,
     within_life,
 )
-from billing.rating import METRICS, rate
+from billing.rating import METRICS
 from broker import db
 from broker.auth.identity import Caller
 from broker.errors import Conflict, ValidationFailed
@@ -77,7 +77,6 @@ from broker.jobs.queue import JobContext, JobFailed
 from broker.models import (
     MeterCursor,
     Offer,
-    Order,
     Provider,
     ProviderState,
     Resource,
@@ -86,7 +85,7 @@ from broker.models import (
     UsageRecord,
     UsageSource,
 )
-from broker.services import adapters, audit, offers
+from broker.services import adapters, audit
 from broker.services.pagination import Page, paginate
 from providers.base import Feature, ProviderError, UsageSample
 
@@ -818,36 +817,3 @@ def list_usage(
         descending=True,
         scope=f"{caller.organization_id}:{resource_id}:{metric}:{start_from}:{end_to}",
     )
-
-
-def cost_this_period(session: Session, resource: Resource, now: datetime) -> dict[str, Any]:
-    """What `resource` has cost so far this period, at its order's prices: the ledger, plus the
-    running time the meter has not closed yet."""
-    period = period_of(now)
-    quantities: dict[str, Fraction] = {
-        metric: total
-        for metric, total in session.execute(
-            select(UsageRecord.metric, func.sum(UsageRecord.quantity))
-            .where(UsageRecord.resource_id == resource.id, UsageRecord.period == period)
-            .group_by(UsageRecord.metric)
-        )
-    }
-    open_since = max(metered_until(session) or period_bounds(period)[0], period_bounds(period)[0])
-    if open_since < now:
-        spans = running_intervals(((e.at, e.to_state) for e in resource.events), now)
-        unmetered = sum((piece.hours for piece in hour_slices(spans, open_since, now)), Fraction(0))
-        if unmetered:
-            quantities[INSTANCE_HOUR] = quantities.get(INSTANCE_HOUR, Fraction(0)) + unmetered
-    order = session.get(Order, resource.order_id)
-    prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
-    lines = [
-        rate(prices[metric], quantity)
-        for metric, quantity in sorted(quantities.items())
-        if metric in prices
-    ]
-    return {
-        "period": period,
-        "currency": resource.currency,
-        "amount": sum((line.amount for line in lines), Decimal(0)),
-        "lines": lines,
-    }

@@ -35,12 +35,14 @@ answer 404.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
 import json
 import secrets
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -96,19 +98,43 @@ def _may_manage(caller: Caller, organization_id: uuid.UUID) -> bool:
     return caller.is_admin or own
 
 
+def http_policy(config: Mapping[str, Any]) -> HttpPolicy:
+    """How deliveries call out: public https only, unless the development switch
+    `BROKER_ALLOW_PRIVATE_WEBHOOKS` lets them reach http and private addresses (a receiver on
+    the developer's machine)."""
+    policy = ProviderRuntime.from_config(config).http
+    if config.get("WEBHOOKS_ALLOW_PRIVATE"):
+        return dataclasses.replace(policy, allow_private=True)
+    return policy
+
+
 def _check_url(url: str, http: HttpPolicy) -> None:
     try:
         http.check_url(url)
     except UnsafeEndpoint as error:
         raise ValidationFailed(errors={"url": [str(error)]}) from None
     except ValueError:  # e.g. a port out of range
-        raise ValidationFailed(errors={"url": ["Not a valid URL."]}) from None
+        raise ValidationFailed(
+            errors={
+                "url": [
+                    "Not a valid URL: expected an https URL with a public host name, an "
+                    "optional port (1–65535) and path, such as `https://hooks.example.org/broker`."
+                ]
+            }
+        ) from None
 
 
 def _events(events: list[str]) -> list[str]:
     unknown = sorted(set(events) - set(EVENT_TYPES))
     if unknown:
-        raise ValidationFailed(errors={"events": [f"Unknown event type(s): {', '.join(unknown)}."]})
+        raise ValidationFailed(
+            errors={
+                "events": [
+                    f"Unknown event types: {', '.join(unknown)}. "
+                    f"Expected any of: {', '.join(EVENT_TYPES)}."
+                ]
+            }
+        )
     return sorted(set(events))
 
 
@@ -447,6 +473,7 @@ def _deliver(
     """POST `event` to `url`, signed with the endpoint's secret; the 2xx status, or the error
     of a failed attempt (`JobFailed` when retrying cannot help)."""
     runtime = ProviderRuntime.from_config(context.config)
+    http = http_policy(context.config)
     try:
         secret = runtime.keyring.decrypt(endpoint_id, ciphertext)["secret"]
     except (CredentialsUnreadable, KeyError):
@@ -454,7 +481,7 @@ def _deliver(
             "The endpoint's signing secret cannot be read; register the endpoint again."
         ) from None
     try:
-        runtime.http.check_url(url)
+        http.check_url(url)
     except ValueError as error:
         raise JobFailed(f"The endpoint URL is no longer safe to call: {error}") from None
 
@@ -468,17 +495,15 @@ def _deliver(
         SIGNATURE_HEADER: sign(secret, body, timestamp),
     }
     try:
-        with runtime.http.session() as client:
+        with http.session() as client:
             response = client.post(
-                url, data=body, headers=headers, timeout=runtime.http.timeout, stream=True
+                url, data=body, headers=headers, timeout=http.timeout, stream=True
             )
             response.close()  # the receiver's answer body is of no interest
     except UnsafeEndpoint as error:  # the name changed between the check and the connection
         raise JobFailed(f"The endpoint URL is no longer safe to call: {error}") from None
     except requests.Timeout:
-        raise DeliveryFailed(
-            f"The endpoint did not answer within {runtime.http.timeout:g} s."
-        ) from None
+        raise DeliveryFailed(f"The endpoint did not answer within {http.timeout:g} s.") from None
     except requests.RequestException as error:
         # requests' messages carry the URL, which may hold the receiver's own token.
         raise DeliveryFailed(
