@@ -23,18 +23,20 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/broker serve
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
-## per core, each printed whole when done), then lint
+## per core, each printed whole when done); lint runs on the first core to be free
 test: $(STAMP) system-packages
 	@logs=$$(mktemp -d); \
 	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster) in parallel =="; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
+	( $(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite > $$logs/sqlite.log 2>&1; \
+	  lite=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
+	  lint=$$?; test $$lite -eq 0 && test $$lint -eq 0 ) & lite_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql > $$logs/postgresql.log 2>&1; pg=$$?; \
 	wait $$lite_pid; lite=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
+	echo "== lint (ruff, mypy), run once the SQLite suite was done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \
 	test $$lite -eq 0 && test $$pg -eq 0
-	@$(MAKE) --no-print-directory lint
 
 ## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server), when missing
 system-packages:

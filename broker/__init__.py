@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Flask, g, request
@@ -13,7 +14,17 @@ __all__ = ["create_app"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON by protocol.
-_NON_JSON_ENDPOINTS = frozenset({"oauth.issue_token"})
+_NON_JSON_ENDPOINTS = frozenset(
+    {
+        "oauth.issue_token",
+        "auth.logout",  # a form
+        # The demo OpenID provider's forms and OAuth endpoints.
+        "demo_idp.authorize",
+        "demo_idp.token",
+        "demo_idp.userinfo",
+        "demo_idp.logout",
+    }
+)
 
 
 class BrokerFlask(Flask):
@@ -30,7 +41,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         audit,
         billing,
         evidence,
+        identity_providers,
+        invitations,
         jobs,
+        me,
+        members,
         oauth,
         offers,
         operations,
@@ -49,11 +64,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.api.base import Api, close_request_session
     from broker.api.limits import init_rate_limits
     from broker.api.problems import register_error_handlers
+    from broker.auth.keys import session_secret
+    from broker.auth.oidc import OidcClient
     from broker.auth.server import init_auth
     from broker.db import Database
+    from broker.demo import mount_demo_idp
     from broker.models.base import reset_clock, set_clock
     from broker.observability import configure_logging, init_observability
     from broker.services.adapters import ProviderRuntime
+    from broker.web import auth
 
     settings = load_config()
     settings.update(config or {})
@@ -72,6 +91,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             "BROKER_ALLOW_PRIVATE_WEBHOOKS is on: webhooks may point at http and private "
             "addresses. For development only."
         )
+    # The signed cookie of a sign-in under way (people's sessions are server-side records).
+    app.config["SECRET_KEY"] = session_secret(
+        app.config["SECRET_KEY"], app.config["SECRET_KEY_FILE"]
+    )
+    app.config.update(
+        SESSION_COOKIE_NAME="broker_signin",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=str(app.config["OAUTH_ISSUER"]).startswith("https://"),
+    )
+    # Identity providers are called like clouds (public https only), except that with the
+    # demo on, its own provider answers on this very (local, maybe http) address.
+    oidc_http = app.extensions["broker.providers"].http
+    if app.config["DEMO_IDP"]:
+        oidc_http = dataclasses.replace(oidc_http, allow_private=True)
+    app.extensions["broker.oidc"] = OidcClient(oidc_http)
     init_observability(app)
     register_error_handlers(app)
     init_rate_limits(app)
@@ -105,15 +140,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 "Request bodies must be JSON (Content-Type: application/json)."
             )
 
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(auth.invitation_pages)
+    if app.config["DEMO_IDP"]:
+        mount_demo_idp(app)
+
     api = Api(app)
     for blueprint in (
         oauth.blp,
         operations.blp,
         organizations.blp,
+        invitations.blp,
         policies.blp,
         providers.blp,
         evidence.blp,
         trusted_issuers.blp,
+        identity_providers.blp,
+        members.blp,
+        members.users,
         offers.blp,
         quotes.blp,
         orders.blp,
@@ -126,6 +170,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         settlements.blp,
         jobs.blp,
         webhooks.blp,
+        me.blp,
         payments.blp,
         audit.blp,
     ):

@@ -309,11 +309,13 @@ def keys_generate() -> None:
 @keys.command("rotate")
 @click.option("--new-key", is_flag=True, help="First add a new key to the instance key file.")
 def keys_rotate(new_key: bool) -> None:
-    """Re-encrypt every provider's credentials under the first key.
+    """Re-encrypt every provider's credentials, and identity providers' client secrets, under
+    the first key.
 
     Rotation: put a new key first (`--new-key` with the key file, or in BROKER_CREDENTIAL_KEYS),
     run this, then remove the old keys (`broker keys drop-old`, or from the variable).
     """
+    from broker.services import identity_providers
     from broker.services.credentials import CredentialsUnreadable, KeyringError, rotate_all
 
     keyring = _keyring()
@@ -327,6 +329,7 @@ def keys_rotate(new_key: bool) -> None:
     try:
         with database.transaction() as session:
             count = rotate_all(session, keyring)
+            count += identity_providers.rotate_secrets(session, keyring)
     except CredentialsUnreadable as exc:
         raise OperationalProblem(f"Nothing rotated: {exc}") from exc
     _echo_json({"rotated": count, "keys": len(keyring.keys)})
@@ -335,6 +338,7 @@ def keys_rotate(new_key: bool) -> None:
 @keys.command("drop-old")
 def keys_drop_old() -> None:
     """Keep only the first key in the key file, once every row decrypts under it."""
+    from broker.services import identity_providers
     from broker.services.credentials import CredentialsUnreadable, KeyringError, rotate_all
 
     keyring = _keyring()
@@ -344,6 +348,7 @@ def keys_drop_old() -> None:
         # Proves every row reads under the first key alone (and changes nothing else).
         with database.transaction() as session:
             rotate_all(session, keyring.primary_only())
+            identity_providers.rotate_secrets(session, keyring.primary_only())
         keyring = keyring.drop_old_keys()
     except (CredentialsUnreadable, KeyringError) as exc:
         raise OperationalProblem(f"{exc} Run `broker keys rotate` first.") from exc
@@ -573,6 +578,7 @@ STOP_TIMEOUT = 9.0
 def serve(demo: bool) -> None:
     """Migrate, seed the demo consortium, then run gunicorn and a worker until stopped."""
     from broker.auth.keys import SigningKeys
+    from broker.demo import seed_people
     from broker.migrate import upgrade
     from broker.seed import seed_demo
 
@@ -586,11 +592,15 @@ def serve(demo: bool) -> None:
         credentials = seed_demo(
             database, Path(config["INSTANCE_PATH"]) / "demo-credentials.json", config
         )
+        people = seed_people(database, config)
         _print_demo(credentials, config["OAUTH_ISSUER"])
+        _print_people(people, config["OAUTH_ISSUER"])
     database.refresh_statistics()
     database.dispose()
 
     env = {**os.environ, "HOST": host, "PORT": port}
+    if demo:  # people sign in through the demo's own OpenID provider
+        env["BROKER_DEMO_IDP"] = "true"
     env["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir(config))
     # Each child in a process group of its own: Ctrl-C in the terminal reaches this process
     # only, which then stops them gracefully (SIGTERM). Sent to gunicorn directly, SIGINT is a
@@ -650,6 +660,19 @@ def _metrics_dir(config: dict[str, Any]) -> Path:
     for stale in path.glob("*.db"):
         stale.unlink()
     return path
+
+
+def _print_people(people: list[Any], base_url: str) -> None:
+    click.echo(
+        "Demo people (sign in at the demo identity provider; also in instance/demo-people.json):\n"
+    )
+    click.echo(f"  {'organization':<40} {'roles':<10} {'e-mail':<36} password")
+    for person in people:
+        click.echo(
+            f"  {person.organization:<40} {','.join(person.roles):<10} {person.email:<36} "
+            f"{person.password}"
+        )
+    click.echo(f"\nSign in: {base_url}/auth/login\n")
 
 
 def _print_demo(credentials: list[Any], base_url: str) -> None:

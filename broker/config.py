@@ -78,6 +78,23 @@ def load_config() -> dict[str, Any]:
         "SIGNING_KEY_FILE": os.environ.get(
             "BROKER_SIGNING_KEY_FILE", str(instance / "signing-key.pem")
         ),
+        # Signs the browser's cookie while a person signs in (state, nonce, PKCE verifier);
+        # generated into the instance directory when unset. People's sessions themselves are
+        # server-side records.
+        "SECRET_KEY": os.environ.get("BROKER_SECRET_KEY"),
+        "SECRET_KEY_FILE": os.environ.get("BROKER_SECRET_KEY_FILE", str(instance / "secret-key")),
+        "SESSION_IDLE_MINUTES": _int("BROKER_SESSION_IDLE_MINUTES", 30),
+        "SESSION_ABSOLUTE_HOURS": _int("BROKER_SESSION_ABSOLUTE_HOURS", 12),
+        # Invitations by e-mail: the SMTP server (`smtp://host:port`,
+        # `smtp+starttls://user:password@host:port`, `smtps://user:password@host:port`). Unset:
+        # no e-mail is sent; the inviter passes on the link from the answer.
+        "SMTP_URL": os.environ.get("BROKER_SMTP_URL") or None,
+        "SMTP_FROM": os.environ.get("BROKER_SMTP_FROM", "broker@localhost"),
+        "SMTP_TIMEOUT_SECONDS": float(os.environ.get("BROKER_SMTP_TIMEOUT_SECONDS", "10")),
+        # How long an invitation link works.
+        "INVITATION_TTL_HOURS": _int("BROKER_INVITATION_TTL_HOURS", 168),
+        # The demo OpenID provider (`/demo-idp`), which `broker serve` turns on with the demo.
+        "DEMO_IDP": _bool("BROKER_DEMO_IDP", False),
         # Fernet keys (comma-separated, newest first) encrypting provider credentials. When
         # unset, keys are kept in a file of the instance directory (generated on first use).
         "CREDENTIAL_KEYS": os.environ.get("BROKER_CREDENTIAL_KEYS"),

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -204,6 +204,9 @@ class _GuardedAdapter(HTTPAdapter):
         }
 
 
+_S = TypeVar("_S", bound=requests.Session)
+
+
 class _Session(requests.Session):
     """A session that never follows a redirect, whatever its caller asks."""
 
@@ -240,10 +243,16 @@ class HttpPolicy:
     def session(self, headers: Mapping[str, str] | None = None) -> requests.Session:
         """A requests session for one adapter: no redirects, no proxies from the environment,
         and (unless `allow_private`) every connection checked as above."""
-        session = _Session()
-        session.trust_env = False
+        session = self.harden(_Session())
         if headers:
             session.headers.update(headers)
+        return session
+
+    def harden(self, session: _S) -> _S:
+        """The same rules on a session made by a library (an OAuth client's, say): no proxies
+        from the environment and (unless `allow_private`) every connection checked, a
+        redirect's included."""
+        session.trust_env = False
         if not self.allow_private:
             guarded = _GuardedAdapter()
             session.mount("https://", guarded)

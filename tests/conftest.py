@@ -65,6 +65,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 DATABASE_FREE = (
     "tests/adapters/",
     "tests/billing/",
+    "tests/test_demo_idp.py",
+    "tests/test_layering.py",
     "tests/test_names.py",
     "tests/test_statements.py",
 )
@@ -238,6 +240,7 @@ def app_config(
         "INSTANCE_PATH": str(tmp_path / "instance"),
         "SIGNING_KEY": signing_key_pem,
         "CREDENTIAL_KEYS": credential_key,
+        "SECRET_KEY": "the tests' cookie key",
         "PROVIDER_STATE_DIR": str(tmp_path / "providers"),
         "PROVIDER_TIMEOUT": 2.0,
         "TESTING": True,

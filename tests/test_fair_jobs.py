@@ -143,7 +143,7 @@ def test_every_kind_of_job_has_its_lane() -> None:
             "payments.stripe_credit",
         },
         "catalogue": {"provider.sync_offers"},
-        "webhooks": {"webhook.deliver"},
+        "webhooks": {"webhook.deliver", "invitation.email"},
     }
     assert lane_of("anything.else") == "other"
     assert LANES == ("provisioning", "billing", "catalogue", "other", "webhooks")

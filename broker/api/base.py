@@ -8,6 +8,7 @@ successfully and rolled back when it raises, so services only add and flush.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -29,6 +30,7 @@ from broker.db import Database
 from broker.errors import BrokerError, ValidationFailed, joined
 from broker.models import Role
 from broker.models.base import utcnow
+from broker.services import people
 from broker.services.adapters import ProviderRuntime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,9 +110,42 @@ def _unit_of_work(view: Callable[..., ResponseReturnValue]) -> Callable[..., Res
 
 
 class Api(flask_smorest.Api):
-    """flask-smorest's Api with problem+json documented as every operation's default error."""
+    """flask-smorest's Api with problem+json documented as every operation's default error,
+    and its OpenAPI document built when first read rather than at start.
+
+    Documenting a blueprint's views (schemas → OpenAPI) is two thirds of building the app;
+    a worker that never serves `/openapi.json` need not pay it, and neither does each test's
+    app. The document is the same: the blueprints are documented in their order of
+    registration, once, when `spec` is first read."""
 
     ERROR_SCHEMA = ProblemSchema
+
+    @property
+    def spec(self) -> Any:
+        pending = self.__dict__.get("_undocumented")
+        if pending:
+            with self.__dict__["_documenting"]:
+                while self._undocumented:
+                    blp, name, parameters = self._undocumented.pop(0)
+                    blp.register_views_in_doc(
+                        self, self._app, self._spec, name=name, parameters=parameters
+                    )
+                    self._spec.tag({"name": name, "description": blp.description})
+        return self.__dict__.get("_spec")
+
+    @spec.setter
+    def spec(self, value: Any) -> None:
+        self._spec = value
+
+    def register_blueprint(
+        self, blp: flask_smorest.Blueprint, *, parameters: Any = None, **options: Any
+    ) -> None:
+        """Register the blueprint now; document its views when the document is first read."""
+        name = options.get("name", blp.name)
+        self._app.extensions["flask-smorest"]["blp_name_to_api"][name] = self
+        self._app.register_blueprint(blp, **options)
+        self.__dict__.setdefault("_documenting", threading.Lock())
+        self.__dict__.setdefault("_undocumented", []).append((blp, name, parameters))
 
     def _init_spec(self, *args: Any, **kwargs: Any) -> None:
         super()._init_spec(*args, **kwargs)
@@ -256,6 +291,25 @@ def _is_text(value: str) -> bool:
     return True
 
 
+def _person_of_the_session() -> Caller | None:
+    """A person signed in in a browser (the session cookie, when no bearer token is sent),
+    resolved in a short transaction of its own (it notes the session's last use)."""
+    token = request.cookies.get(people.SESSION_COOKIE)
+    if not token or "Authorization" in request.headers:
+        return None
+    idle, _ = people.lifetimes(current_app.config)
+    with database().transaction() as session:
+        caller, g.csrf_token = people.caller_of_session(
+            session,
+            token,
+            utcnow(),
+            idle,
+            unsafe=request.method not in SAFE_METHODS,
+            csrf=request.headers.get(people.CSRF_HEADER),
+        )
+    return caller
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = _Parser()
 
@@ -281,14 +335,18 @@ class Blueprint(flask_smorest.Blueprint):
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                guard = protector()
-                try:
-                    # The token's validity and its client's standing (401); the roles after,
-                    # here, where the 403 can name the roles needed.
-                    claims = guard.acquire_token()
-                except OAuth2Error as error:
-                    guard.raise_error_response(error)
-                g.caller = caller_from_claims(claims)
+                person = _person_of_the_session()
+                if person is not None:
+                    g.caller = person
+                else:
+                    guard = protector()
+                    try:
+                        # The token's validity and its client's standing (401); the roles
+                        # after, here, where the 403 can name the roles needed.
+                        claims = guard.acquire_token()
+                    except OAuth2Error as error:
+                        guard.raise_error_response(error)
+                    g.caller = caller_from_claims(claims)
                 require_roles(g.caller, roles)
                 count_the_client(g.caller.client_id)
                 return view(*args, **kwargs)

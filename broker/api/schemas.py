@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
+from flask import current_app, has_app_context
 from marshmallow import utils
 
 from billing.money import MINOR_UNITS, round_amount, trim_decimals
@@ -106,6 +107,42 @@ class Matches(ma.validate.Regexp):
             if variant and variant != value and self.pattern.fullmatch(variant):
                 return variant
         return None
+
+
+# A public https URL by name: a host name (not an address: TLS certificates name hosts, and
+# addresses are where SSRF hides), an optional port 1–65535, an optional path.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_TOP_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = (
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}"
+    r"|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+)
+_HOST = rf"(?:{_LABEL}\.)+{_TOP_LABEL}{_PORT}"
+PUBLIC_URL_PATTERN = rf"^https://{_HOST}(?:/[^\x00-\x20\x7f]*)?$"
+# The same without a query or a fragment (an OpenID issuer identifier).
+PUBLIC_BASE_URL_PATTERN = rf"^https://{_HOST}(?:/[^\x00-\x20\x7f?#]*)?$"
+# What a switch for local development (or the tests' local servers) lets through besides.
+LOCAL_URL_PATTERN = r"^https?://[^\s/?#]+(?:[/?#][^\x00-\x20\x7f]*)?$"
+
+
+class PublicUrl(Matches):
+    """An https URL of a public host name (the pattern the OpenAPI document shows); when the
+    app's setting `local_when` is on (a development switch, or the tests' local servers), any
+    http(s) URL. Where it is then called is checked again by the HTTP policy."""
+
+    def __init__(self, example: str, *, local_when: str, query: bool = True) -> None:
+        super().__init__(
+            PUBLIC_URL_PATTERN if query else PUBLIC_BASE_URL_PATTERN,
+            "an https URL with a public host name (not an IP address), an optional port and "
+            f"path{'' if query else ' (no query or fragment)'}, such as `{example}`",
+        )
+        self.local_when = local_when
+
+    def __call__(self, value: Any) -> Any:
+        local = has_app_context() and current_app.config.get(self.local_when)
+        if local and isinstance(value, str) and re.fullmatch(LOCAL_URL_PATTERN, value):
+            return value
+        return super().__call__(value)
 
 
 # Suggestions are short: echoing a long input back adds nothing.
@@ -232,9 +269,7 @@ PERIOD_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 def period_field(**kwargs: Any) -> ma.fields.String:
     """A billing period: a calendar month, `YYYY-MM`."""
     return ma.fields.String(
-        validate=Matches(
-            PERIOD_PATTERN, "a calendar month as YYYY-MM, such as `2026-11`", equal=7
-        ),
+        validate=Matches(PERIOD_PATTERN, "a calendar month as YYYY-MM, such as `2026-11`", equal=7),
         metadata={"example": "2026-11", **kwargs.pop("metadata", {})},
         **kwargs,
     )

@@ -7,12 +7,11 @@ failures that disable an endpoint). `POST …/enable` and `…/disable` change i
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, current_app, has_app_context, jsonify
+from flask import Response, current_app, jsonify
 
 from broker.api.base import (
     Blueprint,
@@ -21,48 +20,21 @@ from broker.api.base import (
     provider_runtime,
     request_session,
 )
-from broker.api.schemas import ListArgs, Matches, StrictSchema, Timestamp, page_of
+from broker.api.schemas import ListArgs, PublicUrl, StrictSchema, Timestamp, page_of
 from broker.models import Role, WebhookEndpoint
 from broker.models.orders import WebhookEndpointState
 from broker.services import webhooks as service
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks", description="Webhooks")
 
-# A public https URL by name: a host name (not an address: TLS certificates name hosts, and
-# addresses are where SSRF hides), an optional port 1–65535, an optional path.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_TOP_LABEL = r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_PORT = (
-    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}"
-    r"|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
-)
-URL_PATTERN = rf"^https://(?:{_LABEL}\.)+{_TOP_LABEL}{_PORT}(?:/[^\x00-\x20\x7f]*)?$"
-URL_EXPECTED = (
-    "an https URL with a public host name (not an IP address), an optional port and path, "
-    "such as `https://hooks.example.org/broker`"
-)
-
-
-# With the development switch (`BROKER_ALLOW_PRIVATE_WEBHOOKS`), any http(s) URL.
-LOCAL_URL_PATTERN = r"^https?://[^\s/?#]+(?:[/?#][^\x00-\x20\x7f]*)?$"
-
-
-class WebhookUrl(Matches):
-    """The public https URL by name of production; with the development switch on, any
-    http(s) URL (the delivery's address checks are relaxed alike: `service.http_policy`)."""
-
-    def __call__(self, value: Any) -> Any:
-        switched_on = has_app_context() and current_app.config.get("WEBHOOKS_ALLOW_PRIVATE")
-        if switched_on and isinstance(value, str):
-            if re.fullmatch(LOCAL_URL_PATTERN, value):
-                return value
-        return super().__call__(value)
-
 
 class WebhookCreateSchema(StrictSchema):
     url = ma.fields.String(
         required=True,
-        validate=[ma.validate.Length(max=500), WebhookUrl(URL_PATTERN, URL_EXPECTED)],
+        validate=[
+            ma.validate.Length(max=500),
+            PublicUrl("https://hooks.example.org/broker", local_when="WEBHOOKS_ALLOW_PRIVATE"),
+        ],
         metadata={
             "description": "An https URL whose host name resolves to public addresses only "
             "(any http(s) URL when the server runs with BROKER_ALLOW_PRIVATE_WEBHOOKS=true, "

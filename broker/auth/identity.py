@@ -12,7 +12,8 @@ from broker.models import OrganizationKind, Role
 
 @dataclass(frozen=True)
 class Caller:
-    """The authenticated API client behind a request, as services see it."""
+    """Who is behind a request, as services see it: an API client, or a person acting for one
+    of their organizations."""
 
     client_id: str
     organization_id: uuid.UUID
@@ -21,6 +22,9 @@ class Caller:
     # Other organizations the caller belongs to (a person's further memberships; an API
     # client belongs to its own organization only).
     other_organization_ids: frozenset[uuid.UUID] = frozenset()
+    # A person signed in through an identity provider (their `client_id` is then
+    # `person:<user_id>`); None for an API client.
+    user_id: uuid.UUID | None = None
 
     @property
     def is_admin(self) -> bool:

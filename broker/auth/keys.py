@@ -8,7 +8,9 @@ API hosts must share one key: configure it explicitly in production.
 from __future__ import annotations
 
 import os
+import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +69,25 @@ class SigningKeys:
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
         return pem
+
+
+def session_secret(configured: str | None, path: str) -> str:
+    """The key that signs the browser's cookie of a sign-in under way (`BROKER_SECRET_KEY`, or
+    generated once into `path`, mode 0600, and shared by every worker)."""
+    if configured:
+        return configured
+    file = Path(path)
+    if not file.exists():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+    for _ in range(50):  # another process may be writing it this instant
+        if text := file.read_text().strip():
+            return text
+        time.sleep(0.01)
+    raise RuntimeError(f"{file} is empty")

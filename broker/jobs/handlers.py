@@ -8,6 +8,7 @@ from datetime import timedelta
 from broker.jobs.queue import DeadHandler, Handler, Periodic
 from broker.services import (
     billing,
+    invitations,
     offer_sync,
     orders,
     payments,
@@ -20,6 +21,7 @@ from broker.services import (
 HANDLERS: dict[str, Handler] = {
     offer_sync.JOB_KIND: offer_sync.run_sync_job,
     webhooks.JOB_KIND: webhooks.run_delivery_job,
+    invitations.JOB_KIND: invitations.run_email_job,
     orders.PROVISION_JOB: provisioning.run_provision_job,
     resources.ACTION_JOB: resources.run_action_job,
     resources.RECONCILE_JOB: resources.run_reconcile_job,

@@ -12,7 +12,7 @@ broker/jobs/queue.py). `broker worker --lanes webhooks` runs a worker for some l
 | `billing` | metering, usage polling, billing runs, Stripe syncs, voids and credit notes |
 | `catalogue` | offer syncs from the providers' clouds |
 | `other` | any kind no lane names (none in the broker itself; tests, plugins) |
-| `webhooks` | agencies' webhook deliveries |
+| `webhooks` | agencies' webhook deliveries, invitation e-mails |
 
 The kinds are named here as text, not imported from the services, because the services queue
 jobs through broker/jobs/queue.py, which reads this table: tests/test_fair_jobs.py checks
@@ -44,6 +44,7 @@ LANE_OF_KIND: dict[str, str] = {
     "payments.stripe_credit": BILLING,
     "provider.sync_offers": CATALOGUE,
     "webhook.deliver": WEBHOOKS,
+    "invitation.email": WEBHOOKS,
 }
 
 # A lane left waiting this many claims in a row (a higher lane always had work) is tried

@@ -43,9 +43,27 @@ from broker.models.orders import (
     WebhookEndpoint,
 )
 from broker.models.organizations import ApiClient, Organization, OrganizationKind, Role
+from broker.models.people import (
+    LANGUAGES,
+    BrowserSession,
+    IdentityProvider,
+    Invitation,
+    Membership,
+    OrganizationIdentifier,
+    User,
+    UserIdentity,
+)
 from broker.models.policies import AgencyPolicy
 
 __all__ = [
+    "LANGUAGES",
+    "BrowserSession",
+    "IdentityProvider",
+    "Invitation",
+    "Membership",
+    "OrganizationIdentifier",
+    "User",
+    "UserIdentity",
     "BillingProfile",
     "BillingRun",
     "BillingRunState",

@@ -1,0 +1,1 @@
+"""The browser side of the broker: people sign in here (and, next, the console)."""

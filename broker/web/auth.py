@@ -1,0 +1,238 @@
+"""Signing people in and out: `/auth/login` → the identity provider → `/auth/callback` → a
+session cookie; `POST /auth/logout` ends it (and, when the provider offers it, its own session).
+
+What the round trip must bring back (state, nonce, PKCE verifier) waits in Flask's signed
+cookie; the session itself is a server-side record (broker/services/people.py) whose token is
+the `broker_session` cookie: HttpOnly, SameSite=Lax, Secure when the broker is reached over
+https. A refused sign-in shows a page saying why, and stores nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+)
+from sqlalchemy import select
+
+from broker.auth.oidc import OidcClient, PendingSignIn, ProviderConfig, SignInFailed
+from broker.db import Database
+from broker.errors import BrokerError
+from broker.models import IdentityProvider, Organization
+from broker.models.base import utcnow
+from broker.services import identity_providers, invitations, people
+from broker.services.adapters import ProviderRuntime
+
+bp = Blueprint("auth", __name__, url_prefix="/auth", template_folder="templates")
+# The link an invitation e-mail carries (`/invitations/<token>`).
+invitation_pages = Blueprint("invitation_pages", __name__, template_folder="templates")
+
+SESSION_COOKIE, CSRF_HEADER, CSRF_FIELD = (
+    people.SESSION_COOKIE,
+    people.CSRF_HEADER,
+    people.CSRF_FIELD,
+)
+_PENDING = "signin"
+
+
+def _db() -> Database:
+    database: Database = current_app.extensions["broker.db"]
+    return database
+
+
+def oidc() -> OidcClient:
+    client: OidcClient = current_app.extensions["broker.oidc"]
+    return client
+
+
+def _base_url() -> str:
+    return str(current_app.config["OAUTH_ISSUER"]).rstrip("/")
+
+
+def _redirect_uri() -> str:
+    return f"{_base_url()}/auth/callback"
+
+
+def _page(title: str, message: str = "", status: int = 200, **context: Any) -> Response:
+    response = make_response(
+        render_template("auth_message.html", title=title, message=message, **context), status
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of this site (no open redirect)."""
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return "/v1/me"
+    parts = urlsplit(value)
+    return value if not parts.netloc and not parts.scheme else "/v1/me"
+
+
+def _config(provider: IdentityProvider) -> ProviderConfig:
+    with _db().session(read_only=True) as db_session:
+        secret = identity_providers.client_secret(
+            db_session, provider, ProviderRuntime.from_config(current_app.config).keyring
+        )
+    return ProviderConfig(provider.issuer, provider.client_id, secret, provider.scopes)
+
+
+@bp.get("/login")
+def login() -> Any:
+    """Start signing in at an identity provider (the only one, or the one chosen)."""
+    next_path = _safe_next(request.args.get("next"))
+    with _db().session(read_only=True) as db_session:
+        enabled = list(
+            db_session.scalars(
+                select(IdentityProvider)
+                .where(IdentityProvider.enabled.is_(True))
+                .order_by(IdentityProvider.name)
+            )
+        )
+    chosen = request.args.get("provider")
+    if chosen:
+        provider = next((p for p in enabled if str(p.id) == chosen), None)
+        if provider is None:
+            return _page("Sign in", "No such identity provider.", 404, retry=True)
+    elif len(enabled) == 1:
+        provider = enabled[0]
+    elif not enabled:
+        return _page("Sign in", "No identity provider is configured yet.", 503)
+    else:
+        return _page("Sign in", "Choose how to sign in:", providers=enabled, next=next_path)
+    try:
+        url, pending = oidc().start(_config(provider), _redirect_uri())
+    except SignInFailed as error:
+        return _page("Sign-in failed", str(error), 502, retry=True)
+    session[_PENDING] = {
+        "provider": str(provider.id),
+        "state": pending.state,
+        "nonce": pending.nonce,
+        "verifier": pending.code_verifier,
+        "next": next_path,
+    }
+    return redirect(url, 302)
+
+
+@bp.get("/callback")
+def callback() -> Any:
+    """The identity provider's answer: check it, find the person, open a session."""
+    pending = session.pop(_PENDING, None)
+    if not isinstance(pending, dict):
+        return _page("Sign-in failed", "This sign-in has expired; sign in again.", 400, retry=True)
+    if request.args.get("error"):
+        detail = request.args.get("error_description") or request.args["error"]
+        return _page("Sign-in failed", f"The identity provider said: {detail}", 400, retry=True)
+    now = utcnow()
+    with _db().session(read_only=True) as db_session:
+        provider = db_session.get(IdentityProvider, uuid.UUID(pending["provider"]))
+    if provider is None or not provider.enabled:
+        return _page("Sign-in failed", "This identity provider is no longer enabled.", 400)
+    try:
+        claims, id_token = oidc().finish(
+            _config(provider),
+            _redirect_uri(),
+            PendingSignIn(pending["state"], pending["nonce"], pending["verifier"]),
+            code=request.args.get("code", ""),
+            state=request.args.get("state", ""),
+        )
+        with _db().transaction() as db_session:
+            provider = db_session.get_one(IdentityProvider, provider.id)
+            signed_in = people.sign_in(db_session, provider, claims, now)
+            _row, token = people.open_session(
+                db_session,
+                signed_in,
+                provider,
+                id_token,
+                now,
+                absolute=people.lifetimes(current_app.config)[1],
+            )
+    except SignInFailed as error:
+        return _page("Sign-in failed", str(error), 400, retry=True)
+    except BrokerError as error:
+        return _page("Sign-in refused", str(error), error.status)
+    response = redirect(pending["next"], 303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="Lax",
+        secure=_base_url().startswith("https://"),
+        path="/",
+    )
+    return response
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    """End the session (CSRF-checked), then the identity provider's when it offers that."""
+    token = request.cookies.get(SESSION_COOKIE)
+    target = f"{_base_url()}/auth/signed-out"
+    if token:
+        now = utcnow()
+        with _db().transaction() as db_session:
+            try:
+                row = people.current_session(
+                    db_session, token, now, people.lifetimes(current_app.config)[0]
+                )
+            except BrokerError:
+                row = None
+            if row is not None:
+                sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+                if sent != row.csrf_token:
+                    return _page("Not signed out", "The form has expired; try again.", 403)
+                people.end_session(db_session, row, now, "signed_out")
+                provider = (
+                    db_session.get(IdentityProvider, row.identity_provider_id)
+                    if row.identity_provider_id
+                    else None
+                )
+                id_token = row.id_token
+            else:
+                provider, id_token = None, None
+        if provider is not None:
+            try:
+                discovery = oidc().discover(provider.issuer)
+            except SignInFailed:
+                discovery = None
+            if discovery is not None and discovery.end_session_endpoint:
+                query = {"post_logout_redirect_uri": target, "client_id": provider.client_id}
+                if id_token:
+                    query["id_token_hint"] = id_token
+                target = f"{discovery.end_session_endpoint}?{urlencode(query)}"
+    response = redirect(target, 303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@bp.get("/signed-out")
+def signed_out() -> Response:
+    return _page("Signed out", "You are signed out.", retry=True)
+
+
+@invitation_pages.get("/invitations/<token>")
+def invitation(token: str) -> Response:
+    """What an invitation offers, and the way to accept it: signing in with the invited
+    address applies its roles (broker/services/people.py). Used or expired: said so."""
+    with _db().session(read_only=True) as db_session:
+        try:
+            invited = invitations.by_token(db_session, token, utcnow())
+        except BrokerError as error:
+            return _page("Invitation", str(error), error.status)
+        organization = db_session.get_one(Organization, invited.organization_id)
+        roles = ", ".join(invited.roles) or "none yet"
+        message = (
+            f"You are invited to join {organization.name} ({roles}). Sign in with your "
+            f"identity provider as {invited.email} to accept."
+        )
+    return _page("Invitation", message, retry=True)
