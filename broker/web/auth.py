@@ -25,13 +25,12 @@ from flask import (
 )
 from sqlalchemy import select
 
+from broker.api.base import database, provider_runtime
 from broker.auth.oidc import OidcClient, PendingSignIn, ProviderConfig, SignInFailed
-from broker.db import Database
 from broker.errors import BrokerError
 from broker.models import IdentityProvider, Organization
 from broker.models.base import utcnow
 from broker.services import identity_providers, invitations, people
-from broker.services.adapters import ProviderRuntime
 
 bp = Blueprint("auth", __name__, url_prefix="/auth", template_folder="templates")
 # The link an invitation e-mail carries (`/invitations/<token>`).
@@ -43,11 +42,6 @@ SESSION_COOKIE, CSRF_HEADER, CSRF_FIELD = (
     people.CSRF_FIELD,
 )
 _PENDING = "signin"
-
-
-def _db() -> Database:
-    database: Database = current_app.extensions["broker.db"]
-    return database
 
 
 def oidc() -> OidcClient:
@@ -80,10 +74,8 @@ def _safe_next(value: str | None) -> str:
 
 
 def _config(provider: IdentityProvider) -> ProviderConfig:
-    with _db().session(read_only=True) as db_session:
-        secret = identity_providers.client_secret(
-            db_session, provider, ProviderRuntime.from_config(current_app.config).keyring
-        )
+    with database().session(read_only=True) as db_session:
+        secret = identity_providers.client_secret(db_session, provider, provider_runtime().keyring)
     return ProviderConfig(provider.issuer, provider.client_id, secret, provider.scopes)
 
 
@@ -91,7 +83,7 @@ def _config(provider: IdentityProvider) -> ProviderConfig:
 def login() -> Any:
     """Start signing in at an identity provider (the only one, or the one chosen)."""
     next_path = _safe_next(request.args.get("next"))
-    with _db().session(read_only=True) as db_session:
+    with database().session(read_only=True) as db_session:
         enabled = list(
             db_session.scalars(
                 select(IdentityProvider)
@@ -134,7 +126,7 @@ def callback() -> Any:
         detail = request.args.get("error_description") or request.args["error"]
         return _page("Sign-in failed", f"The identity provider said: {detail}", 400, retry=True)
     now = utcnow()
-    with _db().session(read_only=True) as db_session:
+    with database().session(read_only=True) as db_session:
         provider = db_session.get(IdentityProvider, uuid.UUID(pending["provider"]))
     if provider is None or not provider.enabled:
         return _page("Sign-in failed", "This identity provider is no longer enabled.", 400)
@@ -146,7 +138,7 @@ def callback() -> Any:
             code=request.args.get("code", ""),
             state=request.args.get("state", ""),
         )
-        with _db().transaction() as db_session:
+        with database().transaction() as db_session:
             provider = db_session.get_one(IdentityProvider, provider.id)
             signed_in = people.sign_in(db_session, provider, claims, now)
             _row, token = people.open_session(
@@ -180,7 +172,7 @@ def logout() -> Any:
     target = f"{_base_url()}/auth/signed-out"
     if token:
         now = utcnow()
-        with _db().transaction() as db_session:
+        with database().transaction() as db_session:
             try:
                 row = people.current_session(
                     db_session, token, now, people.lifetimes(current_app.config)[0]
@@ -224,7 +216,7 @@ def signed_out() -> Response:
 def invitation(token: str) -> Response:
     """What an invitation offers, and the way to accept it: signing in with the invited
     address applies its roles (broker/services/people.py). Used or expired: said so."""
-    with _db().session(read_only=True) as db_session:
+    with database().session(read_only=True) as db_session:
         try:
             invited = invitations.by_token(db_session, token, utcnow())
         except BrokerError as error:
