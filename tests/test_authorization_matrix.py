@@ -1,4 +1,5 @@
-"""The authorization matrix: every operation × role × tenant, driven by `openapi.yaml`.
+"""The authorization matrix: every operation × role × tenant, driven by `openapi.yaml`, for
+API clients (a bearer token) and people (a browser session) alike.
 
 Every operation of the committed spec documents the roles it admits (`x-roles`, written by
 `Blueprint.auth`), so an operation added later joins the matrix by itself:
@@ -38,9 +39,9 @@ from sqlalchemy.engine import make_url
 from broker import create_app
 from broker.db import Database
 from broker.migrate import upgrade
-from broker.models import Base, OrganizationKind, Role
+from broker.models import Base, Membership, Organization, OrganizationKind, Role, User
 from broker.models.organizations import ROLES_BY_KIND
-from broker.services import organizations
+from broker.services import organizations, people
 from tests.billing_fixtures import Ledger, make_ledger
 from tests.conftest import ApiUser, MakeUser, fetch_token
 from tests.helpers import PROBLEM, all_pages, problem
@@ -155,11 +156,13 @@ def json_of(response: Any) -> Any:
 
 
 def snapshot(db: Database) -> dict[str, list[str]]:
-    """Every row of every table (to tell that a refused request changed nothing)."""
+    """Every row of every table (to tell that a refused request changed nothing), but for
+    browser sessions, which note when they were last used."""
     with db.session(read_only=True) as session:
         return {
             table.name: sorted(repr(tuple(row)) for row in session.execute(select(table)))
             for table in Base.metadata.sorted_tables
+            if table.name != "browser_sessions"
         }
 
 
@@ -254,6 +257,52 @@ def user_of_role(matrix_client: FlaskClient, matrix_db: Database) -> dict[str, A
     return users
 
 
+Browser = tuple[FlaskClient, dict[str, str]]  # a client (its cookies) and the headers to send
+
+
+@pytest.fixture(scope="module")
+def person_of_role(
+    matrix_app: Flask, matrix_db: Database, user_of_role: dict[str, ApiUser]
+) -> dict[str, Browser]:
+    """A person holding that role only, in the organization of the client of that role, signed
+    in: their browser (the session cookie) and its CSRF token."""
+    browsers = {}
+    for role, client in user_of_role.items():
+        with matrix_db.transaction() as session:
+            organization = session.get_one(Organization, uuid.UUID(client.organization_id))
+            user = User(
+                id=uuid.uuid4(),
+                email=f"{role}@matrix.example",
+                email_key=f"{role}@matrix.example",
+                display_name=f"Matrix {role}",
+                language="fr",
+            )
+            session.add(user)
+            session.add(Membership(user_id=user.id, organization_id=organization.id, roles=[role]))
+            session.flush()
+            row, token = people.open_session(
+                session, people.SignedIn(user, organization), None, None, datetime.now(UTC)
+            )
+            csrf = row.csrf_token
+        browser = matrix_app.test_client()
+        browser.set_cookie(people.SESSION_COOKIE, token)
+        browsers[role] = (browser, {people.CSRF_HEADER: csrf})
+    return browsers
+
+
+@pytest.fixture(params=["client", "person"])
+def browser_of_role(
+    request: pytest.FixtureRequest,
+    matrix_client: FlaskClient,
+    user_of_role: dict[str, ApiUser],
+    person_of_role: dict[str, Browser],
+) -> dict[str, Browser]:
+    """The same rules for API clients (a bearer token) and people (a browser session)."""
+    if request.param == "person":
+        return person_of_role
+    return {role: (matrix_client, user.headers) for role, user in user_of_role.items()}
+
+
 # The spec itself ------------------------------------------------------------------------------
 
 
@@ -271,14 +320,14 @@ def test_only_the_known_public_operations_go_without_a_token() -> None:
 
 @pytest.mark.parametrize(("operation", "role"), REFUSED)
 def test_a_role_not_admitted_is_refused_and_changes_nothing(
-    matrix_client: FlaskClient,
     matrix_db: Database,
-    user_of_role: dict[str, ApiUser],
+    browser_of_role: dict[str, Browser],
     operation: Operation,
     role: str,
 ) -> None:
+    browser, headers = browser_of_role[role]
     before = snapshot(matrix_db)
-    response = call(matrix_client, operation, user_of_role[role].headers)
+    response = call(browser, operation, headers)
     problem(response, 403, "forbidden")
     assert snapshot(matrix_db) == before
 
@@ -310,12 +359,12 @@ def test_no_token_is_401_with_a_challenge_and_changes_nothing(
 
 @pytest.mark.parametrize(("operation", "role"), ADMITTED)
 def test_an_admitted_role_gets_past_the_role_check(
-    matrix_client: FlaskClient,
-    user_of_role: dict[str, ApiUser],
+    browser_of_role: dict[str, Browser],
     operation: Operation,
     role: str,
 ) -> None:
-    response = call(matrix_client, operation, user_of_role[role].headers)
+    browser, headers = browser_of_role[role]
+    response = call(browser, operation, headers)
     assert response.status_code != 403, response.get_data(as_text=True)
     assert response.status_code < 500, response.get_data(as_text=True)
     if response.status_code >= 400:

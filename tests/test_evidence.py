@@ -18,6 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from joserfc.jwk import ECKey, OKPKey
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.db import Database
 from broker.errors import Forbidden
@@ -360,7 +361,7 @@ def test_only_the_consortium_decides_and_never_for_its_own_provider(
     # And what such a person enters for it is a claim like any other.
     with db.transaction() as session:
         provider = evidence._provider(session, uuid.UUID(setup.id))
-        assert evidence.vouches(insider, provider) is False
+        assert access.vouches(insider, provider) is False
 
     item = get(client, setup.operator, f"/v1/providers/{setup.id}/evidence/{claim['id']}")
     assert item["state"] == "pending"

@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 from flask import url_for
 
+from broker import access
 from broker.api.base import Blueprint, current_caller, request_session
 from broker.api.schemas import Timestamp
 from broker.errors import NotFound
@@ -40,6 +41,6 @@ def get_job(job_id: uuid.UUID) -> Any:
     """Read a job: the consortium's admins, and the organization it works for."""
     caller = current_caller()
     job = request_session().get(Job, job_id)
-    if job is None or not (caller.is_admin or job.organization_id == caller.organization_id):
+    if job is None or not access.sees_organization(caller, job.organization_id):
         raise NotFound("No such job.")
     return job

@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 from flask import Response, jsonify
 
+from broker import access
 from broker.api.base import (
     Blueprint,
     created,
@@ -165,7 +166,7 @@ class ProviderSchema(ma.Schema):
 
     def _adapter_config(self, provider: Provider) -> dict[str, Any] | None:
         caller = current_caller()
-        shown = caller.is_admin or evidence.operates(caller, provider)
+        shown = access.may_administer_provider(caller, provider)
         return provider.adapter_config if shown else None
 
     def _compliance(self, provider: Provider) -> list[dict[str, Any]]:
@@ -190,7 +191,7 @@ class ProviderSchema(ma.Schema):
 
     def _pending(self, provider: Provider) -> list[dict[str, Any]]:
         caller = current_caller()
-        if not (caller.is_consortium or evidence.operates(caller, provider)):
+        if not access.sees_all_evidence(caller, provider):
             return []
         return dump_evidence([e for e in provider.evidence if e.state is EvidenceState.PENDING])
 

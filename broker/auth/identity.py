@@ -13,7 +13,7 @@ from broker.models import OrganizationKind, Role
 @dataclass(frozen=True)
 class Caller:
     """Who is behind a request, as services see it: an API client, or a person acting for one
-    of their organizations."""
+    of their organizations. What the caller may do is decided in `broker.access`."""
 
     client_id: str
     organization_id: uuid.UUID
@@ -25,15 +25,6 @@ class Caller:
     # A person signed in through an identity provider (their `client_id` is then
     # `person:<user_id>`); None for an API client.
     user_id: uuid.UUID | None = None
-
-    @property
-    def is_admin(self) -> bool:
-        return Role.ADMIN in self.roles
-
-    @property
-    def is_consortium(self) -> bool:
-        """A consortium admin or assessor: whoever may vouch for evidence."""
-        return bool(self.roles & {Role.ADMIN, Role.ASSESSOR})
 
     def belongs_to(self, organization_id: uuid.UUID) -> bool:
         return (

@@ -34,6 +34,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import select
 
+from broker import access
 from broker.auth.identity import Caller, missing_role_message
 from broker.auth.keys import SigningKeys
 from broker.auth.secrets import UNMATCHABLE_HASH, verify_secret
@@ -353,7 +354,7 @@ class BrokerResourceProtector(ResourceProtector):
 
 def require_roles(caller: Caller, needed: Sequence[Role]) -> None:
     """403 unless the caller has one of `needed` (any role will do when none is named)."""
-    if needed and not caller.roles & set(needed):
+    if needed and not access.has_any_role(caller, *needed):
         raise missing_role(needed, caller.roles)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.context import correlation_id
 from broker.models import AuditChainHead, AuditEvent
@@ -121,7 +122,7 @@ def list_events(
 ) -> Page[AuditEvent]:
     """Admins read every event; everyone else reads the events of their organization."""
     statement = select(AuditEvent)
-    if not caller.is_admin:
+    if not access.is_admin(caller):
         statement = statement.where(AuditEvent.organization_id == caller.organization_id)
     if object_type:
         statement = statement.where(AuditEvent.object_type == object_type)

@@ -30,7 +30,7 @@ from billing import exports, invoicing
 from billing.metering import parse_period, period_bounds, period_of, shown
 from billing.money import round_amount, trim_decimals
 from billing.rating import Price
-from broker import db
+from broker import access, db
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
@@ -47,7 +47,6 @@ from broker.models import (
     Organization,
     OrganizationKind,
     Resource,
-    Role,
     UsageRecord,
 )
 from broker.services import audit, offers, payments, usage
@@ -68,11 +67,6 @@ def _agency(session: Session, organization_id: uuid.UUID) -> Organization:
     return organization
 
 
-def may_read_agency(caller: Caller, organization_id: uuid.UUID) -> bool:
-    return bool(caller.roles & {Role.FINANCE, Role.ADMIN}) or (
-        organization_id == caller.organization_id
-        and bool(caller.roles & {Role.BUYER, Role.APPROVER})
-    )
 
 
 def profile_view(
@@ -104,7 +98,7 @@ def profile_view(
 def get_profile(
     session: Session, caller: Caller, organization_id: uuid.UUID, config: Mapping[str, Any]
 ) -> dict[str, Any]:
-    if not may_read_agency(caller, organization_id):
+    if not access.may_read_agency(caller, organization_id):
         raise NotFound("No such agency.")
     return profile_view(session, _agency(session, organization_id), config)
 
@@ -530,7 +524,7 @@ def get_invoice(
     session: Session, caller: Caller, invoice_id: uuid.UUID, *, lock: bool = False
 ) -> Invoice:
     invoice = session.get(Invoice, invoice_id, with_for_update=lock)
-    if invoice is None or not may_read_agency(caller, invoice.organization_id):
+    if invoice is None or not access.may_read_agency(caller, invoice.organization_id):
         raise NotFound("No such invoice.")
     return invoice
 
@@ -546,7 +540,7 @@ def list_invoices(
     agency_id: uuid.UUID | None = None,
 ) -> Page[Invoice]:
     statement = select(Invoice)
-    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
+    if not access.sees_every_agency(caller):
         statement = statement.where(Invoice.organization_id == caller.organization_id)
     if agency_id is not None:
         statement = statement.where(Invoice.organization_id == agency_id)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from billing import exports, invoicing
 from billing.money import round_amount
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.models import (
@@ -33,7 +34,6 @@ from broker.models import (
     CreditNoteLine,
     Invoice,
     InvoiceState,
-    Role,
     UsageRecord,
 )
 from broker.services import audit, billing, payments
@@ -254,7 +254,7 @@ def _snapshot(note: CreditNote, invoice: Invoice, wanted: Mapping[int, Decimal])
 
 def get_credit_note(session: Session, caller: Caller, note_id: uuid.UUID) -> CreditNote:
     note = session.get(CreditNote, note_id)
-    if note is None or not billing.may_read_agency(caller, note.organization_id):
+    if note is None or not access.may_read_agency(caller, note.organization_id):
         raise NotFound("No such credit note.")
     return note
 
@@ -277,7 +277,7 @@ def list_credit_notes(
     invoice_id: uuid.UUID | None = None,
 ) -> Page[CreditNote]:
     statement = select(CreditNote)
-    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
+    if not access.sees_every_agency(caller):
         statement = statement.where(CreditNote.organization_id == caller.organization_id)
     if invoice_id is not None:
         statement = statement.where(CreditNote.invoice_id == invoice_id)

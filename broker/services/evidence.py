@@ -30,7 +30,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from broker.auth.identity import Caller, missing_role_message
+from broker import access
+from broker.auth.identity import Caller
 from broker.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from broker.models import (
     Evidence,
@@ -187,15 +188,7 @@ def recount(session: Session, provider: Provider) -> None:
             )
 
 
-# --- who vouches ------------------------------------------------------------------------------
-
-
-def vouches(caller: Caller | None, provider: Provider) -> bool:
-    """The consortium vouches for what it enters, except for a provider it belongs to. The
-    system itself (`None`: the demo seed, migrations) is the consortium."""
-    if caller is None:
-        return True
-    return caller.is_consortium and not caller.belongs_to(provider.organization_id)
+# --- who vouches (the rule: `access.vouches`) ----------------------------------------------
 
 
 def _name(caller: Caller | None) -> str:
@@ -302,7 +295,7 @@ def _claim(
     """Add a claim: verified at once when the consortium vouches, pending otherwise."""
     provider.evidence.append(item)
     _record(session, caller, "submitted", item, provider)
-    if vouches(caller, provider):
+    if access.vouches(caller, provider):
         _decide(session, caller, item, provider, EvidenceState.VERIFIED, now)
     return item
 
@@ -362,7 +355,7 @@ def record_claims(
         for region in data["regions"]:
             wanted.append(_new(caller, provider, EvidenceKind.REGION, _region_facts(region), now))
 
-    authoritative = vouches(caller, provider)
+    authoritative = access.vouches(caller, provider)
     live = EvidenceState.VERIFIED if authoritative else None
     for item in wanted:
         known = [
@@ -409,15 +402,6 @@ def _provider(session: Session, provider_id: uuid.UUID) -> Provider:
     return provider
 
 
-def operates(caller: Caller, provider: Provider) -> bool:
-    return Role.PROVIDER in caller.roles and caller.belongs_to(provider.organization_id)
-
-
-def _sees_all(caller: Caller, provider: Provider) -> bool:
-    """The provider's operators and the consortium see every claim; others what counts."""
-    return caller.is_consortium or operates(caller, provider)
-
-
 def trusted_keys(session: Session) -> list[TrustedKeys]:
     return [
         TrustedKeys(issuer=row.issuer, name=row.name, jwks=row.jwks)
@@ -431,7 +415,7 @@ def submit(
     """One claim from a provider's operators (pending), or from the consortium (verified); a
     signed statement from a trusted issuer is verified by its signature."""
     provider = _provider(session, provider_id)
-    if not (operates(caller, provider) or caller.is_consortium):
+    if not access.sees_all_evidence(caller, provider):
         raise NotFound("No such provider among those you operate.")
     kind = EvidenceKind(data["kind"])
     if kind is EvidenceKind.CERTIFICATION and data.get("statement"):
@@ -533,7 +517,7 @@ def get(
 ) -> Evidence:
     provider = _provider(session, provider_id)
     item = _evidence(session, provider, evidence_id)
-    if item.state is not EvidenceState.VERIFIED and not _sees_all(caller, provider):
+    if item.state is not EvidenceState.VERIFIED and not access.sees_all_evidence(caller, provider):
         raise NotFound("No such evidence for this provider.")
     return item
 
@@ -599,7 +583,7 @@ def withdraw(
     """A provider's operators take back a pending claim or a verified certification (giving
     up a claim needs nobody's word); its jurisdiction and regions change only by new claims."""
     provider = _provider(session, provider_id)
-    if not operates(caller, provider):
+    if not access.operates(caller, provider):
         raise NotFound("No such provider among those you operate.")
     item = _evidence(session, provider, evidence_id)
     withdrawable = item.state is EvidenceState.PENDING or (
@@ -631,12 +615,12 @@ def list_evidence(
     if provider_id is not None:
         provider = _provider(session, provider_id)
         statement = statement.where(Evidence.provider_id == provider.id)
-        if not _sees_all(caller, provider):
+        if not access.sees_all_evidence(caller, provider):
             statement = statement.where(Evidence.state == EvidenceState.VERIFIED)
-    elif not caller.is_consortium:
+    elif not access.is_assessor_or_admin(caller):
         raise Forbidden(
             "The evidence queue is the consortium's. "
-            + missing_role_message((Role.ASSESSOR, Role.ADMIN), caller.roles)
+            + access.missing_roles(caller, Role.ASSESSOR, Role.ADMIN)
         )
     if state is not None:
         statement = statement.where(Evidence.state == state)

@@ -40,6 +40,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
@@ -164,10 +165,9 @@ def _organization(
 ) -> Organization:
     """The organization whose invitations `caller` manages: any for admins, their own agency
     for approvers; any other answers 404, like one that does not exist."""
-    own = organization_id == caller.organization_id and Role.APPROVER in caller.roles
     organization = (
         session.get(Organization, organization_id, with_for_update=lock)
-        if own or caller.is_admin
+        if access.may_manage_agency(caller, organization_id)
         else None
     )
     if organization is None:

@@ -6,8 +6,8 @@ At a first sign-in the person's organization is found by an identifier registere
 the domain of the person's e-mail (scheme `email_domain`). The membership then starts with no
 roles; an approver of that agency, or an admin, grants them here.
 
-Checks use only what every caller has (`roles`, `organization_id`, `is_admin`): an
-approver's roles hold in the organization they act for, so they manage that one's people only.
+Who manages whom is `broker.access.may_manage_agency`: an approver's roles hold in the
+organization they act for, so they manage that one's people only (admins: any).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed, joined
 from broker.models import (
@@ -181,8 +182,7 @@ def _managed_organization(
 ) -> Organization:
     """The organization whose people the caller manages: any as admin, their own as approver.
     Others answer 404, like unknown ones."""
-    own = Role.APPROVER in caller.roles and caller.organization_id == organization_id
-    if not (caller.is_admin or own):
+    if not access.may_manage_agency(caller, organization_id):
         raise NotFound("No such organization.")
     return _organization(session, organization_id)
 
@@ -204,7 +204,7 @@ def list_members(
 
 def _grantable(caller: Caller, organization: Organization) -> frozenset[Role]:
     allowed = ROLES_BY_KIND[organization.kind]
-    return allowed if caller.is_admin else allowed & APPROVER_GRANTS
+    return allowed if access.is_admin(caller) else allowed & APPROVER_GRANTS
 
 
 def _check_roles(caller: Caller, organization: Organization, roles: list[Role]) -> None:
@@ -212,7 +212,7 @@ def _check_roles(caller: Caller, organization: Organization, roles: list[Role]) 
     refused = sorted(role.value for role in roles if role not in grantable)
     if refused:
         may = ", ".join(sorted(role.value for role in grantable))
-        who = "an admin" if caller.is_admin else "you"
+        who = "an admin" if access.is_admin(caller) else "you"
         raise ValidationFailed(
             f"In this organization ({organization.kind.value}) {who} may grant only these "
             f"roles: {may}.",

@@ -22,6 +22,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, contains_eager
 from billing.invoicing import STANDARD
 from billing.money import MoneyError, parse_unit_price
 from billing.rating import METRICS, Price, Specs, Tier, monthly_price
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.models import Evidence as EvidenceRecord
@@ -31,7 +32,6 @@ from broker.models import (
     OfferState,
     Provider,
     ProviderState,
-    Role,
 )
 from broker.models.base import utcnow
 from broker.services import audit, evidence
@@ -153,14 +153,10 @@ def specs_of(offer: Offer) -> Specs:
 # --- visibility ------------------------------------------------------------------------------
 
 
-def _operates(caller: Caller, provider: Provider) -> bool:
-    return Role.PROVIDER in caller.roles and caller.organization_id == provider.organization_id
-
-
 def _visible(caller: Caller) -> ColumnElement[bool]:
     """Published offers of active providers for all; drafts too for their own operators."""
     public = and_(Offer.state == OfferState.PUBLISHED, Provider.state == ProviderState.ACTIVE)
-    if Role.PROVIDER not in caller.roles:
+    if not access.is_operator(caller):
         return public
     return or_(
         public,
@@ -172,14 +168,16 @@ def get_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
     """Any version that was published; unpublished ones only for their provider's operators."""
     offer = session.get(Offer, offer_id)
     # Never published (a draft, or a draft abandoned by retiring it): its operators' only.
-    if offer is None or (offer.published_at is None and not _operates(caller, offer.provider)):
+    if offer is None or (
+        offer.published_at is None and not access.operates(caller, offer.provider)
+    ):
         raise NotFound("No such offer.")
     return offer
 
 
 def _own_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
     offer = session.get(Offer, offer_id)
-    if offer is None or not _operates(caller, offer.provider):
+    if offer is None or not access.operates(caller, offer.provider):
         raise NotFound("No such offer.")
     return offer
 
@@ -236,7 +234,7 @@ def create_offer(
     """A new offer, as a draft, for a provider the caller operates. `currency` is for a draft
     without prices (from an offer sync); otherwise the prices say it."""
     provider = session.get(Provider, data["provider_id"])
-    if provider is None or not _operates(caller, provider):
+    if provider is None or not access.operates(caller, provider):
         raise NotFound("No such provider among those you operate.")
     taken = session.scalar(
         select(Offer.id).where(Offer.provider_id == provider.id, Offer.sku == data["sku"])

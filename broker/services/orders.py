@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from billing.money import round_amount
 from billing.rating import monthly_price
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, Conflict, NotFound
 from broker.jobs.queue import enqueue
@@ -298,7 +299,7 @@ def _visible(session: Session, caller: Caller, order_id: uuid.UUID, *, lock: boo
     """The order, if the caller's agency placed it (admins: any). `lock` holds its row until
     the transaction ends, so that of two concurrent decisions the second sees the first."""
     order = session.get(Order, order_id, with_for_update=lock)
-    if order is None or not (caller.is_admin or order.organization_id == caller.organization_id):
+    if order is None or not access.sees_organization(caller, order.organization_id):
         raise NotFound("No such order.")
     return order
 
@@ -316,7 +317,7 @@ def list_orders(
     state: OrderState | None = None,
 ) -> Page[Order]:
     statement = select(Order)
-    if not caller.is_admin:
+    if not access.is_admin(caller):
         statement = statement.where(Order.organization_id == caller.organization_id)
     if state is not None:
         statement = statement.where(Order.state == state)
@@ -336,7 +337,7 @@ def _decide(
 ) -> tuple[Order, dict[str, Any]]:
     """The order an approver of its agency may decide, while it waits for a decision."""
     order = _visible(session, caller, order_id, lock=True)
-    if order.organization_id != caller.organization_id or Role.APPROVER not in caller.roles:
+    if not access.holds_role_in(caller, order.organization_id, Role.APPROVER):
         raise NotFound("No such order.")
     if order.state is not OrderState.PENDING_APPROVAL:
         raise Conflict(

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.auth.secrets import hash_secret, new_client_id, new_client_secret
 from broker.errors import Conflict, NotFound, ValidationFailed
@@ -45,7 +46,7 @@ def create_organization(
 
 def get_organization(session: Session, caller: Caller, organization_id: uuid.UUID) -> Organization:
     """Admins read any organization; everyone else only their own (others are 404)."""
-    if not caller.is_admin and organization_id != caller.organization_id:
+    if not access.sees_organization(caller, organization_id):
         raise NotFound("No such organization.")
     organization = session.get(Organization, organization_id)
     if organization is None:
@@ -62,7 +63,7 @@ def list_organizations(
     cursor: str | None,
 ) -> Page[Organization]:
     statement = select(Organization)
-    if not caller.is_admin:
+    if not access.is_admin(caller):
         statement = statement.where(Organization.id == caller.organization_id)
     if kind is not None:
         statement = statement.where(Organization.kind == kind)

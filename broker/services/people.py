@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Forbidden, Unauthorized
 from broker.models import (
@@ -324,13 +325,13 @@ def describe(session: Session, caller: Caller, csrf_token: str | None = None) ->
             "email": user.email,
             "language": user.language,
             "organization_id": caller.organization_id,
-            "roles": sorted(role.value for role in caller.roles),
+            "roles": access.role_names(caller),
             "memberships": memberships,
             "csrf_token": csrf_token,
         }
     client = session.scalar(select(ApiClient).where(ApiClient.client_id == caller.client_id))
     organization = session.get_one(Organization, caller.organization_id)
-    roles = sorted(role.value for role in caller.roles)
+    roles = access.role_names(caller)
     return {
         "kind": "client",
         "id": caller.client_id,

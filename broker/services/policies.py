@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import NotFound, ValidationFailed
 from broker.models import AgencyPolicy, Offer, Organization, OrganizationKind, Role
@@ -146,8 +147,8 @@ def _agency(
 ) -> Organization:
     """The agency whose policy `caller` may read or write (`roles` of its own agency), or
     404: another agency's policy answers exactly like one that does not exist."""
-    own = organization_id == caller.organization_id and bool(roles & caller.roles)
-    organization = session.get(Organization, organization_id) if own or caller.is_admin else None
+    allowed = access.is_admin(caller) or access.holds_role_in(caller, organization_id, *roles)
+    organization = session.get(Organization, organization_id) if allowed else None
     if organization is None or organization.kind is not OrganizationKind.AGENCY:
         raise NotFound("No such agency.")
     return organization

@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.db import Database
 from broker.errors import NotFound, ValidationFailed
-from broker.models import Organization, OrganizationKind, Provider, Role
+from broker.models import Organization, OrganizationKind, Provider
 from broker.services import adapters, audit, evidence
 from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
@@ -101,7 +102,7 @@ def get_provider(session: Session, provider_id: uuid.UUID) -> Provider:
 def operated_provider(session: Session, caller: Caller, provider_id: uuid.UUID) -> Provider:
     """A provider the caller may administer: admins any, operators their own (else 404)."""
     provider = get_provider(session, provider_id)
-    if not (caller.is_admin or evidence.operates(caller, provider)):
+    if not access.may_administer_provider(caller, provider):
         raise NotFound("No such provider.")
     return provider
 
@@ -167,7 +168,7 @@ def update_provider(
     consortium they are verified at once; from the provider's operators they wait, pending,
     for an assessor, while the verified values keep counting.
     """
-    if Role.ASSESSOR in caller.roles and not caller.is_admin:
+    if access.is_assessor_only(caller):
         provider = get_provider(session, provider_id)
         outside = sorted(set(changes) - CLAIMS)
         if outside:
@@ -176,7 +177,7 @@ def update_provider(
             )
     else:
         provider = operated_provider(session, caller, provider_id)
-    if "state" in changes and not caller.is_admin:
+    if "state" in changes and not access.is_admin(caller):
         raise ValidationFailed(errors={"state": ["Only the consortium can suspend a provider."]})
     if_match.check(provider.version, "provider")
     if "name" in changes:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from billing.metering import hour_slices, period_bounds, period_of, running_intervals
 from billing.rating import rate, usage_for
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound
 from broker.jobs.queue import JobContext, JobFailed, enqueue
@@ -115,9 +116,7 @@ def get_resource(
     """The resource, if the caller's agency owns it (admins: any). `lock` holds its row until
     the transaction ends: a state check and the change it allows are then one step."""
     resource = session.get(Resource, resource_id, with_for_update=lock)
-    if resource is None or not (
-        caller.is_admin or resource.organization_id == caller.organization_id
-    ):
+    if resource is None or not access.sees_organization(caller, resource.organization_id):
         raise NotFound("No such resource.")
     return resource
 
@@ -132,7 +131,7 @@ def list_resources(
     state: ResourceState | None = None,
 ) -> Page[Resource]:
     statement = select(Resource)
-    if not caller.is_admin:
+    if not access.is_admin(caller):
         statement = statement.where(Resource.organization_id == caller.organization_id)
     if order_id is not None:
         statement = statement.where(Resource.order_id == order_id)

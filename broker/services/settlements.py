@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing import settlements
+from broker import access
 from broker.auth.identity import Caller
-from broker.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine, Provider, Role
+from broker.models import CreditNote, CreditNoteLine, Invoice, InvoiceLine, Provider
 from broker.services.corrections import ISSUED
 
 
@@ -57,7 +58,7 @@ def for_period(
             select(Provider).where(Provider.id.in_({uuid.UUID(s.provider_id) for s in everyone}))
         )
     }
-    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
+    if not access.sees_every_agency(caller):
         everyone = [
             s
             for s in everyone

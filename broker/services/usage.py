@@ -70,7 +70,7 @@ from billing.metering import (
     within_life,
 )
 from billing.rating import METRICS
-from broker import db
+from broker import access, db
 from broker.auth.identity import Caller
 from broker.errors import Conflict, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed
@@ -81,7 +81,6 @@ from broker.models import (
     ProviderState,
     Resource,
     ResourceEvent,
-    Role,
     UsageRecord,
     UsageSource,
 )
@@ -791,8 +790,8 @@ def list_usage(
     """Records the caller may see, newest first: an agency its own machines', a provider's
     operators those of machines on their providers, finance and admins all."""
     statement = select(UsageRecord)
-    if not caller.roles & {Role.FINANCE, Role.ADMIN}:
-        if Role.PROVIDER in caller.roles:
+    if not access.sees_every_agency(caller):
+        if access.is_operator(caller):
             statement = statement.where(
                 UsageRecord.provider_id.in_(
                     select(Provider.id).where(Provider.organization_id == caller.organization_id)

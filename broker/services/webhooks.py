@@ -51,10 +51,11 @@ import requests
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
-from broker.models import Job, Organization, Role, WebhookEndpoint
+from broker.models import Job, Organization, WebhookEndpoint
 from broker.models.base import utcnow
 from broker.services import audit
 from broker.services.adapters import ProviderRuntime
@@ -91,11 +92,6 @@ class EndpointLimitReached(Conflict):
 
 
 # Endpoints ------------------------------------------------------------------------------
-
-
-def _may_manage(caller: Caller, organization_id: uuid.UUID) -> bool:
-    own = Role.APPROVER in caller.roles and caller.organization_id == organization_id
-    return caller.is_admin or own
 
 
 def http_policy(config: Mapping[str, Any]) -> HttpPolicy:
@@ -151,7 +147,7 @@ def register(
     """Register an endpoint of `organization_id` (default: the caller's organization); the
     endpoint and its signing secret, which is never given out again."""
     owner = caller.organization_id if organization_id is None else organization_id
-    if not _may_manage(caller, owner):
+    if not access.may_manage_agency(caller, owner):
         raise NotFound("No such organization.")
     # The organization's row is held until the end of the transaction, so that two
     # registrations at once cannot both take the last place.
@@ -191,7 +187,7 @@ def register(
 def get_endpoint(session: Session, caller: Caller, endpoint_id: uuid.UUID) -> WebhookEndpoint:
     """An endpoint the caller may manage (others are 404, like unknown ids)."""
     endpoint = session.get(WebhookEndpoint, endpoint_id)
-    if endpoint is None or not _may_manage(caller, endpoint.organization_id):
+    if endpoint is None or not access.may_manage_agency(caller, endpoint.organization_id):
         raise NotFound("No such webhook endpoint.")
     return endpoint
 
@@ -206,8 +202,8 @@ def list_endpoints(
 ) -> Page[WebhookEndpoint]:
     """Admins list every organization's endpoints (or one's); approvers their own."""
     statement = select(WebhookEndpoint)
-    if not caller.is_admin:
-        if Role.APPROVER not in caller.roles:
+    if not access.is_admin(caller):
+        if not access.is_approver(caller):
             return Page([], None)
         statement = statement.where(WebhookEndpoint.organization_id == caller.organization_id)
     if organization_id is not None:
