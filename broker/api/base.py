@@ -293,20 +293,25 @@ def _is_text(value: str) -> bool:
 
 def _person_of_the_session() -> Caller | None:
     """A person signed in in a browser (the session cookie, when no bearer token is sent),
-    resolved in a short transaction of its own (it notes the session's last use)."""
+    resolved by reading; the session's last use is written, in a short transaction, at most
+    once a minute."""
     token = request.cookies.get(people.SESSION_COOKIE)
     if not token or "Authorization" in request.headers:
         return None
     idle, _ = people.lifetimes(current_app.config)
-    with database().transaction() as session:
-        caller, g.csrf_token = people.caller_of_session(
+    now = utcnow()
+    with database().session(read_only=True) as session:
+        caller, g.csrf_token, due = people.caller_of_session(
             session,
             token,
-            utcnow(),
+            now,
             idle,
             unsafe=request.method not in SAFE_METHODS,
             csrf=request.headers.get(people.CSRF_HEADER),
         )
+    if due is not None:
+        with database().transaction() as session:
+            people.touch(session, due, now)
     return caller
 
 

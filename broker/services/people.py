@@ -14,7 +14,6 @@ has been idle too long or lived its absolute lifetime.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from broker.models import (
     UserIdentity,
 )
 from broker.services import audit, invitations, members
-from broker.services.invitations import email_key
+from broker.services.invitations import email_key, token_hash
 
 # The session's cookie, and the header (or form field) that must echo the session's CSRF token
 # on every unsafe request made with it.
@@ -205,10 +204,6 @@ def caller_for(session: Session, user: User, organization_id: uuid.UUID) -> Call
 # --- sessions -----------------------------------------------------------------------------------
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def open_session(
     session: Session,
     signed_in: SignedIn,
@@ -221,7 +216,7 @@ def open_session(
     token = secrets.token_urlsafe(32)
     row = BrowserSession(
         id=uuid.uuid4(),
-        token_hash=_hash(token),
+        token_hash=token_hash(token),
         user_id=signed_in.user.id,
         organization_id=signed_in.organization.id,
         identity_provider_id=provider.id if provider is not None else None,
@@ -247,33 +242,26 @@ def open_session(
 def current_session(
     session: Session, token: str, now: datetime, idle: timedelta = SESSION_IDLE
 ) -> BrowserSession:
-    """The live session of this cookie, touched; 401 when it has ended (signed out, the person
-    disabled, idle or too old)."""
-    row = session.scalar(select(BrowserSession).where(BrowserSession.token_hash == _hash(token)))
+    """The live session of this cookie (read only); 401 when it has ended (signed out, the
+    person disabled, idle or too old): an ended session is recognised, not written to."""
+    row = session.scalar(
+        select(BrowserSession).where(BrowserSession.token_hash == token_hash(token))
+    )
     if row is None or row.ended_at is not None:
         raise Unauthorized("Your session has ended; sign in again.")
-    reason = None
     user = session.get_one(User, row.user_id)
-    if not user.active:
-        reason = "disabled"
-    elif now >= row.expires_at:
-        reason = "expired"
-    elif now - row.last_seen_at >= idle:
-        reason = "idle"
-    if reason is not None:
-        row.ended_at, row.end_reason = now, reason
-        session.flush()
+    if not user.active or now >= row.expires_at or now - row.last_seen_at >= idle:
         raise Unauthorized("Your session has ended; sign in again.")
-    if now - row.last_seen_at >= TOUCH_EVERY:
-        row.last_seen_at = now
     return row
 
 
 def caller_of_session(
     session: Session, token: str, now: datetime, idle: timedelta, *, unsafe: bool, csrf: str | None
-) -> tuple[Caller, str]:
-    """The person behind a session cookie, as a caller, and the session's CSRF token; 401 when
-    the session has ended, 403 when an unsafe request does not echo the CSRF token."""
+) -> tuple[Caller, str, uuid.UUID | None]:
+    """The person behind a session cookie, as a caller, the session's CSRF token, and the
+    session's id when its last use is due to be noted (`touch`, at most once a minute, so that
+    a request reads only); 401 when the session has ended, 403 when an unsafe request does not
+    echo the CSRF token."""
     row = current_session(session, token, now, idle)
     if unsafe and (not csrf or not secrets.compare_digest(csrf, row.csrf_token)):
         raise Forbidden(
@@ -282,7 +270,17 @@ def caller_of_session(
             code="csrf_failed",
         )
     caller = caller_for(session, session.get_one(User, row.user_id), row.organization_id)
-    return caller, row.csrf_token
+    due = row.id if now - row.last_seen_at >= TOUCH_EVERY else None
+    return caller, row.csrf_token, due
+
+
+def touch(session: Session, session_id: uuid.UUID, now: datetime) -> None:
+    """Note a session's use (what its idle lifetime counts from)."""
+    session.execute(
+        update(BrowserSession)
+        .where(BrowserSession.id == session_id, BrowserSession.ended_at.is_(None))
+        .values(last_seen_at=now)
+    )
 
 
 def end_session(session: Session, row: BrowserSession, now: datetime, reason: str) -> None:
