@@ -6,7 +6,13 @@ PY     := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 STAMP     := $(VENV)/.installed-test
 
-.PHONY: run test test-sqlite test-postgresql lint openapi bench clean system-packages
+# The console's French, compiled from its catalogue whenever the catalogue changes.
+CATALOGUES := $(patsubst %.po,%.mo,$(wildcard broker/translations/*/LC_MESSAGES/messages.po))
+# axe-core (accessibility checks run in the browser tests), from npm, pinned by its lock file.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+
+.PHONY: run test test-sqlite test-postgresql lint openapi bench clean system-packages \
+	translations screenshots
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,13 +24,21 @@ $(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-## run: migrate the embedded database, seed the demo consortium, serve API + worker
-run: $(RUN_STAMP)
+%.mo: %.po $(RUN_STAMP)
+	$(VENV)/bin/pybabel compile --statistics -i $< -o $@
+
+$(AXE): tests/browser/package.json tests/browser/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error; \
+	else echo "npm is missing: the accessibility checks will be skipped"; fi
+
+## run: migrate the embedded database, seed the demo consortium, serve API, console + worker
+run: $(RUN_STAMP) $(CATALOGUES)
 	$(VENV)/bin/broker serve
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
 ## per core, each printed whole when done); lint runs on the first core to be free
-test: $(STAMP) system-packages
+test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
 	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster) in parallel =="; \
 	( $(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite > $$logs/sqlite.log 2>&1; \
@@ -38,7 +52,8 @@ test: $(STAMP) system-packages
 	rm -rf $$logs; \
 	test $$lite -eq 0 && test $$pg -eq 0
 
-## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server), when missing
+## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server, chromium and
+## its driver, npm), when missing
 system-packages:
 	@bash .ci/system-packages
 
@@ -52,6 +67,18 @@ test-postgresql: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check broker providers billing tests bench migrations/env.py
 	$(VENV)/bin/mypy
+
+## translations: extract the console's strings and update the French catalogue (then translate
+## what is new or fuzzy: tests/test_translations.py fails while a string has no French)
+translations: $(RUN_STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location \
+	  --sort-output -o broker/translations/messages.pot broker
+	$(VENV)/bin/pybabel update -i broker/translations/messages.pot -d broker/translations \
+	  --no-fuzzy-matching
+
+## screenshots: every main page in French and English, written to screenshots/ (ignored)
+screenshots: $(STAMP) $(CATALOGUES) system-packages $(AXE)
+	BROKER_SCREENSHOTS=screenshots $(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 ## openapi: regenerate openapi.yaml from the code
 openapi: $(RUN_STAMP)

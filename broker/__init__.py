@@ -72,7 +72,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from broker.models.base import reset_clock, set_clock
     from broker.observability import configure_logging, init_observability
     from broker.services.adapters import ProviderRuntime
-    from broker.web import auth
+    from broker.web import auth, console
 
     settings = load_config()
     settings.update(config or {})
@@ -130,6 +130,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             request.routing_exception is not None  # 404/405 answer first
             or request.method not in _BODY_METHODS
             or request.endpoint in _NON_JSON_ENDPOINTS
+            or request.blueprint == "console"  # the console's pages post forms
         ):
             return
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
@@ -140,6 +141,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 "Request bodies must be JSON (Content-Type: application/json)."
             )
 
+    console.init_console(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(auth.invitation_pages)
     if app.config["DEMO_IDP"]:

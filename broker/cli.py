@@ -664,7 +664,8 @@ def _metrics_dir(config: dict[str, Any]) -> Path:
 
 def _print_people(people: list[Any], base_url: str) -> None:
     click.echo(
-        "Demo people (sign in at the demo identity provider; also in instance/demo-people.json):\n"
+        "Demo people (they sign in to the console through the demo identity provider; also in "
+        "instance/demo-people.json):\n"
     )
     click.echo(f"  {'organization':<40} {'roles':<10} {'e-mail':<36} password")
     for person in people:
@@ -672,7 +673,7 @@ def _print_people(people: list[Any], base_url: str) -> None:
             f"  {person.organization:<40} {','.join(person.roles):<10} {person.email:<36} "
             f"{person.password}"
         )
-    click.echo(f"\nSign in: {base_url}/auth/login\n")
+    click.echo(f"\nConsole (French or English): {base_url}/\n")
 
 
 def _print_demo(credentials: list[Any], base_url: str) -> None:

@@ -43,6 +43,9 @@ from broker.services.audit import GENESIS_HASH
 from tests.pgcluster import PostgresCluster
 from tests.serving import PROJECT_ROOT, free_port
 
+# Fixtures of the console tests (a seeded demo, people signed in): tests/console_support.py.
+pytest_plugins = ["tests.console_support"]
+
 if TYPE_CHECKING:
     from tests.billing_fixtures import Ledger
 
@@ -73,7 +76,7 @@ DATABASE_FREE = (
 
 
 # What a newcomer runs, on `make run`'s embedded SQLite database: the SQLite run has it.
-EMBEDDED_ONLY = ("tests/test_readme.py",)
+EMBEDDED_ONLY = ("tests/test_readme.py", "tests/test_console")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -282,6 +282,13 @@ def test_the_sign_in_form_is_an_accessible_page_that_runs_no_script(
     policy = page.headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
     assert page.headers["Cache-Control"] == "no-store"
+    assert '<html lang="en">' in page.text and ">Password</label>" in page.text
+
+
+def test_the_sign_in_form_speaks_the_browsers_language(web: FlaskClient, rp: OAuth2Session) -> None:
+    page = web.get(Attempt(rp).url, headers={"Accept-Language": "fr-FR,fr;q=0.9,en;q=0.5"})
+    assert '<html lang="fr">' in page.text
+    assert ">Mot de passe</label>" in page.text and ">Connexion</button>" in page.text
 
 
 @pytest.mark.parametrize(

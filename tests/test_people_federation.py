@@ -106,6 +106,7 @@ def provider_id(client: FlaskClient, admin: ApiUser, fake: FakeOidc) -> str:
 
 def browser_sign_in(base_url: str, provider_id: str) -> requests.Response:
     browser = requests.Session()
+    browser.headers["Accept-Language"] = "en"  # the words asserted are English
     answer = browser.get(f"{base_url}/auth/login", params={"provider": provider_id}, timeout=10)
     answer.browser = browser  # type: ignore[attr-defined]
     return answer
@@ -168,14 +169,18 @@ def test_an_id_token_that_does_not_hold_is_refused_and_nothing_is_stored(
         assert session.scalar(select(func.count()).select_from(BrowserSession)) == 0
 
 
+# The pages' words these tests read are English (a browser's Accept-Language chooses).
+EN = {"Accept-Language": "en"}
+
+
 def test_an_unknown_provider_and_a_stale_callback_are_refused_with_a_page(
     base_url: str, provider_id: str
 ) -> None:
     unknown = requests.get(
-        f"{base_url}/auth/login", params={"provider": str(uuid.uuid4())}, timeout=10
+        f"{base_url}/auth/login", params={"provider": str(uuid.uuid4())}, headers=EN, timeout=10
     )
     assert unknown.status_code == 404 and "No such identity provider" in unknown.text
-    stale = requests.get(f"{base_url}/auth/callback?code=x&state=y", timeout=10)
+    stale = requests.get(f"{base_url}/auth/callback?code=x&state=y", headers=EN, timeout=10)
     assert stale.status_code == 400 and "expired" in stale.text
 
 
@@ -216,7 +221,7 @@ def test_an_emailed_invitation_lets_the_invitee_sign_in_with_its_roles_once(
     assert recipients == [PERSON["email"]]
     link = re.search(r"http://\S+/invitations/\S+", message.get_content())[0]  # type: ignore[index]
 
-    landing = requests.get(link, timeout=10)
+    landing = requests.get(link, headers=EN, timeout=10)
     assert landing.status_code == 200 and "Sign in with your identity provider" in landing.text
 
     answer = browser_sign_in(base_url, provider_id)

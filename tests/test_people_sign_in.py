@@ -158,6 +158,7 @@ def sign_in_answer(live: Live, email: str, password: str | None = None) -> reque
     """A browser signing in: the broker sends it to the provider, which shows its form; the
     answer after the password (the browser in `answer.browser`)."""
     browser = requests.Session()
+    browser.headers["Accept-Language"] = "en"  # the words asserted are English
     form = browser.get(f"{live.base_url}/auth/login", timeout=10)
     assert form.status_code == 200, form.text
     assert urlsplit(form.url).path == "/demo-idp/authorize"

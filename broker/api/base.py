@@ -93,7 +93,7 @@ def current_caller() -> Caller:
     return caller
 
 
-def _unit_of_work(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
+def unit_of_work(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> ResponseReturnValue:
         result = view(*args, **kwargs)
@@ -283,6 +283,9 @@ def check_json_document(document: Any) -> None:
         raise ValidationFailed(errors=dict(sorted(refused.items())))
 
 
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
 def _is_text(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -291,28 +294,28 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def _person_of_the_session() -> Caller | None:
+def person_of_the_session() -> Caller | None:
     """A person signed in in a browser (the session cookie, when no bearer token is sent),
     resolved by reading; the session's last use is written, in a short transaction, at most
-    once a minute."""
+    once a minute. A change must echo the session's CSRF token, in the `X-CSRF-Token` header
+    (API) or the `csrf_token` form field (console). Sets `g.csrf_token` and
+    `g.person_language`."""
     token = request.cookies.get(people.SESSION_COOKIE)
     if not token or "Authorization" in request.headers:
         return None
     idle, _ = people.lifetimes(current_app.config)
     now = utcnow()
+    unsafe = request.method not in SAFE_METHODS
+    sent = request.headers.get(people.CSRF_HEADER)
+    if unsafe and sent is None and request.mimetype in _FORM_TYPES:
+        sent = request.form.get(people.CSRF_FIELD)
     with database().session(read_only=True) as session:
-        caller, g.csrf_token, due = people.caller_of_session(
-            session,
-            token,
-            now,
-            idle,
-            unsafe=request.method not in SAFE_METHODS,
-            csrf=request.headers.get(people.CSRF_HEADER),
-        )
-    if due is not None:
+        signed_in = people.caller_of_session(session, token, now, idle, unsafe=unsafe, csrf=sent)
+    g.csrf_token, g.person_language = signed_in.csrf_token, signed_in.language
+    if signed_in.due_touch is not None:
         with database().transaction() as session:
-            people.touch(session, due, now)
-    return caller
+            people.touch(session, signed_in.due_touch, now)
+    return signed_in.caller
 
 
 class Blueprint(flask_smorest.Blueprint):
@@ -327,7 +330,7 @@ class Blueprint(flask_smorest.Blueprint):
         **options: Any,
     ) -> None:
         if view_func is not None and not isinstance(view_func, type):
-            view_func = _unit_of_work(view_func)
+            view_func = unit_of_work(view_func)
         super().add_url_rule(rule, endpoint, view_func, provide_automatic_options, **options)
 
     def auth(self, *roles: Role) -> Callable[[F], F]:
@@ -340,7 +343,7 @@ class Blueprint(flask_smorest.Blueprint):
         def decorator(view: F) -> F:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                person = _person_of_the_session()
+                person = person_of_the_session()
                 if person is not None:
                     g.caller = person
                 else:

@@ -110,7 +110,7 @@ def create_blueprint(settings: DemoIdpSettings) -> Blueprint:
         email = request.form.get("email", "")
         person = provider.people.authenticate(email, request.form["password"])
         if person is None:
-            return _sign_in_page(client_id, email=email, error="Wrong e-mail or password.")
+            return _sign_in_page(client_id, email=email, error="wrong")
         response: Response = server.create_authorization_response(grant=grant, grant_user=person)
         return response
 
@@ -216,42 +216,77 @@ _STYLE = (
 )
 _STYLE_HASH = base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
 _LAYOUT = (
-    '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+    '<!doctype html><html lang="{{ lang }}"><head><meta charset="utf-8">'
     '<meta name="viewport" content="width=device-width, initial-scale=1">'
-    "<title>{{ title }} – demo identity provider</title><style>{{ style }}</style></head>"
+    "<title>{{ title }} – {{ w.provider }}</title><style>{{ style }}</style></head>"
     "<body><main>{{ content }}</main></body></html>"
 )
+# The provider's few words, in the language the browser prefers (French or English).
+WORDS = {
+    "en": {
+        "provider": "demo identity provider",
+        "sign_in": "Sign in",
+        "asks": "Demo identity provider. <strong>{}</strong> asks who you are.",
+        "email": "E-mail",
+        "password": "Password",
+        "wrong": "Wrong e-mail or password.",
+        "refused": "Sign-in request refused",
+        "refused_why": "The application sent a sign-in request this provider cannot accept, "
+        "so you were not sent back to it.",
+        "signed_out": "Signed out",
+        "signed_out_here": "You are signed out of the demo identity provider.",
+        "bad_logout": "The application's logout request was not valid, so you were not sent "
+        "back to it:",
+    },
+    "fr": {
+        "provider": "fournisseur d’identité de démonstration",
+        "sign_in": "Connexion",
+        "asks": "Fournisseur d’identité de démonstration. <strong>{}</strong> demande qui "
+        "vous êtes.",
+        "email": "Courriel",
+        "password": "Mot de passe",
+        "wrong": "Courriel ou mot de passe incorrect.",
+        "refused": "Demande de connexion refusée",
+        "refused_why": "L’application a envoyé une demande de connexion que ce fournisseur ne "
+        "peut pas accepter ; vous n’y avez donc pas été renvoyé·e.",
+        "signed_out": "Déconnecté",
+        "signed_out_here": "Vous êtes déconnecté·e du fournisseur d’identité de démonstration.",
+        "bad_logout": "La demande de déconnexion de l’application n’était pas valide ; vous n’y "
+        "avez donc pas été renvoyé·e :",
+    },
+}
 SIGN_IN = (
-    "Sign in",
-    "<h1>Sign in</h1><p>Demo identity provider. <strong>{{ client_id }}</strong> asks who "
-    "you are.</p>"
-    '{% if error %}<p class="error" role="alert" id="error">{{ error }}</p>{% endif %}'
+    "sign_in",
+    "<h1>{{ w.sign_in }}</h1><p>{{ w.asks|safe|replace('{}', client_id|e) }}</p>"
+    '{% if error %}<p class="error" role="alert" id="error">{{ w[error] }}</p>{% endif %}'
     '<form method="post" action="{{ action }}">'
-    '<label for="email">E-mail</label><input id="email" name="email" type="email" '
+    '<label for="email">{{ w.email }}</label><input id="email" name="email" type="email" '
     'autocomplete="username" required value="{{ email }}"'
     '{% if error %} aria-describedby="error"{% endif %}>'
-    '<label for="password">Password</label><input id="password" name="password" '
+    '<label for="password">{{ w.password }}</label><input id="password" name="password" '
     'type="password" autocomplete="current-password" required>'
-    '<button type="submit">Sign in</button></form>',
+    '<button type="submit">{{ w.sign_in }}</button></form>',
 )
 REFUSED = (
-    "Sign-in request refused",
-    "<h1>Sign-in request refused</h1><p>The application sent a sign-in request this provider "
-    "cannot accept, so you were not sent back to it.</p>"
+    "refused",
+    "<h1>{{ w.refused }}</h1><p>{{ w.refused_why }}</p>"
     "<p>{{ problem }} (<code>{{ error }}</code>)</p>",
 )
 SIGNED_OUT = (
-    "Signed out",
-    "<h1>Signed out</h1><p>You are signed out of the demo identity provider.</p>"
-    "{% if problem %}<p>The application's logout request was not valid, so you were not "
-    "sent back to it: {{ problem }}</p>{% endif %}",
+    "signed_out",
+    "<h1>{{ w.signed_out }}</h1><p>{{ w.signed_out_here }}</p>"
+    "{% if problem %}<p>{{ w.bad_logout }} {{ problem }}</p>{% endif %}",
 )
 
 
 def _page(template: tuple[str, str], status: int, **context: Any) -> Response:
     title, body = template
-    content = Markup(render_template_string(body, **context))
-    html = render_template_string(_LAYOUT, title=title, style=Markup(_STYLE), content=content)
+    lang = request.accept_languages.best_match(tuple(WORDS), default="en")
+    words = WORDS[lang]
+    content = Markup(render_template_string(body, w=words, **context))
+    html = render_template_string(
+        _LAYOUT, lang=lang, w=words, title=words[title], style=Markup(_STYLE), content=content
+    )
     return Response(html, status=status, mimetype="text/html")
 
 

@@ -727,3 +727,28 @@ def export_period(session: Session, period: str) -> tuple[bytes, str, str]:
         "text/csv; charset=utf-8",
         f"invoices-{period}.csv",
     )
+
+
+# For the console -----------------------------------------------------------------------------
+
+
+def invoiced_periods(session: Session, caller: Caller) -> list[str]:
+    """The periods that have invoices the caller reads, newest first (the console's choice
+    of period)."""
+    statement = select(Invoice.period).distinct().order_by(Invoice.period.desc())
+    if not access.sees_every_agency(caller):
+        statement = statement.where(Invoice.organization_id == caller.organization_id)
+    return list(session.scalars(statement))
+
+
+def agency_names(session: Session, caller: Caller) -> dict[uuid.UUID, str]:
+    """The agencies whose invoices the caller reads (finance and admins: every agency; an
+    agency's people: their own), id → name, by name."""
+    statement = (
+        select(Organization.id, Organization.name)
+        .where(Organization.kind == OrganizationKind.AGENCY)
+        .order_by(Organization.name)
+    )
+    if not access.sees_every_agency(caller):
+        statement = statement.where(Organization.id == caller.organization_id)
+    return {organization_id: name for organization_id, name in session.execute(statement)}

@@ -318,3 +318,20 @@ def enable_user(session: Session, caller: Caller, user_id: uuid.UUID) -> User:
     session.flush()
     _audit_user(session, caller, "enabled", user, before=before, after={"disabled_at": None})
     return user
+
+
+def person_names(session: Session, client_ids: list[str]) -> dict[str, str]:
+    """The display names of the people among `client_ids` (`person:<uuid>`, as orders and
+    audit events name who acted), so pages say who asked or decided; other ids are left out."""
+    wanted: dict[uuid.UUID, str] = {}
+    for client_id in client_ids:
+        kind, _, user_id = client_id.partition(":")
+        try:
+            if kind == "person":  # see people.person_client_id
+                wanted[uuid.UUID(user_id)] = client_id
+        except ValueError:
+            continue
+    if not wanted:
+        return {}
+    found = session.execute(select(User.id, User.display_name).where(User.id.in_(wanted)))
+    return {wanted[user_id]: name for user_id, name in found}

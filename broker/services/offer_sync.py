@@ -168,3 +168,13 @@ def run_sync_job(context: JobContext, job: Job) -> dict[str, Any]:
             roles=frozenset({Role.PROVIDER}),
         )
         return sync_offers(session, caller, provider, specs).as_dict()
+
+
+def latest_sync(session: Session, provider_id: uuid.UUID) -> Job | None:
+    """The most recent offer sync asked for the provider (queued, running or finished)."""
+    return session.scalar(
+        select(Job)
+        .where(Job.kind == JOB_KIND, Job.payload["provider_id"].as_string() == str(provider_id))
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )

@@ -431,6 +431,7 @@ class Search:
     kind: str | None = None
     min_vcpu: int | None = None
     min_ram_gib: float | None = None
+    min_tier: int | None = None
     max_monthly_price: Decimal | None = None
     currency: str | None = None
     certification: str | None = None
@@ -479,6 +480,8 @@ def search_offers(
         conditions.append(Offer.vcpu >= search.min_vcpu)
     if search.min_ram_gib is not None:
         conditions.append(Offer.ram_gib >= gib(search.min_ram_gib))
+    if search.min_tier is not None:
+        conditions.append(Offer.datacenter_tier >= search.min_tier)
     if search.currency is not None:
         conditions.append(Offer.currency == search.currency.upper())
     if search.max_monthly_price is not None:
@@ -513,3 +516,51 @@ def _fingerprint(search: Search) -> str:
     """A short digest of the filters and sort, bound into the search's cursors."""
     canonical = json.dumps(dataclasses.asdict(search), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def claimed_schemes(session: Session) -> list[str]:
+    """Every compliance scheme some offer claims, for a search form's choices."""
+    return list(
+        session.scalars(select(OfferCompliance.scheme).distinct().order_by(OfferCompliance.scheme))
+    )
+
+
+def provider_offers(
+    session: Session,
+    caller: Caller,
+    *,
+    state: OfferState | None = None,
+    limit: int,
+    cursor: str | None,
+) -> Page[Offer]:
+    """Every version of the offers of the providers the caller operates (drafts, published
+    and retired), by SKU then version, one page at a time."""
+    statement = (
+        select(Offer)
+        .join(Offer.provider)
+        .options(contains_eager(Offer.provider))
+        .where(Provider.organization_id == caller.organization_id)
+    )
+    if not access.is_operator(caller):
+        statement = statement.where(Offer.id.is_(None))
+    if state is not None:
+        statement = statement.where(Offer.state == state)
+    return paginate(
+        session,
+        statement,
+        [Offer.sku, Offer.version, Offer.id],
+        limit=limit,
+        cursor=cursor,
+        scope=f"{caller.organization_id}:{state}",
+    )
+
+
+def versions(session: Session, offer: Offer) -> list[Offer]:
+    """Every version of an offer (same provider and SKU), newest first."""
+    return list(
+        session.scalars(
+            select(Offer)
+            .where(Offer.provider_id == offer.provider_id, Offer.sku == offer.sku)
+            .order_by(Offer.version.desc())
+        )
+    )

@@ -425,3 +425,9 @@ def mark_provisioning(session: Session, order: Order) -> None:
     before = snapshot(order)
     order.state = OrderState.PROVISIONING
     _save(session, None, "order.provisioning", order, before)
+
+
+def recheck(session: Session, order: Order, now: datetime) -> list[policies.Reason]:
+    """Every reason `approve` would refuse `order` now (the same check, run on its own), so an
+    approver sees the verdict before deciding."""
+    return _still_allowed(session, order, now)

@@ -78,9 +78,16 @@ class SignedIn:
 
 
 def sign_in(
-    session: Session, provider: IdentityProvider, claims: Mapping[str, Any], now: datetime
+    session: Session,
+    provider: IdentityProvider,
+    claims: Mapping[str, Any],
+    now: datetime,
+    language: str = "fr",
 ) -> SignedIn:
-    """The person the identity provider vouched for, and the organization they act for."""
+    """The person the identity provider vouched for, and the organization they act for.
+
+    A person new to the broker reads it in the language their provider's `locale` claim names
+    when it is one of ours, else in `language` (their browser's); they change it later."""
     subject = str(claims["sub"])
     email = str(claims.get("email") or "").strip()
     identity = session.scalar(
@@ -108,7 +115,7 @@ def sign_in(
             email=email,
             email_key=email_key(email),
             display_name=_display_name(claims, email),
-            language="fr",
+            language=_language_of(claims, language),
         )
         session.add(user)
         session.flush()
@@ -149,6 +156,11 @@ def _organization_of(
         domain = email.rsplit("@", 1)[1].casefold()
         return members.organization_for(session, "email_domain", domain)
     return None
+
+
+def _language_of(claims: Mapping[str, Any], fallback: str) -> str:
+    locale = str(claims.get("locale") or "").lower()[:2]
+    return locale if locale in ("fr", "en") else fallback
 
 
 def _display_name(claims: Mapping[str, Any], email: str) -> str:
@@ -255,13 +267,23 @@ def current_session(
     return row
 
 
+@dataclass(frozen=True)
+class SessionPerson:
+    """A browser session resolved: who acts, the session's CSRF token, the person's language,
+    and the session's id when its last use is due to be noted (`touch`)."""
+
+    caller: Caller
+    csrf_token: str
+    language: str
+    due_touch: uuid.UUID | None
+
+
 def caller_of_session(
     session: Session, token: str, now: datetime, idle: timedelta, *, unsafe: bool, csrf: str | None
-) -> tuple[Caller, str, uuid.UUID | None]:
-    """The person behind a session cookie, as a caller, the session's CSRF token, and the
-    session's id when its last use is due to be noted (`touch`, at most once a minute, so that
-    a request reads only); 401 when the session has ended, 403 when an unsafe request does not
-    echo the CSRF token."""
+) -> SessionPerson:
+    """The person behind a session cookie; 401 when the session has ended, 403 when an unsafe
+    request does not echo the session's CSRF token (header or form field). The session's last
+    use is due to be noted at most once a minute, so that a request reads only."""
     row = current_session(session, token, now, idle)
     if unsafe and (not csrf or not secrets.compare_digest(csrf, row.csrf_token)):
         raise Forbidden(
@@ -269,9 +291,10 @@ def caller_of_session(
             "(`csrf_token` of GET /v1/me).",
             code="csrf_failed",
         )
-    caller = caller_for(session, session.get_one(User, row.user_id), row.organization_id)
+    user = session.get_one(User, row.user_id)
+    caller = caller_for(session, user, row.organization_id)
     due = row.id if now - row.last_seen_at >= TOUCH_EVERY else None
-    return caller, row.csrf_token, due
+    return SessionPerson(caller, row.csrf_token, user.language, due)
 
 
 def touch(session: Session, session_id: uuid.UUID, now: datetime) -> None:
@@ -348,3 +371,8 @@ def describe(session: Session, caller: Caller, csrf_token: str | None = None) ->
         ],
         "csrf_token": None,
     }
+
+
+def set_language(session: Session, user_id: uuid.UUID, language: str) -> None:
+    """The language a person reads the console in (`fr` or `en`)."""
+    session.get_one(User, user_id).language = language

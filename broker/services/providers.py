@@ -198,3 +198,17 @@ def update_provider(
         after=snapshot(provider),
     )
     return provider
+
+
+def operated_by(session: Session, caller: Caller) -> list[Provider]:
+    """The providers the caller operates (its organization's, with the provider role), by
+    name: what a provider operator's console pages are about."""
+    if not access.is_operator(caller):
+        return []
+    return list(
+        session.scalars(
+            select(Provider)
+            .where(Provider.organization_id == caller.organization_id)
+            .order_by(Provider.name)
+        )
+    )

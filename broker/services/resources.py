@@ -351,3 +351,130 @@ def _reconcile_provider(context: JobContext, provider_id: uuid.UUID) -> int:
             transition(session, resource, target, reason, now=context.now())
             changed += 1
     return changed
+
+
+def provider_machines(
+    session: Session,
+    caller: Caller,
+    *,
+    state: ResourceState | None = None,
+    limit: int,
+    cursor: str | None,
+) -> Page[Resource]:
+    """The machines running on the clouds of the providers the caller operates (every
+    agency's), newest first."""
+    from broker.models import Provider
+
+    statement = select(Resource).where(
+        Resource.provider_id.in_(
+            select(Provider.id).where(Provider.organization_id == caller.organization_id)
+        )
+    )
+    if not access.is_operator(caller):
+        statement = statement.where(Resource.id.is_(None))
+    if state is not None:
+        statement = statement.where(Resource.state == state)
+    return paginate(
+        session,
+        statement,
+        [Resource.created_at, Resource.id],
+        limit=limit,
+        cursor=cursor,
+        descending=True,
+        scope=f"provider:{caller.organization_id}:{state}",
+    )
+
+
+def machine_labels(
+    session: Session, machines: list[Resource]
+) -> tuple[dict[uuid.UUID, str], dict[uuid.UUID, Offer]]:
+    """For a page of machines: the name of each one's agency, and its offer (by id)."""
+    from broker.models import Organization
+
+    agencies = {r.organization_id for r in machines}
+    offer_ids = {r.offer_id for r in machines}
+    names = {
+        row.id: row.name
+        for row in session.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_(agencies))
+        )
+    }
+    found = {o.id: o for o in session.scalars(select(Offer).where(Offer.id.in_(offer_ids)))}
+    return names, found
+
+
+def cost_by_day(
+    session: Session, resource: Resource, now: datetime
+) -> list[tuple[datetime, Decimal]]:
+    """What `resource` cost each UTC day of this period so far (the day's first instant, the
+    amount), before tax: the usage and running-time estimate `cost_this_period` counts, each
+    hour of it on its day. A day's amount is the rise of the period's cost over the day, so
+    graduated prices apply to the running total and the days add up to `cost_this_period`."""
+    from datetime import timedelta
+
+    period = period_of(now)
+    first = period_bounds(period)[0]
+    by_day: dict[datetime, dict[str, Fraction]] = {}
+    arrived: dict[str, datetime] = {}
+
+    def add(at: datetime, metric: str, quantity: Fraction) -> None:
+        day = max(at, first).replace(hour=0, minute=0, second=0, microsecond=0)
+        on_day = by_day.setdefault(day, {})
+        on_day[metric] = on_day.get(metric, Fraction(0)) + quantity
+
+    for metric, start, end, quantity in session.execute(
+        select(UsageRecord.metric, UsageRecord.start, UsageRecord.end, UsageRecord.quantity).where(
+            UsageRecord.resource_id == resource.id, UsageRecord.period == period
+        )
+    ):
+        add(start, metric, quantity)
+        arrived[metric] = max(arrived.get(metric, end), end)
+    arrived[usage.INSTANCE_HOUR] = usage.metered_until(session) or first
+    spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
+    offer = session.get_one(Offer, resource.offer_id)
+    per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
+    for metric in RUNNING_METRICS:
+        since = max(arrived.get(metric, first), first)
+        for piece in hour_slices(spans, since, now):
+            add(piece.hour, metric, piece.hours * per_hour[metric])
+    order = session.get(Order, resource.order_id)
+    prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
+    days: list[tuple[datetime, Decimal]] = []
+    running: dict[str, Fraction] = {}
+    before, day = Decimal(0), first
+    while day <= now:
+        for metric, quantity in by_day.get(day, {}).items():
+            running[metric] = running.get(metric, Fraction(0)) + quantity
+        total = sum(
+            (rate(prices[m], q).amount for m, q in running.items() if m in prices), Decimal(0)
+        )
+        days.append((day, total - before))
+        before, day = total, day + timedelta(days=1)
+    return days
+
+
+def period_usage(
+    session: Session, caller: Caller, period: str
+) -> list[tuple[Resource, str, Fraction, Decimal | None]]:
+    """The caller's agency's usage of `period` by machine and metric: the machine, the metric,
+    the quantity and its amount before tax at the machine's order's prices (None for a metric
+    it has no price for), rated per machine and metric as its invoice rates them."""
+    rows = session.execute(
+        select(Resource, UsageRecord.metric, func.sum(UsageRecord.quantity))
+        .join(Resource, Resource.id == UsageRecord.resource_id)
+        .where(UsageRecord.organization_id == caller.organization_id, UsageRecord.period == period)
+        .group_by(Resource.id, UsageRecord.metric)
+        .order_by(Resource.name, Resource.id, UsageRecord.metric)
+    ).all()
+    order_ids = {resource.order_id for resource, _, _ in rows}
+    prices = {
+        order_id: {price.metric: price for price in offers.parse_prices(raw)}
+        for order_id, raw in session.execute(
+            select(Order.id, Order.prices).where(Order.id.in_(order_ids))
+        )
+    }
+    shown: list[tuple[Resource, str, Fraction, Decimal | None]] = []
+    for resource, metric, quantity in rows:
+        price = prices.get(resource.order_id, {}).get(metric)
+        shown.append((resource, metric, quantity, rate(price, quantity).amount if price else None))
+    return shown

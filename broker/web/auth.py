@@ -23,6 +23,7 @@ from flask import (
     request,
     session,
 )
+from flask_babel import gettext as _
 from sqlalchemy import select
 
 from broker.api.base import database, provider_runtime
@@ -31,6 +32,8 @@ from broker.errors import BrokerError
 from broker.models import IdentityProvider, Organization
 from broker.models.base import utcnow
 from broker.services import identity_providers, invitations, people
+from broker.web.i18n import language_of_request
+from broker.web.pages import problem_of, role_label
 
 bp = Blueprint("auth", __name__, url_prefix="/auth", template_folder="templates")
 # The link an invitation e-mail carries (`/invitations/<token>`).
@@ -59,7 +62,10 @@ def _redirect_uri() -> str:
 
 def _page(title: str, message: str = "", status: int = 200, **context: Any) -> Response:
     response = make_response(
-        render_template("auth_message.html", title=title, message=message, **context), status
+        render_template(
+            "console/auth_message.html", title=title, message=message, status=status, **context
+        ),
+        status,
     )
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -68,9 +74,9 @@ def _page(title: str, message: str = "", status: int = 200, **context: Any) -> R
 def _safe_next(value: str | None) -> str:
     """Only a path of this site (no open redirect)."""
     if not value or not value.startswith("/") or value.startswith("//"):
-        return "/v1/me"
+        return "/"
     parts = urlsplit(value)
-    return value if not parts.netloc and not parts.scheme else "/v1/me"
+    return value if not parts.netloc and not parts.scheme else "/"
 
 
 def _config(provider: IdentityProvider) -> ProviderConfig:
@@ -95,17 +101,17 @@ def login() -> Any:
     if chosen:
         provider = next((p for p in enabled if str(p.id) == chosen), None)
         if provider is None:
-            return _page("Sign in", "No such identity provider.", 404, retry=True)
+            return _page(_("Sign in"), _("No such identity provider."), 404, retry=True)
     elif len(enabled) == 1:
         provider = enabled[0]
     elif not enabled:
-        return _page("Sign in", "No identity provider is configured yet.", 503)
+        return _page(_("Sign in"), _("No identity provider is configured yet."), 503)
     else:
-        return _page("Sign in", "Choose how to sign in:", providers=enabled, next=next_path)
+        return _page(_("Sign in"), _("Choose how to sign in:"), providers=enabled, next=next_path)
     try:
         url, pending = oidc().start(_config(provider), _redirect_uri())
     except SignInFailed as error:
-        return _page("Sign-in failed", str(error), 502, retry=True)
+        return _page(_("Sign-in failed"), str(error), 502, retry=True)
     session[_PENDING] = {
         "provider": str(provider.id),
         "state": pending.state,
@@ -121,15 +127,22 @@ def callback() -> Any:
     """The identity provider's answer: check it, find the person, open a session."""
     pending = session.pop(_PENDING, None)
     if not isinstance(pending, dict):
-        return _page("Sign-in failed", "This sign-in has expired; sign in again.", 400, retry=True)
+        return _page(
+            _("Sign-in failed"), _("This sign-in has expired; sign in again."), 400, retry=True
+        )
     if request.args.get("error"):
         detail = request.args.get("error_description") or request.args["error"]
-        return _page("Sign-in failed", f"The identity provider said: {detail}", 400, retry=True)
+        return _page(
+            _("Sign-in failed"),
+            _("The identity provider said: %(detail)s", detail=detail),
+            400,
+            retry=True,
+        )
     now = utcnow()
     with database().session(read_only=True) as db_session:
         provider = db_session.get(IdentityProvider, uuid.UUID(pending["provider"]))
     if provider is None or not provider.enabled:
-        return _page("Sign-in failed", "This identity provider is no longer enabled.", 400)
+        return _page(_("Sign-in failed"), _("This identity provider is no longer enabled."), 400)
     try:
         claims, id_token = oidc().finish(
             _config(provider),
@@ -140,7 +153,9 @@ def callback() -> Any:
         )
         with database().transaction() as db_session:
             provider = db_session.get_one(IdentityProvider, provider.id)
-            signed_in = people.sign_in(db_session, provider, claims, now)
+            signed_in = people.sign_in(
+                db_session, provider, claims, now, language=language_of_request()
+            )
             _row, token = people.open_session(
                 db_session,
                 signed_in,
@@ -150,9 +165,9 @@ def callback() -> Any:
                 absolute=people.lifetimes(current_app.config)[1],
             )
     except SignInFailed as error:
-        return _page("Sign-in failed", str(error), 400, retry=True)
+        return _page(_("Sign-in failed"), str(error), 400, retry=True)
     except BrokerError as error:
-        return _page("Sign-in refused", str(error), error.status)
+        return _page(_("Sign-in refused"), problem_of(error).message, error.status)
     response = redirect(pending["next"], 303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -182,7 +197,7 @@ def logout() -> Any:
             if row is not None:
                 sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
                 if sent != row.csrf_token:
-                    return _page("Not signed out", "The form has expired; try again.", 403)
+                    return _page(_("Not signed out"), _("The form has expired; try again."), 403)
                 people.end_session(db_session, row, now, "signed_out")
                 provider = (
                     db_session.get(IdentityProvider, row.identity_provider_id)
@@ -209,7 +224,7 @@ def logout() -> Any:
 
 @bp.get("/signed-out")
 def signed_out() -> Response:
-    return _page("Signed out", "You are signed out.", retry=True)
+    return _page(_("Signed out"), _("You are signed out."), retry=True)
 
 
 @invitation_pages.get("/invitations/<token>")
@@ -220,11 +235,14 @@ def invitation(token: str) -> Response:
         try:
             invited = invitations.by_token(db_session, token, utcnow())
         except BrokerError as error:
-            return _page("Invitation", str(error), error.status)
+            return _page(_("Invitation"), problem_of(error).message, error.status)
         organization = db_session.get_one(Organization, invited.organization_id)
-        roles = ", ".join(invited.roles) or "none yet"
-        message = (
-            f"You are invited to join {organization.name} ({roles}). Sign in with your "
-            f"identity provider as {invited.email} to accept."
+        roles = ", ".join(role_label(role) for role in invited.roles) or _("none yet")
+        message = _(
+            "You are invited to join %(organization)s (%(roles)s). Sign in with your identity "
+            "provider as %(email)s to accept.",
+            organization=organization.name,
+            roles=roles,
+            email=invited.email,
         )
     return _page("Invitation", message, retry=True)

@@ -1,0 +1,517 @@
+"""The buyer's pages: the catalogue, an offer, a comparison, the order form, orders,
+machines and usage. Searches are GET forms whose filters live in the query string
+(bookmarkable, shareable, working without JavaScript); changes are POST forms.
+
+Every figure comes from the services the API calls: a comparison's prices and the order
+form's verdict from `quotes.quote` (the rating code and the policy check an order runs), a
+machine's cost from `resources.cost_this_period`, its days from `resources.cost_by_day`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, current_app, redirect, request, url_for
+from flask_babel import gettext
+from werkzeug.wrappers import Response as BaseResponse
+
+from billing.metering import parse_period, period_of
+from billing.metering import shown as rounded_quantity
+from billing.rating import estimate
+from broker import access
+from broker.api.base import database, now, request_session
+from broker.api.offers import SearchArgs
+from broker.api.orders import OrderCreateSchema, OrderListArgs
+from broker.api.resources import ActionSchema, ResourceListArgs
+from broker.auth.identity import Caller
+from broker.errors import BrokerError
+from broker.models import Offer, OfferState, OrderState, ProviderState, ResourceState, Role
+from broker.services import idempotency, quotes
+from broker.services import offers as offers_service
+from broker.services import orders as orders_service
+from broker.services import resources as resources_service
+from broker.web.pages import (
+    Problem,
+    bp,
+    caller,
+    done,
+    error_page,
+    form_page,
+    page,
+    problem_of,
+    render,
+)
+from broker.web.words import ACTION_DONE, state_label
+
+BUYING = (Role.BUYER, Role.APPROVER)
+# Who reads an agency's orders and machines (as the API: admins read every agency's).
+READING = (Role.BUYER, Role.APPROVER, Role.ADMIN)
+COMPARED = (2, 4)  # fewest and most offers side by side
+
+
+def query_args() -> dict[str, Any]:
+    """The query string without the fields a GET form sends empty."""
+    return {name: value for name, value in request.args.items() if value.strip() != ""}
+
+
+# --- catalogue and offers --------------------------------------------------------------------
+
+
+@bp.get("/catalogue")
+@page()
+def catalogue() -> Response:
+    """Search the catalogue with every filter of the API, sorted, a page at a time."""
+    args = query_args()
+    problem: Problem | None = None
+    try:
+        search = SearchArgs().load(args)
+    except ma.ValidationError as error:
+        problem, search = problem_of(error), SearchArgs().load({})
+    limit, cursor = search.pop("limit"), search.pop("cursor")
+    session = request_session()
+    try:
+        found = offers_service.search_offers(
+            session,
+            caller(),
+            offers_service.Search(**search),
+            now=now(),
+            limit=limit,
+            cursor=cursor,
+        )
+    except BrokerError as error:  # filters that cannot go together: said by the form
+        problem = problem_of(error)
+        found = offers_service.search_offers(
+            session, caller(), offers_service.Search(), now=now(), limit=limit, cursor=""
+        )
+    return render(
+        "console/catalogue.html",
+        200 if problem is None else 422,
+        page=found,
+        args=args,
+        claims={offer.id: offers_service.claims(offer, now()) for offer in found.items},
+        schemes=[(scheme, scheme) for scheme in offers_service.claimed_schemes(session)],
+        sorts=list(offers_service.SORTS),
+        problem=problem,
+    )
+
+
+def _orderable(person: Caller, offer: Offer) -> bool:
+    """Whether the page offers to order it: a buyer, a published offer, an active provider."""
+    return (
+        access.has_any_role(person, Role.BUYER)
+        and offer.state is OfferState.PUBLISHED
+        and offer.provider.state is ProviderState.ACTIVE
+    )
+
+
+@bp.get("/catalogue/<uuid:offer_id>")
+@page()
+def offer(offer_id: uuid.UUID) -> Response:
+    """An offer: specs, place, provider and jurisdiction, prices, the evidence behind each
+    scheme it claims, its versions, and the way to order it."""
+    session, person = request_session(), caller()
+    shown = offers_service.get_offer(session, person, offer_id)
+    versions = [
+        version
+        for version in offers_service.versions(session, shown)
+        if version.published_at is not None or access.operates(person, shown.provider)
+    ]
+    return render(
+        "console/offer.html",
+        offer=shown,
+        claims=offers_service.claims(shown, now()),
+        versions=versions,
+        may_order=_orderable(person, shown),
+    )
+
+
+class CompareArgs(ma.Schema):
+    """The comparison's query string: the offers, and what to price (as the API's quotes)."""
+
+    offer = ma.fields.List(ma.fields.UUID(), load_default=list)
+    quantity = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=1000))
+    hours = ma.fields.Integer(load_default=730, validate=ma.validate.Range(min=1, max=8784))
+
+
+def _cost(offer: Offer, quantity: int, hours: int) -> Decimal | None:
+    """What `quantity` machines of `offer` running `hours` cost, as invoices charge them: each
+    machine rated on its own (as `orders.order_monthly_cost` counts an order), times the number
+    of machines. None for a draft imported without prices."""
+    if not offer.prices:
+        return None
+    prices, specs = offers_service.prices_of(offer), offers_service.specs_of(offer)
+    return estimate(prices, specs, quantity=1, hours=Decimal(hours)).total * quantity
+
+
+def _verdict(person: Caller, offer: Offer, quantity: int) -> quotes.Quote | None:
+    """What the person's agency's policy says of ordering `quantity` machines of `offer`
+    (None for someone who does not buy, or an offer that cannot be ordered)."""
+    if not access.has_any_role(person, *BUYING) or offer.state is not OfferState.PUBLISHED:
+        return None
+    return _quote(offer, quantity)
+
+
+@bp.get("/compare")
+@page()
+def compare() -> Response:
+    """Two to four offers side by side, each priced for the chosen number of machines."""
+    raw: dict[str, Any] = {"offer": [i for i in request.args.getlist("offer") if i.strip()]}
+    raw.update({k: request.args[k] for k in ("quantity", "hours") if request.args.get(k, "")})
+    context: dict[str, Any] = {"args": raw, "columns": []}
+    try:
+        loaded = CompareArgs().load(raw)
+    except ma.ValidationError as error:
+        return form_page("console/compare.html", error, **context)
+    ids = list(dict.fromkeys(loaded["offer"]))  # each offer once, in the order ticked
+    if not COMPARED[0] <= len(ids) <= COMPARED[1]:
+        words = gettext(
+            "Choose between two and four offers to compare; you chose %(count)s.",
+            count=len(ids),
+        )
+        return form_page("console/compare.html", Problem(words, {"offer": [words]}), **context)
+    session, person = request_session(), caller()
+    quantity, hours = loaded["quantity"], loaded["hours"]
+    for offer_id in ids:
+        shown = offers_service.get_offer(session, person, offer_id)
+        quote = _verdict(person, shown, quantity)
+        context["columns"].append(
+            {
+                "offer": shown,
+                "claims": offers_service.claims(shown, now()),
+                "cost": _cost(shown, quantity, hours),
+                "quote": quote,
+                "may_order": _orderable(person, shown) and (quote is None or quote.allowed),
+            }
+        )
+    return render("console/compare.html", quantity=quantity, hours=hours, ids=ids, **context)
+
+
+# --- ordering --------------------------------------------------------------------------------
+
+ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_key")
+KEY_FIELD = "idempotency_key"
+MAX_QUANTITY = 20  # machines in one order, as the API's order schema allows
+
+
+def _whole(value: str) -> Any:
+    """A form's text as the JSON number the API's schema expects, when it is one."""
+    text = value.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _order_data(offer_id: uuid.UUID, values: Mapping[str, str]) -> dict[str, Any]:
+    """The form's fields checked by the API's own order schema."""
+    parameters = {
+        name.removeprefix("parameters."): values[name].strip()
+        for name in ORDER_FIELDS
+        if name.startswith("parameters.") and values.get(name, "").strip()
+    }
+    body: dict[str, Any] = {
+        "offer_id": str(offer_id),
+        "quantity": _whole(values.get("quantity", "")),
+        "name": values.get("name", "").strip(),
+        "parameters": parameters,
+    }
+    return dict(OrderCreateSchema().load(body))
+
+
+def _quote(offer: Offer, quantity: int) -> quotes.Quote | None:
+    """What the policy says of `quantity` machines of `offer` a month (None: not orderable)."""
+    try:
+        return quotes.quote(
+            request_session(), caller(), offer.id, quantity=quantity, hours=Decimal(730), now=now()
+        )
+    except BrokerError:
+        return None
+
+
+def _order_page(
+    offer: Offer,
+    values: Mapping[str, str],
+    problem: Problem | BrokerError | ma.ValidationError | None = None,
+    quote: quotes.Quote | None = None,
+) -> Response:
+    """The order form, with a new idempotency key: each form shown places at most one order."""
+    context: dict[str, Any] = {
+        "offer": offer,
+        "values": values,
+        "quote": quote,
+        # What the order would record and its budget be judged by (730 hours a machine).
+        "monthly_cost": orders_service.order_monthly_cost(offer, quote.quantity)[1]
+        if quote is not None
+        else None,
+        "key": str(uuid.uuid4()),
+        "key_field": KEY_FIELD,
+    }
+    if problem is not None:
+        return form_page("console/order_form.html", problem, **context)
+    return render("console/order_form.html", **context)
+
+
+@bp.route("/catalogue/<uuid:offer_id>/order", methods=["GET", "POST"])
+@page(Role.BUYER)
+def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
+    """Order machines of an offer in two steps: `check` shows what the agency's policy says
+    (changing nothing), `place` places the order as the API does."""
+    if request.method == "POST" and request.form.get("action") == "place":
+        return _place(offer_id)
+    offer = offers_service.get_offer(request_session(), caller(), offer_id)
+    if request.method == "GET":
+        return _order_page(offer, {"quantity": "1"}, quote=_quote(offer, 1))
+    values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
+    try:
+        data = _order_data(offer_id, values)
+    except ma.ValidationError as error:  # the policy's verdict still, when the quantity is fine
+        quantity = _whole(values["quantity"])
+        fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
+        return _order_page(offer, values, error, _quote(offer, quantity) if fine else None)
+    quote = _quote(offer, data["quantity"])
+    if quote is None:
+        words = gettext("This offer cannot be ordered now.")
+        return _order_page(offer, values, Problem(words, status=409))
+    return _order_page(offer, values, quote=quote)
+
+
+def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
+    """Place the order once per form shown: the form's key is claimed as the API claims an
+    `Idempotency-Key` (in a transaction of its own, before the request's: on SQLite that one
+    holds the write lock), so a second submit of the same form shows the first order."""
+    person, config = caller(), current_app.config
+    values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
+    key = request.form.get(KEY_FIELD, "")
+    try:
+        data = _order_data(offer_id, values)
+    except ma.ValidationError as error:
+        offer = offers_service.get_offer(request_session(), person, offer_id)
+        return _order_page(offer, values, error)
+    body = json.dumps(data, sort_keys=True, default=str).encode()
+    try:
+        if not 0 < len(key) <= 200:
+            raise ma.ValidationError({KEY_FIELD: ["Required."]})
+        claimed = idempotency.claim(
+            database(),
+            person.organization_id,
+            f"console:{key}",
+            idempotency.request_fingerprint("POST", request.path, body),
+            ttl=timedelta(hours=config["IDEMPOTENCY_TTL_HOURS"]),
+            lease=timedelta(seconds=config["IDEMPOTENCY_LOCK_SECONDS"]),
+            wait_seconds=config["IDEMPOTENCY_WAIT_SECONDS"],
+        )
+    except (BrokerError, ma.ValidationError):
+        offer = offers_service.get_offer(request_session(), person, offer_id)
+        words = gettext("This form was sent already. Check the order and place it again.")
+        return _order_page(
+            offer, values, Problem(words, status=409), _quote(offer, data["quantity"])
+        )
+    if isinstance(claimed, idempotency.StoredResponse):
+        return redirect(claimed.headers["Location"], 303)
+    session = request_session()
+    try:
+        order = orders_service.place_order(session, person, data, now())
+        location = url_for("console.order", order_id=order.id)
+        idempotency.complete(
+            session, claimed, idempotency.StoredResponse(303, {"Location": location}, b"")
+        )
+    except BrokerError as error:
+        session.rollback()  # first: on SQLite the request's transaction holds the write lock
+        idempotency.release(database(), claimed)
+        offer = offers_service.get_offer(session, person, offer_id)
+        return _order_page(offer, values, error, _quote(offer, data["quantity"]))
+    except BaseException:
+        session.rollback()
+        idempotency.release(database(), claimed)
+        raise
+    if order.state is OrderState.PENDING_APPROVAL:
+        message = gettext("Your order is placed. It waits for an approver of your agency.")
+    else:
+        message = gettext("Your order is placed. Its machines are being made.")
+    return done("console.order", message, order_id=order.id)
+
+
+# --- orders ----------------------------------------------------------------------------------
+
+
+def _offers_of(ids: set[uuid.UUID]) -> dict[uuid.UUID, Offer]:
+    """The offer versions some orders or machines pinned, by id."""
+    session, person = request_session(), caller()
+    return {offer_id: offers_service.get_offer(session, person, offer_id) for offer_id in ids}
+
+
+@bp.get("/orders")
+@page(*READING)
+def orders() -> Response:
+    """The agency's orders, newest first, by state, a page at a time."""
+    args = query_args()
+    problem: Problem | None = None
+    try:
+        loaded = OrderListArgs().load(args)
+    except ma.ValidationError as error:
+        problem, loaded = problem_of(error), OrderListArgs().load({})
+    found = orders_service.list_orders(request_session(), caller(), **loaded)
+    return render(
+        "console/orders.html",
+        200 if problem is None else 422,
+        page=found,
+        args=args,
+        offers=_offers_of({order.offer_id for order in found.items}),
+        state_options=[(state.value, state_label(state)) for state in OrderState],
+        problem=problem,
+    )
+
+
+@bp.get("/orders/<uuid:order_id>")
+@page(*READING)
+def order(order_id: uuid.UUID) -> Response:
+    """An order: what was ordered at which prices, the policy's decision, its approval, and
+    the machines made from it."""
+    session, person = request_session(), caller()
+    shown = orders_service.get_order(session, person, order_id)
+    machines = resources_service.list_resources(
+        session, person, limit=100, cursor=None, order_id=shown.id
+    ).items
+    may_cancel = shown.state in (
+        OrderState.PENDING_APPROVAL,
+        OrderState.APPROVED,
+    ) and access.holds_role_in(person, shown.organization_id, *BUYING)
+    return render(
+        "console/order.html",
+        order=shown,
+        offer=_offers_of({shown.offer_id})[shown.offer_id],
+        prices=shown.prices,
+        machines=machines,
+        may_cancel=may_cancel,
+    )
+
+
+@bp.post("/orders/<uuid:order_id>/cancel")
+@page(*BUYING)
+def cancel_order(order_id: uuid.UUID) -> BaseResponse:
+    """Withdraw an order awaiting approval or not yet started."""
+    orders_service.cancel(request_session(), caller(), order_id, now())
+    return done("console.order", gettext("The order is cancelled."), order_id=order_id)
+
+
+# --- machines and usage ----------------------------------------------------------------------
+
+
+@bp.get("/machines")
+@page(*READING)
+def machines() -> Response:
+    """The agency's machines with their state, newest first, a page at a time."""
+    args = query_args()
+    problem: Problem | None = None
+    try:
+        loaded = ResourceListArgs().load(args)
+    except ma.ValidationError as error:
+        problem, loaded = problem_of(error), ResourceListArgs().load({})
+    found = resources_service.list_resources(request_session(), caller(), **loaded)
+    return render(
+        "console/machines.html",
+        200 if problem is None else 422,
+        page=found,
+        args=args,
+        offers=_offers_of({machine.offer_id for machine in found.items}),
+        state_options=[(state.value, state_label(state)) for state in ResourceState],
+        problem=problem,
+    )
+
+
+CHART_WIDTH, CHART_HEIGHT, CHART_BASE = 620, 150, 126  # the bars stand on y = CHART_BASE
+
+
+def _chart(days: list[tuple[Any, Decimal]]) -> list[dict[str, Any]]:
+    """Each day's bar: its place and height in the chart's coordinates."""
+    highest = max((amount for _, amount in days), default=Decimal(0))
+    slot = CHART_WIDTH / max(len(days), 1)
+    bars = []
+    for index, (day, amount) in enumerate(days):
+        height = float(amount / highest) * (CHART_BASE - 10) if highest > 0 else 0.0
+        bars.append(
+            {
+                "day": day.date(),
+                "amount": amount,
+                "x": round(index * slot + slot * 0.15, 1),
+                "width": round(slot * 0.7, 1),
+                "y": round(CHART_BASE - height, 1),
+                "height": round(height, 1),
+                "label_x": round(index * slot + slot / 2, 1),
+            }
+        )
+    return bars
+
+
+@bp.get("/machines/<uuid:resource_id>")
+@page(*READING)
+def machine(resource_id: uuid.UUID) -> Response:
+    """A machine: its state and every change of it, the actions its state allows, and what
+    it has cost so far this month, day by day."""
+    session, person, at = request_session(), caller(), now()
+    shown = resources_service.get_resource(session, person, resource_id)
+    actions = []
+    if access.holds_role_in(person, shown.organization_id, *BUYING):
+        actions = [
+            name
+            for name, (allowed_from, _, _) in resources_service.ACTIONS.items()
+            if shown.state in allowed_from
+        ]
+    days = resources_service.cost_by_day(session, shown, at)
+    return render(
+        "console/machine.html",
+        machine=shown,
+        offer=_offers_of({shown.offer_id})[shown.offer_id],
+        events=shown.events,
+        cost=resources_service.cost_this_period(session, shown, at),
+        bars=_chart(days),
+        chart={"width": CHART_WIDTH, "height": CHART_HEIGHT, "base": CHART_BASE},
+        actions=actions,
+    )
+
+
+@bp.post("/machines/<uuid:resource_id>/action")
+@page(*BUYING)
+def machine_action(resource_id: uuid.UUID) -> Response | BaseResponse:
+    """Stop, start, restart or delete a machine; carried out in the background."""
+    try:
+        action = ActionSchema().load({"action": request.form.get("action", "")})["action"]
+    except ma.ValidationError as error:
+        return error_page(problem_of(error))
+    resources_service.request_action(request_session(), caller(), resource_id, action, now())
+    return done("console.machine", str(ACTION_DONE[action]), resource_id=resource_id)
+
+
+@bp.get("/usage")
+@page(*BUYING)
+def usage() -> Response:
+    """The agency's usage of a month, by machine and metric, with its amount before tax."""
+    at = now()
+    period = request.args.get("period", "").strip() or period_of(at)
+    problem: Problem | None = None
+    try:
+        parse_period(period)
+    except ValueError:
+        words = gettext("Choose a month, such as %(example)s.", example=period_of(at))
+        problem, period = Problem(words, {"period": [words]}), period_of(at)
+    rows = [
+        (machine_row, metric, rounded_quantity(quantity), amount)
+        for machine_row, metric, quantity, amount in resources_service.period_usage(
+            request_session(), caller(), period
+        )
+    ]
+    totals: dict[str, Decimal] = {}
+    for machine_row, _, _, amount in rows:
+        if amount is not None:
+            totals[machine_row.currency] = totals.get(machine_row.currency, Decimal(0)) + amount
+    return render(
+        "console/usage.html",
+        200 if problem is None else 422,
+        period=period,
+        rows=rows,
+        totals=totals,
+        problem=problem,
+    )

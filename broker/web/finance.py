@@ -1,0 +1,392 @@
+"""Finance's pages: invoices by period and state, an invoice with its corrections (finalize,
+void, credit note) and downloads, the period CSV, billing runs, and settlements (which a
+provider's operators also read, for their own provider).
+
+Each page mirrors its API view (broker/api/billing.py, broker/api/settlements.py): the same
+schemas validate the forms, the same services and access rules answer, and a download is the
+very file the API exports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import marshmallow as ma
+from flask import Response, abort, current_app, request
+from flask_babel import gettext
+from werkzeug.wrappers import Response as BaseResponse
+
+from billing import exports
+from billing.metering import period_bounds, period_of, shown
+from broker import access
+from broker.api.base import now, request_session
+from broker.api.billing import (
+    BillingRunCreateSchema,
+    CreditNoteCreateSchema,
+    InvoiceListArgs,
+    PeriodExportArgs,
+    VoidSchema,
+)
+from broker.api.schemas import ListArgs
+from broker.api.settlements import SettlementArgs
+from broker.auth.identity import Caller
+from broker.errors import BrokerError, NotFound
+from broker.models import InvoiceState, Role
+from broker.services import billing as billing_service
+from broker.services import corrections
+from broker.services import settlements as settlements_service
+from broker.web.buyers import query_args
+from broker.web.pages import (
+    Problem,
+    bp,
+    caller,
+    done,
+    error_page,
+    page,
+    problem_of,
+    render,
+)
+from broker.web.words import FORMAT_LABELS, state_label
+
+BOOKS = (Role.FINANCE, Role.ADMIN)  # who reads every agency's invoices
+SETTLING = (Role.FINANCE, Role.ADMIN, Role.PROVIDER)  # who reads settlements
+
+
+def keeps_the_books(person: Caller) -> bool:
+    """Finance: runs billing, issues and corrects invoices (admins only read them)."""
+    return access.has_any_role(person, Role.FINANCE)
+
+
+def last_period() -> str:
+    """The calendar month before this one: the one finance closes."""
+    return period_of(period_bounds(period_of(now()))[0] - timedelta(days=1))
+
+
+def download(content: bytes, media_type: str, name: str) -> Response:
+    """A file as the API serves it: its media type, as an attachment named `name`."""
+    response = Response(content, mimetype=media_type.split(";")[0])
+    response.headers["Content-Type"] = media_type
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+# Invoices ------------------------------------------------------------------------------------
+
+
+@bp.get("/invoices")
+@page(*BOOKS)
+def invoices() -> Response:
+    """Invoices of a period (by default the latest one invoiced), by state and agency."""
+    session, person = request_session(), caller()
+    periods = billing_service.invoiced_periods(session, person)
+    args = query_args()
+    args.setdefault("period", periods[0] if periods else last_period())
+    problem: Problem | None = None
+    try:
+        search = InvoiceListArgs().load(args)
+    except ma.ValidationError as error:
+        problem = problem_of(error)
+        search = InvoiceListArgs().load({"period": periods[0] if periods else last_period()})
+    found = billing_service.list_invoices(session, person, **search)
+    agencies = billing_service.agency_names(session, person)
+    config = current_app.config
+    return render(
+        "console/finance/invoices.html",
+        200 if problem is None else 422,
+        page=found,
+        args=args,
+        period=search["period"],
+        periods=periods,
+        agencies=agencies,
+        agency_options=[(str(agency_id), name) for agency_id, name in agencies.items()],
+        flags={
+            invoice.id: billing_service.outlier_flags(invoice, config) for invoice in found.items
+        },
+        states=[(state.value, state_label(state)) for state in InvoiceState],
+        books=keeps_the_books(person),
+        problem=problem,
+    )
+
+
+@bp.get("/invoices/period.csv")
+@page(Role.FINANCE)
+def period_csv() -> Response:
+    """Every line of a period's issued invoices in one CSV: the API's period export."""
+    try:
+        args = PeriodExportArgs().load({"period": request.args.get("period", "")})
+    except ma.ValidationError as error:
+        return error_page(problem_of(error))
+    return download(*billing_service.export_period(request_session(), args["period"]))
+
+
+def _invoice_page(
+    invoice_id: uuid.UUID, problem: Problem | None = None, **context: Any
+) -> dict[str, Any]:
+    """What the invoice page shows: the invoice, who it bills, its corrections, what may be
+    done with it (by this person, in its state)."""
+    session, person = request_session(), caller()
+    invoice = billing_service.get_invoice(session, person, invoice_id)
+    if invoice.snapshot is not None:
+        buyer = invoice.snapshot["buyer"]
+        due = date.fromisoformat(invoice.snapshot["due_date"])
+    else:
+        buyer = billing_service.get_profile(
+            session, person, invoice.organization_id, current_app.config
+        )
+        due = None
+    notes = corrections.list_credit_notes(
+        session, person, limit=100, cursor=None, invoice_id=invoice.id
+    ).items
+    issued = invoice.state in corrections.ISSUED
+    creditable = corrections.creditable(session, invoice) if issued else {}
+    books = keeps_the_books(person)
+    return {
+        "invoice": invoice,
+        "agency": billing_service.agency_names(session, person).get(invoice.organization_id),
+        "buyer": buyer,
+        "due": due,
+        "notes": notes,
+        "flags": billing_service.outlier_flags(invoice, current_app.config),
+        "creditable": creditable,
+        "formats": [(fmt, FORMAT_LABELS[fmt]) for fmt in exports.FORMATS],
+        "shown": shown,
+        "may_finalize": books and invoice.state is InvoiceState.DRAFT,
+        "may_void": books and invoice.state is InvoiceState.FINALIZED and not notes,
+        "may_credit": books and issued and any(amount > 0 for amount in creditable.values()),
+        "problem": problem,
+        **context,
+    }
+
+
+@bp.get("/invoices/<uuid:invoice_id>")
+@page(*BOOKS)
+def invoice(invoice_id: uuid.UUID) -> Response:
+    """An invoice: who it bills, its lines and totals, its credit notes, its payment, and what
+    finance may do with it in its state."""
+    return render("console/finance/invoice.html", **_invoice_page(invoice_id))
+
+
+@bp.post("/invoices/<uuid:invoice_id>/finalize")
+@page(Role.FINANCE)
+def finalize_invoice(invoice_id: uuid.UUID) -> BaseResponse:
+    """Issue a draft: it gets its number and is frozen."""
+    try:
+        issued = billing_service.finalize(
+            request_session(), caller(), invoice_id, now(), current_app.config
+        )
+    except NotFound:
+        raise
+    except BrokerError as error:
+        return _invoice_again(invoice_id, error)
+    return done(
+        "console.invoice",
+        gettext("Invoice %(number)s is issued.", number=issued.number),
+        invoice_id=invoice_id,
+    )
+
+
+@bp.post("/invoices/<uuid:invoice_id>/void")
+@page(Role.FINANCE)
+def void_invoice(invoice_id: uuid.UUID) -> BaseResponse:
+    """Cancel an issued invoice nobody paid nor credited, with a reason."""
+    reason = request.form.get("reason", "").strip()
+    try:
+        data = VoidSchema().load({"reason": reason} if reason else {})
+        voided = corrections.void(request_session(), caller(), invoice_id, data["reason"], now())
+    except NotFound:
+        raise
+    except (ma.ValidationError, BrokerError) as error:
+        return _invoice_again(invoice_id, error, reason=reason)
+    return done(
+        "console.invoice",
+        gettext("Invoice %(number)s is void.", number=voided.number),
+        invoice_id=invoice_id,
+    )
+
+
+def _invoice_again(
+    invoice_id: uuid.UUID, error: BrokerError | ma.ValidationError, **context: Any
+) -> Response:
+    """The invoice page again, saying why the action was refused (nothing changed)."""
+    request_session().rollback()
+    shown_problem = problem_of(error)
+    return render(
+        "console/finance/invoice.html",
+        shown_problem.status,
+        **_invoice_page(invoice_id, shown_problem, **context),
+    )
+
+
+@bp.route("/invoices/<uuid:invoice_id>/credit", methods=["GET", "POST"])
+@page(Role.FINANCE)
+def credit_invoice(invoice_id: uuid.UUID) -> BaseResponse:
+    """Issue a credit note: some of what remains of each line, or all of it."""
+    context = _invoice_page(invoice_id)
+    if request.method == "GET":
+        return render("console/finance/credit.html", form={}, **context)
+    form = {name: value.strip() for name, value in request.form.items()}
+    asked: list[int] = []  # the line position of each credited line, in the order sent
+    lines: list[dict[str, Any]] = []
+    if form.get("everything") != "true":
+        for position in sorted(context["creditable"]):
+            amount = form.get(f"line-{position}", "")
+            if amount:
+                asked.append(position)
+                lines.append({"position": position, "amount": amount})
+    body: dict[str, Any] = {"reason": form["reason"]} if form.get("reason") else {}
+    if form.get("everything") != "true":
+        body["lines"] = lines
+    try:
+        data = CreditNoteCreateSchema().load(body)
+        note = corrections.issue_credit_note(
+            request_session(), caller(), invoice_id, data["reason"], data["lines"], now()
+        )
+    except NotFound:
+        raise
+    except (ma.ValidationError, BrokerError) as error:
+        request_session().rollback()
+        problem = _by_line(problem_of(error), asked)
+        if problem.fields.pop("lines", None) is not None:
+            problem.fields["everything"] = [
+                gettext("Enter an amount for a line, or credit all that remains.")
+            ]
+        return render(
+            "console/finance/credit.html",
+            problem.status,
+            form=form,
+            **_invoice_page(invoice_id, problem),
+        )
+    return done(
+        "console.invoice",
+        gettext("Credit note %(number)s is issued.", number=note.number),
+        invoice_id=invoice_id,
+    )
+
+
+def _by_line(problem: Problem, asked: list[int]) -> Problem:
+    """The API names a credited line by its index in `lines`; the form by its position."""
+    fields: dict[str, list[str]] = {}
+    for name, messages in problem.fields.items():
+        parts = name.split(".")
+        if len(parts) == 3 and parts[0] == "lines" and parts[1].isdigit():
+            index = int(parts[1])
+            if index < len(asked):
+                name = f"line-{asked[index]}"
+        fields[name] = messages
+    problem.fields = fields
+    return problem
+
+
+@bp.get("/invoices/<uuid:invoice_id>/download/<fmt>")
+@page(*BOOKS)
+def invoice_download(invoice_id: uuid.UUID, fmt: str) -> Response:
+    """An issued invoice as the API exports it: pdf, csv, cii or json."""
+    if fmt not in exports.FORMATS:
+        abort(404)
+    return download(*billing_service.export_invoice(request_session(), caller(), invoice_id, fmt))
+
+
+@bp.get("/credit-notes/<uuid:note_id>/download/<fmt>")
+@page(*BOOKS)
+def credit_note_download(note_id: uuid.UUID, fmt: str) -> Response:
+    """A credit note as the API exports it: pdf, csv, cii or json."""
+    if fmt not in exports.FORMATS:
+        abort(404)
+    return download(*corrections.export_credit_note(request_session(), caller(), note_id, fmt))
+
+
+# Billing runs --------------------------------------------------------------------------------
+
+
+@bp.route("/billing-runs", methods=["GET", "POST"])
+@page(Role.FINANCE)
+def billing_runs() -> BaseResponse:
+    """Billing runs, newest first, and the form that starts one for a period."""
+    session = request_session()
+    form: dict[str, str] = {}
+    problem: Problem | None = None
+    if request.method == "POST":
+        form = {"period": request.form.get("period", "").strip()}
+        try:
+            data = BillingRunCreateSchema().load({k: v for k, v in form.items() if v})
+            run = billing_service.start_run(session, caller(), data["period"], now())
+        except (ma.ValidationError, BrokerError) as error:
+            session.rollback()
+            problem = problem_of(error)
+        else:
+            return done(
+                "console.billing_runs",
+                gettext(
+                    "The billing run for %(period)s has started: its drafts appear in the "
+                    "invoices when it has succeeded.",
+                    period=run.period,
+                ),
+            )
+    try:
+        listing = ListArgs().load(query_args())
+    except ma.ValidationError:
+        listing = ListArgs().load({})
+    runs = billing_service.list_runs(session, **listing)
+    return render(
+        "console/finance/billing_runs.html",
+        200 if problem is None else problem.status,
+        page=runs,
+        form=form or {"period": last_period()},
+        problem=problem,
+    )
+
+
+# Settlements ---------------------------------------------------------------------------------
+
+
+def _settlements(period: str) -> dict[str, Any]:
+    return settlements_service.for_period(request_session(), caller(), period, current_app.config)
+
+
+def _period_arg() -> tuple[str, Problem | None]:
+    """The `period` of the query string (last month by default), or why it is not one."""
+    wanted = request.args.get("period", "").strip() or last_period()
+    try:
+        return SettlementArgs().load({"period": wanted})["period"], None
+    except ma.ValidationError as error:
+        return last_period(), problem_of(error)
+
+
+@bp.get("/settlements")
+@page(*SETTLING)
+def settlements() -> Response:
+    """What the consortium owes each provider for a period (an operator: their own)."""
+    period, problem = _period_arg()
+    return render(
+        "console/finance/settlements.html",
+        200 if problem is None else 422,
+        report=_settlements(period),
+        period=period,
+        asked=request.args.get("period", period),
+        problem=problem,
+    )
+
+
+@bp.get("/settlements/<uuid:settlement_id>")
+@page(*SETTLING)
+def settlement(settlement_id: uuid.UUID) -> Response:
+    """One provider's settlement for a period (`settlement_id` is the provider's id): per
+    currency, gross, credits, the consortium's fee and the net owed."""
+    period, problem = _period_arg()
+    if problem is not None:
+        abort(404)
+    report = _settlements(period)
+    items = [item for item in report["items"] if item["provider_id"] == str(settlement_id)]
+    if not items:
+        raise NotFound("No such settlement.")
+    return render(
+        "console/finance/settlement.html",
+        report=report,
+        items=items,
+        provider_name=items[0]["provider_name"],
+        period=period,
+        fee_rate=Decimal(report["fee_rate"]),
+    )

@@ -1,0 +1,149 @@
+"""The buyer's pages on the demo: comparing offers, the order form's policy check, placing
+and cancelling an order, a machine's page and its actions, and who may see what."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from decimal import Decimal
+
+from flask import Flask
+from sqlalchemy import select
+
+from broker.db import Database
+from broker.models import Offer, OfferState, Order, OrderState, Resource, ResourceState
+from tests.console_support import BUYER, OPERATOR, QC_BUYER, sign_in, text_of
+
+
+def _offer(app: Flask, sku: str) -> Offer:
+    database: Database = app.extensions["broker.db"]
+    with database.session(read_only=True) as session:
+        found = session.scalar(
+            select(Offer).where(Offer.sku == sku, Offer.state == OfferState.PUBLISHED)
+        )
+        assert found is not None, sku
+        return found
+
+
+def _orders(app: Flask) -> list[Order]:
+    database: Database = app.extensions["broker.db"]
+    with database.session(read_only=True) as session:
+        return list(session.scalars(select(Order).order_by(Order.created_at)))
+
+
+def _machine(app: Flask, name: str) -> Resource:
+    database: Database = app.extensions["broker.db"]
+    with database.session(read_only=True) as session:
+        found = session.scalar(select(Resource).where(Resource.name == name))
+        assert found is not None, name
+        return found
+
+
+def _euros(amount: Decimal) -> str:
+    return f"€{amount:,.2f}"
+
+
+def test_a_buyer_compares_two_offers_for_two_machines(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    dublin, paris = _offer(demo_app, "ace-gp-s-dub"), _offer(demo_app, "hc-std-s-par")
+    page = browser.get(f"/compare?offer={dublin.id}&offer={paris.id}&quantity=2")
+    assert page.status_code == 200
+    words = text_of(page)
+    assert dublin.name in words and paris.name in words
+    assert "2 machines for 730 hours a month" in words
+    assert _euros(dublin.monthly_price * 2) in words  # €66.12
+    assert _euros(paris.monthly_price * 2) in words  # €92.14
+    assert "Exposed to foreign law" in words and "Certifications valid today" in words
+
+    five = "&".join(
+        f"offer={_offer(demo_app, sku).id}"
+        for sku in ("ace-gp-s-dub", "hc-std-s-par", "hc-dev-s-lyo", "ace-gp-s-ams", "hc-std-m-par")
+    )
+    refused = browser.get(f"/compare?{five}")
+    assert refused.status_code == 422
+    assert "Choose between two and four offers to compare; you chose 5." in text_of(refused)
+
+
+def test_checking_an_order_shows_the_policy_and_changes_nothing(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    big = _offer(demo_app, "hc-mem-xl-par")  # €733.56 a month: two are over the threshold
+    before = len(_orders(demo_app))
+    page = browser.post(
+        f"/catalogue/{big.id}/order",
+        {"action": "check", "name": "calcul", "quantity": "2", "idempotency_key": "k1"},
+    )
+    assert page.status_code == 200
+    words = text_of(page)
+    assert "What your agency's policy says Allowed." in words
+    assert "This order will wait for an approver of your agency" in words
+    assert f"Cost a month {_euros(big.monthly_price * 2)}" in words
+    assert "Budget left this month €" in words
+
+    wrong = browser.post(
+        f"/catalogue/{big.id}/order",
+        {"action": "place", "name": "Calcul !", "quantity": "0", "idempotency_key": "k2"},
+    )
+    assert wrong.status_code == 422
+    body = wrong.get_data(as_text=True)
+    assert 'id="error-name"' in body and 'id="error-quantity"' in body
+    assert len(_orders(demo_app)) == before
+
+
+def test_a_buyer_places_an_order_once_and_cancels_it(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    big = _offer(demo_app, "hc-mem-xl-par")
+    form = browser.get(f"/catalogue/{big.id}/order").get_data(as_text=True)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', form)
+    assert key is not None
+    data = {"action": "place", "name": "calcul", "quantity": "2", "idempotency_key": key[1]}
+    placed = browser.post(f"/catalogue/{big.id}/order", data)
+    assert placed.status_code == 303
+    again = browser.post(f"/catalogue/{big.id}/order", data)  # a double click
+    assert again.status_code == 303 and again.location == placed.location
+    [order] = [o for o in _orders(demo_app) if o.name == "calcul"]
+    assert order.state is OrderState.PENDING_APPROVAL and order.quantity == 2
+    assert placed.location.endswith(f"/orders/{order.id}")
+
+    page = text_of(browser.get(placed.location))
+    assert "Your order is placed. It waits for an approver of your agency." in page
+    assert "awaiting approval" in page and _euros(order.monthly_cost) in page
+    cancelled = browser.post(f"/orders/{order.id}/cancel")
+    assert cancelled.status_code == 303
+    assert "The order is cancelled." in text_of(browser.get(cancelled.location))
+    assert [o.state for o in _orders(demo_app) if o.id == order.id] == [OrderState.CANCELLED]
+
+
+def test_a_buyer_stops_a_machine_from_its_page(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    machine = _machine(demo_app, "dossier-patient-1")
+    page = browser.get(f"/machines/{machine.id}")
+    assert page.status_code == 200
+    words = text_of(page)
+    assert "dossier-patient-1 active" in words and "Cost so far this month €" in words
+    assert '<button type="submit" name="action" value="stop">Stop</button>' in page.get_data(
+        as_text=True
+    )
+    assert 'role="img"' in page.get_data(as_text=True)
+
+    forged = browser.client.post(f"/machines/{machine.id}/action", data={"action": "stop"})
+    assert forged.status_code == 403
+    assert _machine(demo_app, "dossier-patient-1").state is ResourceState.ACTIVE
+
+    stopped = browser.post(f"/machines/{machine.id}/action", {"action": "stop"})
+    assert stopped.status_code == 303
+    assert _machine(demo_app, "dossier-patient-1").state is ResourceState.STOPPING
+    words = text_of(browser.get(stopped.location))
+    assert "The machine is stopping." in words and "stopping" in words
+    assert 'value="stop"' not in browser.get(stopped.location).get_data(as_text=True)
+
+
+def test_only_the_agency_sees_its_orders_and_machines(demo_app: Flask) -> None:
+    machine = _machine(demo_app, "dossier-patient-1")
+    other = sign_in(demo_app, QC_BUYER, "en")
+    assert other.get(f"/machines/{machine.id}").status_code == 404
+    assert other.get(f"/orders/{machine.order_id}").status_code == 404
+    assert "dossier-patient" not in text_of(other.get("/machines"))
+    operator = sign_in(demo_app, OPERATOR, "en")
+    refused = operator.get("/orders")
+    assert refused.status_code == 403 and "This page needs the role" in text_of(refused)
+    assert sign_in(demo_app, BUYER, "en").get(f"/orders/{uuid.uuid4()}").status_code == 404

@@ -1,0 +1,204 @@
+"""Finance's console pages on the demo's closed month: invoices by period and state, the
+period CSV, void, a billing run that drafts the replacement, finalizing it and downloading it,
+a credit note, settlements (an operator sees their own), refused without role or CSRF token."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from babel.numbers import format_currency
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from billing.metering import period_bounds, period_of
+from broker.db import Database
+from broker.jobs.handlers import HANDLERS, ON_DEAD
+from broker.jobs.queue import JobContext, run_pending
+from broker.models import CreditNote, Invoice, InvoiceState, Provider
+from tests.conftest import fetch_token
+from tests.console_support import BUYER, FINANCE, OPERATOR, organization_id, sign_in, text_of
+
+CITY = "Ville de Québec"
+HEALTH_AGENCY = "Agence nationale des données de santé"
+
+
+def last_period() -> str:
+    return period_of(period_bounds(period_of(datetime.now(UTC)))[0] - timedelta(days=1))
+
+
+def database(app: Flask) -> Database:
+    db: Database = app.extensions["broker.db"]
+    return db
+
+
+def invoices(app: Flask, agency: str | None = None) -> list[Invoice]:
+    """Last month's invoices (of `agency`), by number, drafts last."""
+    with database(app).session(read_only=True) as session:
+        statement = select(Invoice).where(Invoice.period == last_period())
+        if agency is not None:
+            statement = statement.where(Invoice.organization_id == organization_id(app, agency))
+        found = list(session.scalars(statement))
+        session.expunge_all()
+    return sorted(found, key=lambda invoice: invoice.number or "~")
+
+
+def euros(amount: Decimal, currency: str) -> str:
+    return format_currency(amount, currency, locale="en")
+
+
+def finance_api(app: Flask) -> tuple[FlaskClient, dict[str, str]]:
+    """An API client with the demo finance client's token (as written by the seed)."""
+    path = Path(app.config["INSTANCE_PATH"]) / "demo-credentials.json"
+    [mine] = [c for c in json.loads(path.read_text()) if c["roles"] == ["finance"]]
+    client = app.test_client()
+    token = fetch_token(client, mine["client_id"], mine["client_secret"])
+    return client, {"Authorization": f"Bearer {token}"}
+
+
+def test_finance_lists_last_months_invoices_and_downloads_the_period_csv(
+    demo_app: Flask,
+) -> None:
+    period = last_period()
+    browser = sign_in(demo_app, FINANCE, "en")
+    page = browser.get("/invoices")
+    assert page.status_code == 200
+    words = text_of(page)
+    assert f"Invoices of {period}" in words and "Download the period CSV" in words
+    issued = invoices(demo_app)
+    assert sorted(i.state for i in issued) == ["finalized", "finalized", "void"]
+    for invoice in issued:
+        assert invoice.number in words and euros(invoice.total, invoice.currency) in words
+    assert CITY in words and HEALTH_AGENCY in words
+    # Filtered by state: only the void one.
+    [void] = [i for i in issued if i.state is InvoiceState.VOID]
+    voids = text_of(browser.get(f"/invoices?period={period}&state=void"))
+    assert void.number in voids and all(i.number not in voids for i in issued if i is not void)
+    # A bad filter is said by its field; the page still answers.
+    bad = browser.get("/invoices?period=2026-13")
+    assert bad.status_code == 422 and "There is a problem" in text_of(bad)
+
+    csv = browser.get(f"/invoices/period.csv?period={period}")
+    client, headers = finance_api(demo_app)
+    api = client.get(f"/v1/invoices/export?period={period}", headers=headers)
+    assert api.status_code == 200
+    assert csv.status_code == 200 and csv.data == api.data
+    assert csv.headers["Content-Type"] == api.headers["Content-Type"]
+    assert csv.headers["Content-Disposition"] == f'attachment; filename="invoices-{period}.csv"'
+
+    # A buyer reads no one's books here.
+    buyer = sign_in(demo_app, BUYER, "en")
+    refused = buyer.get("/invoices")
+    assert refused.status_code == 403 and "finance" in text_of(refused)
+    assert buyer.get(f"/invoices/period.csv?period={period}").status_code == 403
+    assert buyer.get(f"/invoices/{void.id}").status_code == 403
+
+
+def test_finance_voids_rebills_finalizes_the_draft_and_downloads_it(demo_app: Flask) -> None:
+    period = last_period()
+    browser = sign_in(demo_app, FINANCE, "en")
+    [replaced, replacement] = [i for i in invoices(demo_app, CITY)]
+    assert (replaced.state, replacement.state) == ("void", "finalized")
+
+    # Without a reason: said by the field, nothing changed.
+    refused = browser.post(f"/invoices/{replacement.id}/void", {"reason": " "})
+    assert refused.status_code == 422
+    assert "Reason Required." in text_of(refused)
+    assert invoices(demo_app, CITY)[1].state is InvoiceState.FINALIZED
+    voided = browser.post(f"/invoices/{replacement.id}/void", {"reason": "Wrong address"})
+    assert voided.status_code == 303
+    assert f"Invoice {replacement.number} is void." in text_of(
+        browser.get(voided.headers["Location"])
+    )
+    assert invoices(demo_app, CITY)[1].state is InvoiceState.VOID
+
+    # A billing run for the period drafts the replacement.
+    bad = browser.post("/billing-runs", {"period": "2026-13"})
+    assert bad.status_code == 422 and "Period" in text_of(bad)
+    started = browser.post("/billing-runs", {"period": period})
+    assert started.status_code == 303
+    run_pending(JobContext(database(demo_app), demo_app.config), HANDLERS, on_dead=ON_DEAD)
+    assert "succeeded" in text_of(browser.get("/billing-runs"))
+    [draft] = [i for i in invoices(demo_app, CITY) if i.state is InvoiceState.DRAFT]
+    listed = text_of(browser.get(f"/invoices?period={period}&state=draft"))
+    assert f"Draft of {CITY}" in listed and euros(draft.total, "CAD") in listed
+    shown = text_of(browser.get(f"/invoices/{draft.id}"))
+    assert "Finalize this invoice" in shown and euros(draft.total, "CAD") in shown
+    assert "Void this invoice" not in shown
+
+    finalized = browser.post(f"/invoices/{draft.id}/finalize")
+    assert finalized.status_code == 303
+    [issued] = [i for i in invoices(demo_app, CITY) if i.id == draft.id]
+    assert issued.state is InvoiceState.FINALIZED and issued.number
+    assert f"Invoice {issued.number} is issued." in text_of(
+        browser.get(finalized.headers["Location"])
+    )
+
+    pdf = browser.get(f"/invoices/{issued.id}/download/pdf")
+    assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")
+    assert pdf.headers["Content-Type"] == "application/pdf"
+    disposition = f'attachment; filename="invoice-{issued.number}.pdf"'
+    assert pdf.headers["Content-Disposition"] == disposition
+    client, headers = finance_api(demo_app)
+    for fmt in ("csv", "cii"):
+        mine = browser.get(f"/invoices/{issued.id}/download/{fmt}")
+        api = client.get(f"/v1/invoices/{issued.id}/export?format={fmt}", headers=headers)
+        assert mine.data == api.data and mine.headers["Content-Type"] == api.headers["Content-Type"]
+    assert browser.get(f"/invoices/{issued.id}/download/docx").status_code == 404
+
+
+def test_finance_credits_part_of_a_line(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, FINANCE, "en")
+    [invoice] = invoices(demo_app, HEALTH_AGENCY)
+    form = text_of(browser.get(f"/invoices/{invoice.id}/credit"))
+    assert "Credit all that remains of every line" in form and "remain" in form
+
+    def notes() -> int:
+        with database(demo_app).session(read_only=True) as session:
+            return session.scalar(select(func.count()).select_from(CreditNote)) or 0
+
+    before = notes()
+    too_much = browser.post(
+        f"/invoices/{invoice.id}/credit", {"reason": "Outage", "line-1": "1000000"}
+    )
+    assert too_much.status_code == 409 and "There is a problem" in text_of(too_much)
+    no_reason = browser.post(f"/invoices/{invoice.id}/credit", {"line-1": "1.00"})
+    assert no_reason.status_code == 422 and "reason: Required." in text_of(no_reason)
+    assert notes() == before
+    issued = browser.post(f"/invoices/{invoice.id}/credit", {"reason": "Outage", "line-1": "1.00"})
+    assert issued.status_code == 303 and notes() == before + 1
+    page = text_of(browser.get(issued.headers["Location"]))
+    assert "Credit note CN-" in page and "Outage" in page and euros(Decimal("1.20"), "EUR") in page
+
+
+def test_an_operator_sees_only_their_providers_settlement(demo_app: Flask) -> None:
+    period = last_period()
+    finance = text_of(sign_in(demo_app, FINANCE, "en").get("/settlements"))
+    assert f"Owed to providers for {period}" in finance
+    assert "Hexagone Cloud" in finance and "Nordet Nuagique" in finance
+    operator = sign_in(demo_app, OPERATOR, "en")
+    mine = text_of(operator.get("/settlements"))
+    assert "Hexagone Cloud" in mine and "Nordet Nuagique" not in mine
+    with database(demo_app).session(read_only=True) as session:
+        ids = {name: id_ for name, id_ in session.execute(select(Provider.name, Provider.id))}
+    own = operator.get(f"/settlements/{ids['Hexagone Cloud']}?period={period}")
+    assert own.status_code == 200 and "Settlement of Hexagone Cloud" in text_of(own)
+    assert operator.get(f"/settlements/{ids['Nordet Nuagique']}?period={period}").status_code == 404
+    assert operator.get(f"/settlements/{uuid.uuid4()}").status_code == 404
+    assert sign_in(demo_app, BUYER, "en").get("/settlements").status_code == 403
+
+
+def test_a_change_without_the_csrf_token_is_refused(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, FINANCE, "en")
+    invoice = next(i for i in invoices(demo_app, CITY) if i.state is InvoiceState.FINALIZED)
+    refused = browser.client.post(f"/invoices/{invoice.id}/void", data={"reason": "No token"})
+    assert refused.status_code == 403
+    assert browser.client.post("/billing-runs", data={"period": last_period()}).status_code == 403
+    assert (
+        next(i for i in invoices(demo_app, CITY) if i.id == invoice.id).state
+        is InvoiceState.FINALIZED
+    )
