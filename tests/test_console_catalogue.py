@@ -7,7 +7,6 @@ from flask import Flask
 from tests.console_support import BUYER, sign_in, text_of
 
 
-
 def test_a_buyer_filters_the_catalogue_by_a_certification(demo_app: Flask) -> None:
     browser = sign_in(demo_app, BUYER, "en")
     everything = text_of(browser.get("/catalogue"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +14,7 @@ from flask import Response, current_app, make_response, request
 from broker.api.base import current_caller, database, request_session
 from broker.errors import IdempotencyKeyRequired, ValidationFailed
 from broker.services import idempotency
+from broker.services.people import CSRF_FIELD
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,13 +41,17 @@ def _key_parameter(required: bool) -> dict[str, Any]:
     }
 
 
-def idempotent(*, required: bool) -> Callable[[F], F]:
-    """Make a POST view idempotent per `Idempotency-Key` (apply under `@blp.auth`)."""
+def idempotent(*, required: bool, form_field: str | None = None) -> Callable[[F], F]:
+    """Make a POST view idempotent per `Idempotency-Key` (apply under `@blp.auth`).
+
+    With `form_field`, the key is that field of a posted form instead (a console form carries
+    a new key each time it is shown, so that sending it twice does the thing once) and the
+    request is told apart by its fields, the CSRF token left out."""
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = request.headers.get(HEADER)
+            key = request.form.get(form_field) if form_field else request.headers.get(HEADER)
             if key is None:
                 if required:
                     raise IdempotencyKeyRequired(f"Send a unique {HEADER} header with this POST.")
@@ -59,9 +65,7 @@ def idempotent(*, required: bool) -> Callable[[F], F]:
                 database(),
                 current_caller().organization_id,
                 key,
-                idempotency.request_fingerprint(
-                    request.method, request.path, request.get_data(cache=True)
-                ),
+                idempotency.request_fingerprint(request.method, request.path, _body(form_field)),
                 ttl=timedelta(hours=config["IDEMPOTENCY_TTL_HOURS"]),
                 lease=timedelta(seconds=config["IDEMPOTENCY_LOCK_SECONDS"]),
                 wait_seconds=config["IDEMPOTENCY_WAIT_SECONDS"],
@@ -94,6 +98,17 @@ def idempotent(*, required: bool) -> Callable[[F], F]:
         return cast(F, documented(wrapper))
 
     return decorator
+
+
+def _body(form_field: str | None) -> bytes:
+    if form_field is None:
+        return request.get_data(cache=True)
+    fields = sorted(
+        (name, value)
+        for name, value in request.form.items(multi=True)
+        if name not in (form_field, CSRF_FIELD)
+    )
+    return json.dumps(fields).encode()
 
 
 class _Failed(Exception):

@@ -119,8 +119,10 @@ def list_events(
     object_id: str | None = None,
     limit: int,
     cursor: str | None,
+    newest_first: bool = False,
 ) -> Page[AuditEvent]:
-    """Admins read every event; everyone else reads the events of their organization."""
+    """Admins read every event; everyone else reads the events of their organization. In the
+    order of the chain, or newest first (the console's audit log)."""
     statement = select(AuditEvent)
     if not access.is_admin(caller):
         statement = statement.where(AuditEvent.organization_id == caller.organization_id)
@@ -128,7 +130,15 @@ def list_events(
         statement = statement.where(AuditEvent.object_type == object_type)
     if object_id:
         statement = statement.where(AuditEvent.object_id == object_id)
-    return paginate(session, statement, [AuditEvent.seq], limit=limit, cursor=cursor)
+    return paginate(
+        session,
+        statement,
+        [AuditEvent.seq],
+        limit=limit,
+        cursor=cursor,
+        descending=newest_first,
+        scope="newest-first" if newest_first else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -169,31 +179,3 @@ def verify_chain(session: Session) -> ChainReport:
         return ChainReport(False, checked, checked + 1, "events missing after the last one")
     return ChainReport(True, checked)
 
-
-def latest_events(
-    session: Session,
-    caller: Caller,
-    *,
-    object_type: str | None = None,
-    object_id: str | None = None,
-    limit: int,
-    cursor: str | None,
-) -> Page[AuditEvent]:
-    """`list_events` newest first (the console's audit log), with the same filters and the
-    same visibility."""
-    statement = select(AuditEvent)
-    if not access.is_admin(caller):
-        statement = statement.where(AuditEvent.organization_id == caller.organization_id)
-    if object_type:
-        statement = statement.where(AuditEvent.object_type == object_type)
-    if object_id:
-        statement = statement.where(AuditEvent.object_id == object_id)
-    return paginate(
-        session,
-        statement,
-        [AuditEvent.seq],
-        limit=limit,
-        cursor=cursor,
-        descending=True,
-        scope=f"audit-latest:{object_type or ''}:{object_id or ''}",
-    )

@@ -345,10 +345,12 @@ def audit() -> Response:
     # First: the walk through the chain lets go of what the session holds.
     report = audit_service.verify_chain(session)
     try:
-        found = audit_service.latest_events(session, caller(), **filters)
+        found = audit_service.list_events(session, caller(), **filters, newest_first=True)
     except BrokerError as error:  # a cursor of another listing
         problem = problem_of(error)
-        found = audit_service.latest_events(session, caller(), **{**filters, "cursor": ""})
+        found = audit_service.list_events(
+            session, caller(), **{**filters, "cursor": ""}, newest_first=True
+        )
     names = members_service.person_names(
         session, [event.actor_client_id for event in found.items if event.actor_client_id]
     )

@@ -9,15 +9,13 @@ machine's cost from `resources.cost_this_period`, its days from `resources.cost_
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, current_app, redirect, request, url_for
+from flask import Response, request
 from flask_babel import gettext
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -25,16 +23,17 @@ from billing.metering import parse_period, period_of
 from billing.metering import shown as rounded_quantity
 from billing.rating import estimate
 from broker import access
-from broker.api.base import database, now, request_session
+from broker.api.base import now, request_session
+from broker.api.idempotency import idempotent
 from broker.api.offers import SearchArgs
 from broker.api.orders import OrderCreateSchema, OrderListArgs
 from broker.api.resources import ActionSchema, ResourceListArgs
 from broker.auth.identity import Caller
 from broker.errors import BrokerError
 from broker.models import Offer, OfferState, OrderState, ProviderState, ResourceState, Role
-from broker.services import idempotency, quotes
 from broker.services import offers as offers_service
 from broker.services import orders as orders_service
+from broker.services import quotes
 from broker.services import resources as resources_service
 from broker.web.pages import (
     Problem,
@@ -278,55 +277,21 @@ def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
     return _order_page(offer, values, quote=quote)
 
 
+@idempotent(required=True, form_field=KEY_FIELD)
 def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
     """Place the order once per form shown: the form's key is claimed as the API claims an
-    `Idempotency-Key` (in a transaction of its own, before the request's: on SQLite that one
-    holds the write lock), so a second submit of the same form shows the first order."""
-    person, config = caller(), current_app.config
+    `Idempotency-Key`, so a second submit of the same form shows the first order."""
+    person = caller()
     values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
-    key = request.form.get(KEY_FIELD, "")
     try:
         data = _order_data(offer_id, values)
-    except ma.ValidationError as error:
+        order = orders_service.place_order(request_session(), person, data, now())
+    except (BrokerError, ma.ValidationError) as error:
+        request_session().rollback()
         offer = offers_service.get_offer(request_session(), person, offer_id)
-        return _order_page(offer, values, error)
-    body = json.dumps(data, sort_keys=True, default=str).encode()
-    try:
-        if not 0 < len(key) <= 200:
-            raise ma.ValidationError({KEY_FIELD: ["Required."]})
-        claimed = idempotency.claim(
-            database(),
-            person.organization_id,
-            f"console:{key}",
-            idempotency.request_fingerprint("POST", request.path, body),
-            ttl=timedelta(hours=config["IDEMPOTENCY_TTL_HOURS"]),
-            lease=timedelta(seconds=config["IDEMPOTENCY_LOCK_SECONDS"]),
-            wait_seconds=config["IDEMPOTENCY_WAIT_SECONDS"],
-        )
-    except (BrokerError, ma.ValidationError):
-        offer = offers_service.get_offer(request_session(), person, offer_id)
-        words = gettext("This form was sent already. Check the order and place it again.")
-        return _order_page(
-            offer, values, Problem(words, status=409), _quote(offer, data["quantity"])
-        )
-    if isinstance(claimed, idempotency.StoredResponse):
-        return redirect(claimed.headers["Location"], 303)
-    session = request_session()
-    try:
-        order = orders_service.place_order(session, person, data, now())
-        location = url_for("console.order", order_id=order.id)
-        idempotency.complete(
-            session, claimed, idempotency.StoredResponse(303, {"Location": location}, b"")
-        )
-    except BrokerError as error:
-        session.rollback()  # first: on SQLite the request's transaction holds the write lock
-        idempotency.release(database(), claimed)
-        offer = offers_service.get_offer(session, person, offer_id)
-        return _order_page(offer, values, error, _quote(offer, data["quantity"]))
-    except BaseException:
-        session.rollback()
-        idempotency.release(database(), claimed)
-        raise
+        quantity = _whole(values["quantity"])
+        fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
+        return _order_page(offer, values, error, _quote(offer, quantity) if fine else None)
     if order.state is OrderState.PENDING_APPROVAL:
         message = gettext("Your order is placed. It waits for an approver of your agency.")
     else:

@@ -115,18 +115,10 @@ def provider_home() -> Response:
 
 # The fields of each kind of claim, as the form names them.
 CLAIM_FIELDS: Mapping[str, tuple[str, ...]] = {
-    "certification": (
-        "scheme",
-        "level",
-        "valid_from",
-        "valid_until",
-        "issuer",
-        "evidence_url",
-        "document_sha256",
-    ),
+    "certification": evidence_service.CERTIFICATION_FIELDS,
     "statement": ("statement",),
-    "jurisdiction": ("operator_country", "parent_country", "extraterritorial_exposure"),
-    "region": ("region_code", "country", "city", "datacenter_tier"),
+    "jurisdiction": evidence_service.JURISDICTION_FIELDS,
+    "region": evidence_service.REGION_FIELDS,
 }
 
 
