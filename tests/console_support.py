@@ -90,13 +90,19 @@ def demo_template(
     return root, base
 
 
+def copy_demo(
+    demo_template: tuple[Path, dict[str, Any]], into: Path, **overrides: Any
+) -> Flask:
+    """An app on a copy of the seeded demo, with settings of its own."""
+    root, base = demo_template
+    shutil.copytree(root, into)
+    return create_app({**_config(into, base), **overrides})
+
+
 @pytest.fixture
 def demo_app(demo_template: tuple[Path, dict[str, Any]], tmp_path: Path) -> Iterator[Flask]:
     """This test's own copy of the seeded demo."""
-    root, base = demo_template
-    copy = tmp_path / "demo"
-    shutil.copytree(root, copy)
-    app = create_app(_config(copy, base))
+    app = copy_demo(demo_template, tmp_path / "demo")
     yield app
     app.extensions["broker.db"].dispose()
 

@@ -5,6 +5,8 @@ errors as pages in the person's language."""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import select
@@ -13,7 +15,7 @@ from broker.db import Database
 from broker.models import User
 from broker.services.invitations import email_key
 from broker.web import i18n
-from tests.console_support import BUYER, sign_in, text_of
+from tests.console_support import BUYER, QC_BUYER, copy_demo, sign_in, text_of
 
 
 def language_of(app: Flask, email: str) -> str:
@@ -107,3 +109,22 @@ def test_a_mistyped_address_is_a_page_for_people_and_a_problem_for_programs(
     assert api.status_code == 404 and api.mimetype == "application/problem+json"
     program = anonymous.get("/catalog")
     assert program.mimetype == "application/problem+json"
+
+
+def test_a_person_searching_too_fast_is_told_to_wait_and_the_api_counts_the_same(
+    demo_template: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    app = copy_demo(demo_template, tmp_path / "demo", RATE_LIMIT_EXPENSIVE="2 per minute")
+    browser = sign_in(app, BUYER, "en")
+    assert browser.get("/catalogue").status_code == 200
+    assert browser.get("/compare?offer=x").status_code == 422  # counted: it searches too
+    refused = browser.get("/catalogue?country=FR")
+    assert refused.status_code == 429 and refused.mimetype == "text/html"
+    assert "Too many requests; wait a moment and try again." in text_of(refused)
+    assert "Retry-After" in refused.headers
+    # The allowance is the person's, whichever way they come: the API refuses them too.
+    api = browser.get("/v1/offers")
+    assert api.status_code == 429
+    # Another person is not slowed down.
+    assert sign_in(app, QC_BUYER, "en").get("/catalogue").status_code == 200
+    app.extensions["broker.db"].dispose()

@@ -25,6 +25,7 @@ from billing.rating import estimate
 from broker import access
 from broker.api.base import now, request_session
 from broker.api.idempotency import idempotent
+from broker.api.limits import expensive
 from broker.api.offers import SearchArgs
 from broker.api.orders import OrderCreateSchema, OrderListArgs
 from broker.api.resources import ActionSchema, ResourceListArgs
@@ -64,6 +65,7 @@ def query_args() -> dict[str, Any]:
 
 @bp.get("/catalogue")
 @page()
+@expensive
 def catalogue() -> Response:
     """Search the catalogue with every filter of the API, sorted, a page at a time."""
     args = query_args()
@@ -158,6 +160,7 @@ def _verdict(person: Caller, offer: Offer, quantity: int) -> quotes.Quote | None
 
 @bp.get("/compare")
 @page()
+@expensive
 def compare() -> Response:
     """Two to four offers side by side, each priced for the chosen number of machines."""
     raw: dict[str, Any] = {"offer": [i for i in request.args.getlist("offer") if i.strip()]}

@@ -30,6 +30,7 @@ from broker.api.billing import (
     PeriodExportArgs,
     VoidSchema,
 )
+from broker.api.limits import expensive
 from broker.api.schemas import ListArgs
 from broker.api.settlements import SettlementArgs
 from broker.auth.identity import Caller
@@ -113,6 +114,7 @@ def invoices() -> Response:
 
 @bp.get("/invoices/period.csv")
 @page(Role.FINANCE)
+@expensive
 def period_csv() -> Response:
     """Every line of a period's issued invoices in one CSV: the API's period export."""
     try:
@@ -282,6 +284,7 @@ def _by_line(problem: Problem, asked: list[int]) -> Problem:
 
 @bp.get("/invoices/<uuid:invoice_id>/download/<fmt>")
 @page(*BOOKS)
+@expensive
 def invoice_download(invoice_id: uuid.UUID, fmt: str) -> Response:
     """An issued invoice as the API exports it: pdf, csv, cii or json."""
     if fmt not in exports.FORMATS:
@@ -291,6 +294,7 @@ def invoice_download(invoice_id: uuid.UUID, fmt: str) -> Response:
 
 @bp.get("/credit-notes/<uuid:note_id>/download/<fmt>")
 @page(*BOOKS)
+@expensive
 def credit_note_download(note_id: uuid.UUID, fmt: str) -> Response:
     """A credit note as the API exports it: pdf, csv, cii or json."""
     if fmt not in exports.FORMATS:

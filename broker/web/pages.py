@@ -36,6 +36,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from broker import access
 from broker.api.base import current_caller, person_of_the_session, unit_of_work
+from broker.api.limits import count_the_client
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, Unauthorized
 from broker.models import Role
@@ -140,6 +141,7 @@ def page(*roles: Role) -> Callable[[F], F]:
                 response.delete_cookie(people.SESSION_COOKIE, path="/")
                 return response
             g.caller = caller
+            count_the_client(caller.client_id)  # the API's allowance, shared with the API
             if roles and not access.has_any_role(caller, *roles):
                 return error_page(
                     Problem(
@@ -247,7 +249,9 @@ def _security_headers(response: Response) -> Response:
 
 @bp.errorhandler(BrokerError)
 def _domain_error(error: BrokerError) -> Response:
-    return error_page(problem_of(error))
+    response = error_page(problem_of(error))
+    response.headers.update(error.headers)  # Retry-After, WWW-Authenticate…
+    return response
 
 
 @bp.errorhandler(HTTPException)

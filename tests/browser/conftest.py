@@ -244,9 +244,17 @@ def sign_in(driver: Any, live: Live, email: str) -> None:
 
 
 def wait_for(driver: Any, condition: Any, timeout: float = 10.0) -> Any:
+    """Wait until `condition(driver)` holds; an element read while its page was being replaced
+    (stale, or not there yet) is read again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    waiting = WebDriverWait(
+        driver,
+        timeout,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    )
+    return waiting.until(condition)
 
 
 def session_cookies(driver: Any) -> dict[str, str]:
