@@ -38,22 +38,22 @@ run: $(RUN_STAMP) $(CATALOGUES)
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
 ## per core, each printed whole when done); beside them the browser tests, which mostly wait
-## (for a page, a machine); lint runs on the first core to be free
+## (for a page, a machine), then lint
 test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
-	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and the browser tests, in parallel =="; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite tests/browser > $$logs/browser.log 2>&1 & browser_pid=$$!; \
-	( $(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite --ignore=tests/browser > $$logs/sqlite.log 2>&1; \
-	  lite=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
-	  lint=$$?; test $$lite -eq 0 && test $$lint -eq 0 ) & lite_pid=$$!; \
+	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and the browser tests then lint, in parallel =="; \
+	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite tests/browser > $$logs/browser.log 2>&1; \
+	  browser=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
+	  lint=$$?; test $$browser -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite --ignore=tests/browser > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql --ignore=tests/browser > $$logs/postgresql.log 2>&1; pg=$$?; \
-	wait $$lite_pid; lite=$$?; wait $$browser_pid; browser=$$?; \
+	wait $$lite_pid; lite=$$?; wait $$side_pid; side=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
 	echo "== the console in Chromium (tests/browser) =="; cat $$logs/browser.log; \
-	echo "== lint (ruff, mypy), run once the SQLite suite was done =="; cat $$logs/lint.log; \
+	echo "== lint (ruff, mypy), run once the browser tests were done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \
-	test $$lite -eq 0 && test $$pg -eq 0 && test $$browser -eq 0
+	test $$lite -eq 0 && test $$pg -eq 0 && test $$side -eq 0
 
 ## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server, chromium and
 ## its driver, npm), when missing

@@ -41,7 +41,7 @@ from broker.models import Base, OrganizationKind, Role
 from broker.services import organizations
 from broker.services.audit import GENESIS_HASH
 from tests.pgcluster import PostgresCluster
-from tests.serving import PROJECT_ROOT, free_port
+from tests.serving import serve_environment
 
 # Fixtures of the console tests (a seeded demo, people signed in): tests/console_support.py.
 pytest_plugins = ["tests.console_support"]
@@ -72,18 +72,21 @@ DATABASE_FREE = (
     "tests/test_layering.py",
     "tests/test_names.py",
     "tests/test_statements.py",
+    "tests/test_translations.py",
 )
 
 
-# What a newcomer runs, on `make run`'s embedded SQLite database: the SQLite run has it.
-EMBEDDED_ONLY = ("tests/test_readme.py", "tests/test_console")
+# Run once, by the SQLite run: what a newcomer runs on `make run`'s embedded database (the
+# README); the console's pages and the command line, whose database work is the services',
+# which the API tests run on both databases.
+EMBEDDED_ONLY = ("tests/test_readme.py", "tests/test_console", "tests/test_cli.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--db") != "postgresql":
         return
     skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
-    embedded = pytest.mark.skip(reason="the README on `make run`'s database: the SQLite run")
+    embedded = pytest.mark.skip(reason="run once, by the SQLite run (see EMBEDDED_ONLY)")
     for item in items:
         if item.nodeid.startswith(DATABASE_FREE):
             item.add_marker(skip)
@@ -379,21 +382,5 @@ def serve_env(
         database_url: str = request.getfixturevalue("database_url")
     else:
         database_url = f"sqlite:///{tmp_path / 'serve.db'}"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BROKER_", "GUNICORN_", "PROMETHEUS_"))
-    }
-    env.update(
-        {
-            "HOST": "127.0.0.1",
-            "PORT": str(free_port()),
-            "BROKER_INSTANCE_PATH": str(instance),
-            "DATABASE_URL": database_url,
-            "WEB_CONCURRENCY": "2",
-            "PYTHONPATH": str(PROJECT_ROOT),
-            # gunicorn keeps its control socket under ~/.gunicorn: give this run its own.
-            "HOME": str(tmp_path),
-        }
-    )
+    env = serve_environment(database_url, instance, tmp_path)
     yield env

@@ -95,6 +95,29 @@ class Server:
         return f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-3000:]}"
 
 
+def serve_environment(database_url: str, instance: Path, home: Path) -> dict[str, str]:
+    """The environment of a `broker serve` on its own instance directory, database and free
+    port: this process's, without any broker, gunicorn or Prometheus setting of its own."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BROKER_", "GUNICORN_", "PROMETHEUS_"))
+    }
+    env.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "BROKER_INSTANCE_PATH": str(instance),
+            "DATABASE_URL": database_url,
+            "WEB_CONCURRENCY": "2",
+            "PYTHONPATH": str(PROJECT_ROOT),
+            # gunicorn keeps its control socket under ~/.gunicorn: give each run its own.
+            "HOME": str(home),
+        }
+    )
+    return env
+
+
 def start(env: dict[str, str], logs: Path, run: int, base_url: str) -> Server:
     stdout_path, stderr_path = logs / f"serve-{run}.out", logs / f"serve-{run}.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:

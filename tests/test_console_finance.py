@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from babel.numbers import format_currency
 from flask import Flask
@@ -161,16 +162,24 @@ def test_finance_credits_part_of_a_line(demo_app: Flask) -> None:
         with database(demo_app).session(read_only=True) as session:
             return session.scalar(select(func.count()).select_from(CreditNote)) or 0
 
+    def credit(fields: dict[str, str], key: str | None = None) -> Any:
+        """Send the form as shown once (its own key, or the key of a form sent before)."""
+        once = {"idempotency_key": key or str(uuid.uuid4())}
+        return browser.post(f"/invoices/{invoice.id}/credit", {**fields, **once})
+
     before = notes()
-    too_much = browser.post(
-        f"/invoices/{invoice.id}/credit", {"reason": "Outage", "line-1": "1000000"}
-    )
+    too_much = credit({"reason": "Outage", "line-1": "1000000"})
     assert too_much.status_code == 409 and "There is a problem" in text_of(too_much)
-    no_reason = browser.post(f"/invoices/{invoice.id}/credit", {"line-1": "1.00"})
+    no_reason = credit({"line-1": "1.00"})
     assert no_reason.status_code == 422 and "reason: Required." in text_of(no_reason)
     assert notes() == before
-    issued = browser.post(f"/invoices/{invoice.id}/credit", {"reason": "Outage", "line-1": "1.00"})
+    key = str(uuid.uuid4())
+    issued = credit({"reason": "Outage", "line-1": "1.00"}, key)
     assert issued.status_code == 303 and notes() == before + 1
+    # The same form sent again (a double click, a reload): the same credit note, not a second.
+    again = credit({"reason": "Outage", "line-1": "1.00"}, key)
+    assert again.status_code == 303 and again.headers["Location"] == issued.headers["Location"]
+    assert notes() == before + 1
     page = text_of(browser.get(issued.headers["Location"]))
     assert "Credit note CN-" in page and "Outage" in page and euros(Decimal("1.20"), "EUR") in page
 

@@ -37,6 +37,7 @@ from broker.services import orders as orders_service
 from broker.services import quotes
 from broker.services import resources as resources_service
 from broker.web.pages import (
+    ONCE_FIELD,
     Problem,
     bp,
     caller,
@@ -197,7 +198,6 @@ def compare() -> Response:
 # --- ordering --------------------------------------------------------------------------------
 
 ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_key")
-KEY_FIELD = "idempotency_key"
 MAX_QUANTITY = 20  # machines in one order, as the API's order schema allows
 
 
@@ -248,8 +248,6 @@ def _order_page(
         "monthly_cost": orders_service.order_monthly_cost(offer, quote.quantity)[1]
         if quote is not None
         else None,
-        "key": str(uuid.uuid4()),
-        "key_field": KEY_FIELD,
     }
     if problem is not None:
         return form_page("console/order_form.html", problem, **context)
@@ -280,7 +278,7 @@ def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
     return _order_page(offer, values, quote=quote)
 
 
-@idempotent(required=True, form_field=KEY_FIELD)
+@idempotent(required=True, form_field=ONCE_FIELD)
 def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
     """Place the order once per form shown: the form's key is claimed as the API claims an
     `Idempotency-Key`, so a second submit of the same form shows the first order."""

@@ -30,6 +30,7 @@ from broker.api.billing import (
     PeriodExportArgs,
     VoidSchema,
 )
+from broker.api.idempotency import idempotent
 from broker.api.limits import expensive
 from broker.api.schemas import ListArgs
 from broker.api.settlements import SettlementArgs
@@ -41,6 +42,7 @@ from broker.services import corrections
 from broker.services import settlements as settlements_service
 from broker.web.buyers import query_args
 from broker.web.pages import (
+    ONCE_FIELD,
     Problem,
     bp,
     caller,
@@ -226,9 +228,15 @@ def _invoice_again(
 @page(Role.FINANCE)
 def credit_invoice(invoice_id: uuid.UUID) -> BaseResponse:
     """Issue a credit note: some of what remains of each line, or all of it."""
-    context = _invoice_page(invoice_id)
     if request.method == "GET":
-        return render("console/finance/credit.html", form={}, **context)
+        return render("console/finance/credit.html", form={}, **_invoice_page(invoice_id))
+    return _issue_credit_note(invoice_id)
+
+
+@idempotent(required=True, form_field=ONCE_FIELD)
+def _issue_credit_note(invoice_id: uuid.UUID) -> BaseResponse:
+    """Once per form shown, as the API's `Idempotency-Key`: sent twice, one credit note."""
+    context = _invoice_page(invoice_id)
     form = {name: value.strip() for name, value in request.form.items()}
     asked: list[int] = []  # the line position of each credited line, in the order sent
     lines: list[dict[str, Any]] = []

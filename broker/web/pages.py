@@ -12,6 +12,7 @@ committed when the view answers below 400, rolled back otherwise.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -69,6 +70,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+# The field of a form that must do its work once however often it is sent (the API's
+# Idempotency-Key, one per form shown: `once` in the templates, `idempotent` on the view).
+ONCE_FIELD = "idempotency_key"
 # Pages (as opposed to the API's JSON) that get the headers: the console, sign-in pages.
 PAGE_BLUEPRINTS = frozenset({"console", "auth", "invitation_pages"})
 
@@ -290,7 +294,9 @@ def init_pages(app: Flask) -> None:
     # What the macros need, whether or not a template imports them `with context`.
     app.jinja_env.globals.update(
         CSRF_FIELD=people.CSRF_FIELD,
+        ONCE_FIELD=ONCE_FIELD,
         csrf_value=lambda: g.get("csrf_token") or "",
+        new_key=lambda: str(uuid.uuid4()),
         **TEMPLATE_GLOBALS,
     )
     app.after_request(_security_headers)

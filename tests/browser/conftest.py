@@ -34,7 +34,14 @@ from typing import Any
 
 import pytest
 
-from tests.serving import PROJECT_ROOT, Server, free_port, kill_leftovers, start, wait_until_up
+from tests.serving import (
+    PROJECT_ROOT,
+    Server,
+    kill_leftovers,
+    serve_environment,
+    start,
+    wait_until_up,
+)
 
 HERE = Path(__file__).resolve().parent
 AXE_SCRIPT = HERE / "node_modules" / "axe-core" / "axe.min.js"
@@ -97,29 +104,9 @@ class Live:
         return str(next(p["password"] for p in people if p["email"] == email))
 
 
-def _environment(root: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BROKER_", "GUNICORN_", "PROMETHEUS_"))
-    }
-    env.update(
-        {
-            "HOST": "127.0.0.1",
-            "PORT": str(free_port()),
-            "BROKER_INSTANCE_PATH": str(root / "instance"),
-            "DATABASE_URL": f"sqlite:///{root / 'serve.db'}",
-            "WEB_CONCURRENCY": "2",
-            "PYTHONPATH": str(PROJECT_ROOT),
-            "HOME": str(root),
-        }
-    )
-    return env
-
-
 def _serve(root: Path) -> tuple[Server, float]:
     root.mkdir(parents=True, exist_ok=True)
-    env = _environment(root)
+    env = serve_environment(f"sqlite:///{root / 'serve.db'}", root / "instance", root)
     began = time.monotonic()
     server = start(env, root, 1, f"http://127.0.0.1:{env['PORT']}")
     try:
