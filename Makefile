@@ -77,7 +77,7 @@ translations: $(RUN_STAMP)
 	$(VENV)/bin/pybabel extract -F babel.cfg -k _l -k lazy_gettext --no-location \
 	  --sort-output -o broker/translations/messages.pot broker
 	$(VENV)/bin/pybabel update -i broker/translations/messages.pot -d broker/translations \
-	  --no-fuzzy-matching
+	  --no-fuzzy-matching --ignore-obsolete
 
 ## screenshots: every main page in French and English, written to screenshots/ (ignored)
 screenshots: $(STAMP) $(CATALOGUES) system-packages $(AXE)

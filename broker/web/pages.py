@@ -223,6 +223,8 @@ def navigation(person: Caller) -> list[tuple[str, Any]]:
         ((Role.APPROVER,), "console.agency", _l("Agency")),
         ((Role.PROVIDER,), "console.provider_home", _l("My provider")),
         ((Role.PROVIDER,), "console.provider_offers", _l("Offers")),
+        ((Role.PROVIDER,), "console.provider_machines", _l("Machines on your cloud")),
+        ((Role.PROVIDER,), "console.provider_usage", _l("Usage reported")),
         ((Role.FINANCE, Role.ADMIN), "console.invoices", _l("Invoices")),
         ((Role.FINANCE,), "console.billing_runs", _l("Billing runs")),
         ((Role.FINANCE, Role.PROVIDER), "console.settlements", _l("Settlements")),
