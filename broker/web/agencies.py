@@ -32,6 +32,7 @@ from broker.services import organizations as organizations_service
 from broker.services import policies as policies_service
 from broker.services import webhooks as webhooks_service
 from broker.services.preconditions import IfMatch, etag
+from broker.web.i18n import typed_amount
 from broker.web.pages import Problem, bp, caller, done, page, problem_of, render
 
 PAGE_SIZE = 50
@@ -170,10 +171,8 @@ def _policy_form(policy: policies_service.PolicyView) -> dict[str, Any]:
     """The form's values for a stored policy."""
     return {
         "currency": policy.currency or "EUR",
-        "monthly_budget": "" if policy.monthly_budget is None else str(policy.monthly_budget),
-        "approval_threshold": (
-            "" if policy.approval_threshold is None else str(policy.approval_threshold)
-        ),
+        "monthly_budget": typed_amount(policy.monthly_budget),
+        "approval_threshold": typed_amount(policy.approval_threshold),
         "required_certifications": sorted(policy.sovereignty.required_certifications),
         "allowed_countries": ", ".join(sorted(policy.sovereignty.allowed_countries)),
         "forbid_extraterritorial": policy.sovereignty.forbid_extraterritorial,

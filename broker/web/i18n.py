@@ -78,6 +78,14 @@ def number(value: Decimal | int | float | None, digits: int = 2) -> str:
     return format_decimal(Decimal(str(value)), format=pattern)
 
 
+def typed_amount(amount: Decimal | None) -> str:
+    """An amount as a form field shows it to be edited: `20000`, `12.5` (no trailing zeros,
+    the notation the API's schemas read)."""
+    if amount is None:
+        return ""
+    return format(amount.normalize(), "f")
+
+
 def when(value: datetime | date | None, style: str = "medium") -> str:
     """A date and time (UTC) or a date, in the page's locale."""
     if value is None:
