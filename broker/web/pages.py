@@ -59,11 +59,13 @@ bp = Blueprint(
     static_url_path="/assets",
 )
 
-# Every console page: no script or style but the site's own files, never framed.
+# Every console page: no script or style but the site's own files, never framed. (No
+# `form-action`: signing out posts here and is then sent on to the identity provider's own
+# logout, which browsers would block as a form's redirect elsewhere.)
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -193,55 +195,46 @@ def done(endpoint: str, message: str | None = None, **values: Any) -> BaseRespon
     return redirect(url_for(endpoint, **values), 303)
 
 
-def form_data() -> dict[str, list[str]]:
-    """The posted form without the CSRF token, each field as the list of its values."""
-    return {
-        name: values
-        for name, values in request.form.lists()
-        if name != people.CSRF_FIELD and name != "action"
-    }
-
-
 def _template_context() -> dict[str, Any]:
     person = g.get("caller")
     return {
         "person": person,
         "csrf_token": g.get("csrf_token"),
-        "CSRF_FIELD": people.CSRF_FIELD,
         "navigation": navigation(person) if person is not None else [],
     }
 
 
-def navigation(person: Caller) -> list[tuple[str, Any]]:
-    """The sections this person's roles open, in the order they are used."""
-    sections: list[tuple[tuple[Role, ...], str, Any]] = [
-        ((Role.BUYER, Role.APPROVER), "console.catalogue", _l("Catalogue")),
-        ((Role.BUYER, Role.APPROVER), "console.orders", _l("Orders")),
-        ((Role.BUYER, Role.APPROVER), "console.machines", _l("Machines")),
-        ((Role.BUYER, Role.APPROVER), "console.usage", _l("Usage")),
-        ((Role.APPROVER,), "console.approvals", _l("Approvals")),
-        ((Role.APPROVER,), "console.agency", _l("Agency")),
-        ((Role.PROVIDER,), "console.provider_home", _l("My provider")),
-        ((Role.PROVIDER,), "console.provider_offers", _l("Offers")),
-        ((Role.PROVIDER,), "console.provider_machines", _l("Machines on your cloud")),
-        ((Role.PROVIDER,), "console.provider_usage", _l("Usage reported")),
-        ((Role.FINANCE, Role.ADMIN), "console.invoices", _l("Invoices")),
-        ((Role.FINANCE,), "console.billing_runs", _l("Billing runs")),
-        ((Role.FINANCE, Role.PROVIDER), "console.settlements", _l("Settlements")),
-        ((Role.ASSESSOR, Role.ADMIN), "console.evidence_queue", _l("Evidence")),
-        ((Role.ADMIN,), "console.organizations", _l("Organizations")),
-        ((Role.ADMIN,), "console.providers", _l("Providers")),
-        ((Role.ADMIN,), "console.identity_providers", _l("Identity providers")),
-        ((Role.ADMIN,), "console.api_clients", _l("API clients")),
-        ((Role.ADMIN,), "console.audit", _l("Audit log")),
-    ]
-    from flask import current_app
+# The console's sections, in the order they are used, and the roles that open each.
+SECTIONS: tuple[tuple[tuple[Role, ...], str, Any], ...] = (
+    ((Role.BUYER, Role.APPROVER), "console.catalogue", _l("Catalogue")),
+    ((Role.BUYER, Role.APPROVER), "console.orders", _l("Orders")),
+    ((Role.BUYER, Role.APPROVER), "console.machines", _l("Machines")),
+    ((Role.BUYER, Role.APPROVER), "console.usage", _l("Usage")),
+    ((Role.APPROVER,), "console.approvals", _l("Approvals")),
+    ((Role.APPROVER,), "console.agency", _l("Agency")),
+    ((Role.PROVIDER,), "console.provider_home", _l("My provider")),
+    ((Role.PROVIDER,), "console.provider_offers", _l("Offers")),
+    ((Role.PROVIDER,), "console.provider_machines", _l("Machines on your cloud")),
+    ((Role.PROVIDER,), "console.provider_usage", _l("Usage reported")),
+    ((Role.FINANCE, Role.ADMIN), "console.invoices", _l("Invoices")),
+    ((Role.FINANCE,), "console.billing_runs", _l("Billing runs")),
+    ((Role.FINANCE, Role.ADMIN, Role.PROVIDER), "console.settlements", _l("Settlements")),
+    ((Role.ASSESSOR, Role.ADMIN), "console.evidence_queue", _l("Evidence")),
+    ((Role.ADMIN,), "console.organizations", _l("Organizations")),
+    ((Role.ADMIN,), "console.providers", _l("Providers")),
+    ((Role.ADMIN,), "console.identity_providers", _l("Identity providers")),
+    ((Role.ADMIN,), "console.api_clients", _l("API clients")),
+    ((Role.ADMIN,), "console.audit", _l("Audit log")),
+)
 
-    shown = []
-    for roles, endpoint, label in sections:
-        if access.has_any_role(person, *roles) and endpoint in current_app.view_functions:
-            shown.append((endpoint, label))
-    return shown
+
+def navigation(person: Caller) -> list[tuple[str, Any]]:
+    """The sections this person's roles open: (endpoint, label)."""
+    return [
+        (endpoint, label)
+        for roles, endpoint, label in SECTIONS
+        if access.has_any_role(person, *roles)
+    ]
 
 
 def _security_headers(response: Response) -> Response:
