@@ -1,10 +1,13 @@
-"""The `broker` command line, run for real as a subprocess, and the demo seed.
+"""The `broker` command line and the demo seed.
 
-Each command runs as `python -m broker.cli …` in a child process whose environment names the
-test's database (`DATABASE_URL`, SQLite or PostgreSQL) and a private instance directory, just
-as an operator runs it. What the commands print is what the user reads: JSON on success, a
-one-line message (never a traceback) and a non-zero exit on failure. Credentials printed by
-`broker clients create` and returned by `seed_demo` must get real tokens at `/oauth/token`.
+Each command runs through click's own runner, with an environment naming the test's database
+(`DATABASE_URL`) and a private instance directory, as an operator runs it: the same parsing,
+output and exit code, in this process (a child process costs a second of imports a command;
+`test_the_console_script_runs_as_a_process_of_its_own` runs one for real, and the README's
+test and tests/test_serve.py run `broker` as people do). What the commands print is what the
+user reads: JSON on success, a one-line message (never a traceback) and a non-zero exit on
+failure. Credentials printed by `broker clients create` and returned by `seed_demo` must get
+real tokens at `/oauth/token`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import stat
 import subprocess
 import sys
+import traceback
 import urllib.error
 import urllib.request
 import uuid
@@ -24,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
+from broker.cli import main
 from broker.db import Database
 from broker.models import ApiClient, AuditEvent, Organization, OrganizationKind, Provider, Role
 from broker.seed import DemoCredential, seed_demo
@@ -42,6 +48,20 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _run(database_url: str, instance: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`broker ARGS` against this database and instance. An unexpected exception leaves its
+    traceback in stderr, as it would in a terminal (so "no traceback" checks mean something)."""
+    env = {"DATABASE_URL": database_url, "BROKER_INSTANCE_PATH": str(instance)}
+    result = CliRunner().invoke(main, list(args), env=env)
+    stderr = result.stderr
+    if result.exc_info is not None and not isinstance(result.exc_info[1], SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["broker", *args], result.exit_code, result.stdout, stderr)
+
+
+def _run_process(
+    database_url: str, instance: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m broker.cli ARGS` in a child process, as the console script runs."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -406,6 +426,15 @@ def test_commands_on_an_unmigrated_database_say_to_run_db_upgrade(
     assert "broker db upgrade" in output
     # 2: could not do the work (1 is kept for "the audit chain is broken").
     assert result.returncode == 2
+
+
+def test_the_console_script_runs_as_a_process_of_its_own(tmp_path: Path, instance: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'never-migrated.db'}"
+    refused = _run_process(url, instance, "clients", "list")
+    assert refused.returncode == 2 and "broker db upgrade" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _run_process(url, instance, "db", "upgrade").returncode == 0
+    assert json.loads(_run_process(url, instance, "clients", "list").stdout) == []
 
 
 def test_an_unreachable_database_gives_a_message_not_a_traceback(instance: Path) -> None:
