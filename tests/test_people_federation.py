@@ -127,6 +127,8 @@ def test_a_person_of_an_agency_by_siret_joins_without_roles_until_granted(
     assert (me["kind"], me["email"], me["name"]) == ("person", PERSON["email"], "Camille Durand")
     assert str(me["organization_id"]) == agency.organization_id
     assert me["roles"] == []
+    # New to the broker: the console speaks the language their browser asked for.
+    assert me["language"] == "en"
 
     setup = make_provider(client, admin, make_user)
     offer, _ = published_offer(client, setup.operator, setup.id)
@@ -182,6 +184,16 @@ def test_an_unknown_provider_and_a_stale_callback_are_refused_with_a_page(
     assert unknown.status_code == 404 and "No such identity provider" in unknown.text
     stale = requests.get(f"{base_url}/auth/callback?code=x&state=y", headers=EN, timeout=10)
     assert stale.status_code == 400 and "expired" in stale.text
+
+
+def test_a_new_persons_language_is_their_providers_locale_before_their_browsers(
+    base_url: str, provider_id: str, fake: FakeOidc, agency: ApiUser
+) -> None:
+    fake.person["locale"] = "fr-CA"
+    answer = browser_sign_in(base_url, provider_id)  # the browser asks for English
+    assert answer.status_code == 200, answer.text
+    me = answer.browser.get(f"{base_url}/v1/me", timeout=10).json()  # type: ignore[attr-defined]
+    assert me["language"] == "fr"
 
 
 def test_a_person_whose_organization_is_unknown_is_told_to_ask_for_an_invitation(
