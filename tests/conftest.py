@@ -77,9 +77,14 @@ DATABASE_FREE = (
 
 
 # Run once, by the SQLite run: what a newcomer runs on `make run`'s embedded database (the
-# README), and the console's pages, whose database work is the services', which the API tests
-# run on both databases.
-EMBEDDED_ONLY = ("tests/test_readme.py", "tests/test_console")
+# README, `broker serve`, the command line), and the console's pages, whose database work is
+# the services', which the API tests run on both databases.
+EMBEDDED_ONLY = (
+    "tests/test_readme.py",
+    "tests/test_serve.py",
+    "tests/test_cli.py",
+    "tests/test_console",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
