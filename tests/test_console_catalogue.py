@@ -15,3 +15,10 @@ def test_a_buyer_filters_the_catalogue_by_a_certification(demo_app: Flask) -> No
     words = text_of(certified)
     assert "Catalogue" in words and "Certification valid today" in words
     assert len(words) < len(everything)
+
+
+def test_the_tier_filter_keeps_tier_iv_sites_only(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    words = text_of(browser.get("/catalogue?min_datacenter_tier=4"))
+    assert "Tier 4" in words and "Tier 3" not in words
+    assert "Tier 3" in text_of(browser.get("/catalogue"))

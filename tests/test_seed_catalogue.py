@@ -213,6 +213,19 @@ def test_every_filter_has_something_to_show(
     assert 0 < len(found) < len(everything), query
 
 
+def test_a_datacenter_tier_filter_keeps_the_offers_of_that_tier_or_above(
+    client: FlaskClient, seeded_buyer: ApiUser
+) -> None:
+    everything = search(client, seeded_buyer)
+    tier_four = search(client, seeded_buyer, "min_datacenter_tier=4")
+    assert {offer["id"] for offer in tier_four} == {
+        offer["id"] for offer in everything if (offer["datacenter_tier"] or 0) >= 4
+    }
+    assert 0 < len(tier_four) < len(everything)
+    refused = client.get("/v1/offers?min_datacenter_tier=5", headers=seeded_buyer.headers)
+    assert refused.status_code == 422 and "min_datacenter_tier" in refused.json["errors"]
+
+
 @pytest.mark.parametrize("sort", ["monthly_price", "-vcpu", "ram_gib", "-name"])
 def test_every_sort_orders_the_whole_catalogue(
     client: FlaskClient, seeded_buyer: ApiUser, sort: str

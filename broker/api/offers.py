@@ -224,7 +224,7 @@ class SearchArgs(ListArgs):
     kind = ma.fields.String(load_default=None, validate=ma.validate.OneOf(KINDS))
     min_vcpu = ma.fields.Integer(load_default=None, validate=ma.validate.Range(min=0, max=1024))
     min_ram_gib = ma.fields.Float(load_default=None, validate=ma.validate.Range(min=0, max=65536))
-    min_tier = ma.fields.Integer(
+    min_datacenter_tier = ma.fields.Integer(
         load_default=None,
         validate=ma.validate.Range(min=1, max=4),
         metadata={"description": "Uptime Institute tier of the datacenter, at least (1–4)."},

@@ -431,7 +431,7 @@ class Search:
     kind: str | None = None
     min_vcpu: int | None = None
     min_ram_gib: float | None = None
-    min_tier: int | None = None
+    min_datacenter_tier: int | None = None
     max_monthly_price: Decimal | None = None
     currency: str | None = None
     certification: str | None = None
@@ -480,8 +480,8 @@ def search_offers(
         conditions.append(Offer.vcpu >= search.min_vcpu)
     if search.min_ram_gib is not None:
         conditions.append(Offer.ram_gib >= gib(search.min_ram_gib))
-    if search.min_tier is not None:
-        conditions.append(Offer.datacenter_tier >= search.min_tier)
+    if search.min_datacenter_tier is not None:
+        conditions.append(Offer.datacenter_tier >= search.min_datacenter_tier)
     if search.currency is not None:
         conditions.append(Offer.currency == search.currency.upper())
     if search.max_monthly_price is not None:
