@@ -3,6 +3,7 @@ with its version, members, invitations and webhooks."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from flask import Flask
@@ -130,6 +131,17 @@ def test_members_invitations_and_webhooks(demo_app: Flask) -> None:
     assert webhooks.status_code == 200 and "Add an endpoint" in text_of(webhooks)
     wrong = browser.post("/agency/webhooks", {"url": "ftp://example.org"})
     assert wrong.status_code == 422 and 'id="error-url"' in wrong.get_data(as_text=True)
+    added = browser.post("/agency/webhooks", {"url": "https://receiver.example.net/hooks"})
+    assert added.status_code == 201, text_of(added)
+    assert "https://receiver.example.net/hooks" in text_of(browser.get("/agency/webhooks"))
+    [endpoint_id] = re.findall(
+        r"/agency/webhooks/([0-9a-f-]{36})/delete", added.get_data(as_text=True)
+    )
+    removed = browser.post(f"/agency/webhooks/{endpoint_id}/delete")
+    assert removed.status_code == 303
+    after = text_of(browser.get("/agency/webhooks"))
+    assert "The endpoint https://receiver.example.net/hooks is removed." in after
+    assert "No endpoint yet." in after
 
 
 def test_buyers_are_refused_and_posts_need_the_csrf_token(demo_app: Flask) -> None:

@@ -399,3 +399,13 @@ def disable_webhook(endpoint_id: uuid.UUID) -> BaseResponse:
     """Stop delivering to an endpoint until it is enabled again."""
     endpoint = webhooks_service.disable_endpoint(request_session(), caller(), endpoint_id)
     return done("console.webhooks", gettext("Deliveries to %(url)s stop.", url=endpoint.url))
+
+
+@bp.post("/agency/webhooks/<uuid:endpoint_id>/delete")
+@page(Role.APPROVER)
+def delete_webhook(endpoint_id: uuid.UUID) -> BaseResponse:
+    """Remove an endpoint; deliveries still queued for it are dropped."""
+    endpoint = webhooks_service.get_endpoint(request_session(), caller(), endpoint_id)
+    url = endpoint.url
+    webhooks_service.delete_endpoint(request_session(), caller(), endpoint_id)
+    return done("console.webhooks", gettext("The endpoint %(url)s is removed.", url=url))
