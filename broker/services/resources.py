@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing.metering import hour_slices, period_bounds, period_of, running_intervals
-from billing.rating import rate, usage_for
+from billing.rating import Price, rate, usage_for
 from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound
@@ -154,42 +154,61 @@ def list_resources(
 RUNNING_METRICS = (usage.INSTANCE_HOUR, "vcpu_hour", "ram_gib_hour")
 
 
-def cost_this_period(session: Session, resource: Resource, now: datetime) -> dict[str, Any]:
-    """What `resource` has cost so far this period, before tax, at its order's prices.
+def _usage_by_day(
+    session: Session, resource: Resource, now: datetime
+) -> tuple[dict[datetime, dict[str, Fraction]], dict[str, Price]]:
+    """What `resource` used each UTC day of this period so far (the day's first instant →
+    metric → quantity), and its order's prices.
 
-    Each metric counts its usage in the ledger; a running-time metric also counts the time the
-    machine ran after that usage ends (after the meter's cursor for `instance_hour`, after the
-    last record of the metric for the others), times what the machine consumes an hour. Usage
-    arriving replaces that estimate, since the estimate only starts where the usage ends.
-    """
-    period = period_of(now)
-    first = period_bounds(period)[0]
-    quantities: dict[str, Fraction] = {}
+    Each metric counts its usage in the ledger (on the day its record starts); a running-time
+    metric also counts the time the machine ran after that usage ends (after the meter's cursor
+    for `instance_hour`, after the last record of the metric for the others), times what the
+    machine consumes an hour, each hour on its day. Usage arriving replaces that estimate, since
+    the estimate only starts where the usage ends."""
+    first = period_bounds(period_of(now))[0]
+    by_day: dict[datetime, dict[str, Fraction]] = {}
     arrived: dict[str, datetime] = {}
-    for metric, total, last_end in session.execute(
-        select(UsageRecord.metric, func.sum(UsageRecord.quantity), func.max(UsageRecord.end))
-        .where(UsageRecord.resource_id == resource.id, UsageRecord.period == period)
-        .group_by(UsageRecord.metric)
+
+    def add(at: datetime, metric: str, quantity: Fraction) -> None:
+        day = max(at, first).replace(hour=0, minute=0, second=0, microsecond=0)
+        on_day = by_day.setdefault(day, {})
+        on_day[metric] = on_day.get(metric, Fraction(0)) + quantity
+
+    for metric, start, end, quantity in session.execute(
+        select(UsageRecord.metric, UsageRecord.start, UsageRecord.end, UsageRecord.quantity).where(
+            UsageRecord.resource_id == resource.id, UsageRecord.period == period_of(now)
+        )
     ):
-        quantities[metric], arrived[metric] = total, last_end
+        add(start, metric, quantity)
+        arrived[metric] = max(arrived.get(metric, end), end)
     arrived[usage.INSTANCE_HOUR] = usage.metered_until(session) or first
     spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
     offer = session.get_one(Offer, resource.offer_id)
     per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
     for metric in RUNNING_METRICS:
         since = max(arrived.get(metric, first), first)
-        hours = sum((piece.hours for piece in hour_slices(spans, since, now)), Fraction(0))
-        if hours:
-            quantities[metric] = quantities.get(metric, Fraction(0)) + hours * per_hour[metric]
+        for piece in hour_slices(spans, since, now):
+            add(piece.hour, metric, piece.hours * per_hour[metric])
     order = session.get(Order, resource.order_id)
     prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
+    return by_day, prices
+
+
+def cost_this_period(session: Session, resource: Resource, now: datetime) -> dict[str, Any]:
+    """What `resource` has cost so far this period, before tax, at its order's prices: the
+    usage of `_usage_by_day`, rated per metric."""
+    by_day, prices = _usage_by_day(session, resource, now)
+    quantities: dict[str, Fraction] = {}
+    for on_day in by_day.values():
+        for metric, quantity in on_day.items():
+            quantities[metric] = quantities.get(metric, Fraction(0)) + quantity
     lines = [
         rate(prices[metric], quantity)
         for metric, quantity in sorted(quantities.items())
         if metric in prices
     ]
     return {
-        "period": period,
+        "period": period_of(now),
         "currency": resource.currency,
         "amount": sum((line.amount for line in lines), Decimal(0)),
         "lines": lines,
@@ -407,41 +426,12 @@ def cost_by_day(
     session: Session, resource: Resource, now: datetime
 ) -> list[tuple[datetime, Decimal]]:
     """What `resource` cost each UTC day of this period so far (the day's first instant, the
-    amount), before tax: the usage and running-time estimate `cost_this_period` counts, each
-    hour of it on its day. A day's amount is the rise of the period's cost over the day, so
+    amount), before tax. A day's amount is the rise of the period's cost over the day, so
     graduated prices apply to the running total and the days add up to `cost_this_period`."""
-    from datetime import timedelta
-
-    period = period_of(now)
-    first = period_bounds(period)[0]
-    by_day: dict[datetime, dict[str, Fraction]] = {}
-    arrived: dict[str, datetime] = {}
-
-    def add(at: datetime, metric: str, quantity: Fraction) -> None:
-        day = max(at, first).replace(hour=0, minute=0, second=0, microsecond=0)
-        on_day = by_day.setdefault(day, {})
-        on_day[metric] = on_day.get(metric, Fraction(0)) + quantity
-
-    for metric, start, end, quantity in session.execute(
-        select(UsageRecord.metric, UsageRecord.start, UsageRecord.end, UsageRecord.quantity).where(
-            UsageRecord.resource_id == resource.id, UsageRecord.period == period
-        )
-    ):
-        add(start, metric, quantity)
-        arrived[metric] = max(arrived.get(metric, end), end)
-    arrived[usage.INSTANCE_HOUR] = usage.metered_until(session) or first
-    spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
-    offer = session.get_one(Offer, resource.offer_id)
-    per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
-    for metric in RUNNING_METRICS:
-        since = max(arrived.get(metric, first), first)
-        for piece in hour_slices(spans, since, now):
-            add(piece.hour, metric, piece.hours * per_hour[metric])
-    order = session.get(Order, resource.order_id)
-    prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
+    by_day, prices = _usage_by_day(session, resource, now)
     days: list[tuple[datetime, Decimal]] = []
     running: dict[str, Fraction] = {}
-    before, day = Decimal(0), first
+    before, day = Decimal(0), period_bounds(period_of(now))[0]
     while day <= now:
         for metric, quantity in by_day.get(day, {}).items():
             running[metric] = running.get(metric, Fraction(0)) + quantity

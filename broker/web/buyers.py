@@ -233,6 +233,14 @@ def _quote(offer: Offer, quantity: int) -> quotes.Quote | None:
         return None
 
 
+def _typed_quote(offer: Offer, values: Mapping[str, str]) -> quotes.Quote | None:
+    """The policy's verdict for the quantity typed, when it is one an order may have (shown
+    beside the form's other mistakes)."""
+    quantity = _whole(values["quantity"])
+    fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
+    return _quote(offer, quantity) if fine else None
+
+
 def _order_page(
     offer: Offer,
     values: Mapping[str, str],
@@ -267,10 +275,8 @@ def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
     values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
     try:
         data = _order_data(offer_id, values)
-    except ma.ValidationError as error:  # the policy's verdict still, when the quantity is fine
-        quantity = _whole(values["quantity"])
-        fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
-        return _order_page(offer, values, error, _quote(offer, quantity) if fine else None)
+    except ma.ValidationError as error:
+        return _order_page(offer, values, error, _typed_quote(offer, values))
     quote = _quote(offer, data["quantity"])
     if quote is None:
         words = gettext("This offer cannot be ordered now.")
@@ -290,9 +296,7 @@ def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
     except (BrokerError, ma.ValidationError) as error:
         request_session().rollback()
         offer = offers_service.get_offer(request_session(), person, offer_id)
-        quantity = _whole(values["quantity"])
-        fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
-        return _order_page(offer, values, error, _quote(offer, quantity) if fine else None)
+        return _order_page(offer, values, error, _typed_quote(offer, values))
     if order.state is OrderState.PENDING_APPROVAL:
         message = gettext("Your order is placed. It waits for an approver of your agency.")
     else:
