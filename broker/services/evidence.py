@@ -577,6 +577,13 @@ def reject(
     return item
 
 
+def withdrawable(item: Evidence) -> bool:
+    """What its operators may take back: a pending claim, or a verified certification."""
+    return item.state is EvidenceState.PENDING or (
+        item.state is EvidenceState.VERIFIED and item.kind is EvidenceKind.CERTIFICATION
+    )
+
+
 def withdraw(
     session: Session, caller: Caller, provider_id: uuid.UUID, evidence_id: uuid.UUID, now: datetime
 ) -> Evidence:
@@ -586,10 +593,7 @@ def withdraw(
     if not access.operates(caller, provider):
         raise NotFound("No such provider among those you operate.")
     item = _evidence(session, provider, evidence_id)
-    withdrawable = item.state is EvidenceState.PENDING or (
-        item.state is EvidenceState.VERIFIED and item.kind is EvidenceKind.CERTIFICATION
-    )
-    if not withdrawable:
+    if not withdrawable(item):
         raise Conflict(
             f"This evidence is {item.state}: only pending claims and verified certifications "
             "can be withdrawn.",

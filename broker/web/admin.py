@@ -16,8 +16,8 @@ from werkzeug.wrappers import Response as BaseResponse
 from broker.api.audit import AuditListArgs
 from broker.api.base import now, provider_runtime, request_session
 from broker.api.identity_providers import IdentityProviderCreateSchema
+from broker.api.limits import expensive
 from broker.api.organizations import ClientCreateSchema, OrganizationCreateSchema
-from broker.api.schemas import ListArgs
 from broker.errors import BrokerError, NotFound
 from broker.models import Organization, OrganizationKind, Role
 from broker.services import audit as audit_service
@@ -26,16 +26,20 @@ from broker.services import members as members_service
 from broker.services import organizations as organizations_service
 from broker.services import providers as providers_service
 from broker.services.preconditions import IfMatch, etag
-from broker.web.pages import Problem, bp, caller, done, page, problem_of, render
+from broker.web.pages import (
+    Problem,
+    bp,
+    caller,
+    cursor_arg,
+    done,
+    filters,
+    page,
+    problem_of,
+    query_args,
+    render,
+)
 
 EVERYTHING = 200  # the consortium's organizations, providers, clients: one page of them
-
-
-def _cursor() -> str:
-    try:
-        return str(ListArgs().load({"cursor": request.args.get("cursor", "")})["cursor"])
-    except ma.ValidationError:
-        return ""
 
 
 def _organizations() -> list[Organization]:
@@ -111,7 +115,9 @@ def create_organization() -> Response | BaseResponse:
 def providers() -> Response:
     """The providers: state, where they operate, which foreign laws reach them, and how much
     of their evidence is verified, pending or rejected."""
-    found = providers_service.list_providers(request_session(), limit=EVERYTHING, cursor=_cursor())
+    found = providers_service.list_providers(
+        request_session(), limit=EVERYTHING, cursor=cursor_arg()
+    )
     return render(
         "console/admin/providers.html",
         providers=found.items,
@@ -333,23 +339,20 @@ def disable_identity_provider(provider_id: uuid.UUID) -> Response | BaseResponse
 
 @bp.get("/admin/audit")
 @page(Role.ADMIN)
+@expensive  # it walks the whole hash chain
 def audit() -> Response:
     """The audit log, newest first, with whether its hash chain holds from the first event."""
     session = request_session()
-    args = {name: value for name, value in request.args.items() if value.strip()}
-    problem: Problem | None = None
-    try:
-        filters = AuditListArgs().load(args)
-    except ma.ValidationError as error:
-        problem, filters = problem_of(error), AuditListArgs().load({})
+    args = query_args()
+    wanted, problem = filters(AuditListArgs, args)
     # First: the walk through the chain lets go of what the session holds.
     report = audit_service.verify_chain(session)
     try:
-        found = audit_service.list_events(session, caller(), **filters, newest_first=True)
+        found = audit_service.list_events(session, caller(), **wanted, newest_first=True)
     except BrokerError as error:  # a cursor of another listing
         problem = problem_of(error)
         found = audit_service.list_events(
-            session, caller(), **{**filters, "cursor": ""}, newest_first=True
+            session, caller(), **{**wanted, "cursor": ""}, newest_first=True
         )
     names = members_service.person_names(
         session, [event.actor_client_id for event in found.items if event.actor_client_id]

@@ -20,7 +20,6 @@ from broker.api.invitations import InvitationCreateSchema
 from broker.api.members import RolesSchema
 from broker.api.orders import RejectSchema
 from broker.api.policies import PolicySchema
-from broker.api.schemas import ListArgs
 from broker.api.webhooks import WebhookCreateSchema
 from broker.errors import BrokerError, NotFound, PreconditionFailed
 from broker.models import OrderState, Role
@@ -33,17 +32,9 @@ from broker.services import policies as policies_service
 from broker.services import webhooks as webhooks_service
 from broker.services.preconditions import IfMatch, etag
 from broker.web.i18n import typed_amount
-from broker.web.pages import Problem, bp, caller, done, page, problem_of, render
+from broker.web.pages import Problem, bp, caller, cursor_arg, done, page, problem_of, render
 
 PAGE_SIZE = 50
-
-
-def _cursor() -> str:
-    """The page asked for in the query string (a cursor that is not one: the first page)."""
-    try:
-        return str(ListArgs().load({"cursor": request.args.get("cursor", "")})["cursor"])
-    except ma.ValidationError:
-        return ""
 
 
 def _agency_id() -> uuid.UUID:
@@ -69,7 +60,7 @@ def _inbox(
     """The inbox, with what went wrong with the order `order_id` when something did."""
     session, person, moment = request_session(), caller(), now()
     found = orders_service.list_orders(
-        session, person, limit=PAGE_SIZE, cursor=_cursor(), state=OrderState.PENDING_APPROVAL
+        session, person, limit=PAGE_SIZE, cursor=cursor_arg(), state=OrderState.PENDING_APPROVAL
     )
     waiting = [
         {

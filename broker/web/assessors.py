@@ -18,18 +18,24 @@ from broker.api.schemas import ListArgs
 from broker.errors import BrokerError, NotFound
 from broker.models import EvidenceState, Role
 from broker.services import evidence as evidence_service
-from broker.web.pages import Problem, bp, caller, done, page, problem_of, render
+from broker.web.pages import (
+    Problem,
+    bp,
+    caller,
+    done,
+    filters,
+    page,
+    problem_of,
+    query_args,
+    render,
+)
 
 CONSORTIUM = (Role.ASSESSOR, Role.ADMIN)
 
 
 def _queue(problem: Problem | None = None, failed: uuid.UUID | None = None) -> Response:
     """The pending claims, oldest first; `failed`: the claim a refused decision was about."""
-    problem_of_args: Problem | None = None
-    try:
-        args = ListArgs().load({k: v for k, v in request.args.items() if v.strip()})
-    except ma.ValidationError as error:
-        problem_of_args, args = problem_of(error), ListArgs().load({})
+    args, problem_of_args = filters(ListArgs, query_args())
     found = evidence_service.list_evidence(
         request_session(),
         caller(),

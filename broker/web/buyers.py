@@ -43,10 +43,13 @@ from broker.web.pages import (
     caller,
     done,
     error_page,
+    filters,
     form_page,
     page,
     problem_of,
+    query_args,
     render,
+    whole_number,
 )
 from broker.web.words import ACTION_DONE, state_label
 
@@ -54,11 +57,6 @@ BUYING = (Role.BUYER, Role.APPROVER)
 # Who reads an agency's orders and machines (as the API: admins read every agency's).
 READING = (Role.BUYER, Role.APPROVER, Role.ADMIN)
 COMPARED = (2, 4)  # fewest and most offers side by side
-
-
-def query_args() -> dict[str, Any]:
-    """The query string without the fields a GET form sends empty."""
-    return {name: value for name, value in request.args.items() if value.strip() != ""}
 
 
 # --- catalogue and offers --------------------------------------------------------------------
@@ -70,11 +68,7 @@ def query_args() -> dict[str, Any]:
 def catalogue() -> Response:
     """Search the catalogue with every filter of the API, sorted, a page at a time."""
     args = query_args()
-    problem: Problem | None = None
-    try:
-        search = SearchArgs().load(args)
-    except ma.ValidationError as error:
-        problem, search = problem_of(error), SearchArgs().load({})
+    search, problem = filters(SearchArgs, args)
     limit, cursor = search.pop("limit"), search.pop("cursor")
     session = request_session()
     try:
@@ -201,12 +195,6 @@ ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_k
 MAX_QUANTITY = 20  # machines in one order, as the API's order schema allows
 
 
-def _whole(value: str) -> Any:
-    """A form's text as the JSON number the API's schema expects, when it is one."""
-    text = value.strip()
-    return int(text) if text.isdigit() else text
-
-
 def _order_data(offer_id: uuid.UUID, values: Mapping[str, str]) -> dict[str, Any]:
     """The form's fields checked by the API's own order schema."""
     parameters = {
@@ -216,7 +204,7 @@ def _order_data(offer_id: uuid.UUID, values: Mapping[str, str]) -> dict[str, Any
     }
     body: dict[str, Any] = {
         "offer_id": str(offer_id),
-        "quantity": _whole(values.get("quantity", "")),
+        "quantity": whole_number(values.get("quantity", "")),
         "name": values.get("name", "").strip(),
         "parameters": parameters,
     }
@@ -236,7 +224,7 @@ def _quote(offer: Offer, quantity: int) -> quotes.Quote | None:
 def _typed_quote(offer: Offer, values: Mapping[str, str]) -> quotes.Quote | None:
     """The policy's verdict for the quantity typed, when it is one an order may have (shown
     beside the form's other mistakes)."""
-    quantity = _whole(values["quantity"])
+    quantity = whole_number(values["quantity"])
     fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
     return _quote(offer, quantity) if fine else None
 
@@ -318,11 +306,7 @@ def _offers_of(ids: set[uuid.UUID]) -> dict[uuid.UUID, Offer]:
 def orders() -> Response:
     """The agency's orders, newest first, by state, a page at a time."""
     args = query_args()
-    problem: Problem | None = None
-    try:
-        loaded = OrderListArgs().load(args)
-    except ma.ValidationError as error:
-        problem, loaded = problem_of(error), OrderListArgs().load({})
+    loaded, problem = filters(OrderListArgs, args)
     found = orders_service.list_orders(request_session(), caller(), **loaded)
     return render(
         "console/orders.html",
@@ -375,11 +359,7 @@ def cancel_order(order_id: uuid.UUID) -> BaseResponse:
 def machines() -> Response:
     """The agency's machines with their state, newest first, a page at a time."""
     args = query_args()
-    problem: Problem | None = None
-    try:
-        loaded = ResourceListArgs().load(args)
-    except ma.ValidationError as error:
-        problem, loaded = problem_of(error), ResourceListArgs().load({})
+    loaded, problem = filters(ResourceListArgs, args)
     found = resources_service.list_resources(request_session(), caller(), **loaded)
     return render(
         "console/machines.html",

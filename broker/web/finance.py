@@ -40,7 +40,6 @@ from broker.models import InvoiceState, Role
 from broker.services import billing as billing_service
 from broker.services import corrections
 from broker.services import settlements as settlements_service
-from broker.web.buyers import query_args
 from broker.web.pages import (
     ONCE_FIELD,
     Problem,
@@ -50,6 +49,7 @@ from broker.web.pages import (
     error_page,
     page,
     problem_of,
+    query_args,
     render,
 )
 from broker.web.words import FORMAT_LABELS, state_label

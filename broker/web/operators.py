@@ -42,11 +42,15 @@ from broker.web.pages import (
     Problem,
     bp,
     caller,
+    cursor_arg,
     done,
+    filters,
     form_page,
     page,
     problem_of,
+    query_args,
     render,
+    whole_number,
 )
 from broker.web.words import TAX_LABELS, metric_label, state_label
 
@@ -64,17 +68,6 @@ EVIDENCE_GROUPS = (
 
 def _operated() -> list[Provider]:
     return providers_service.operated_by(request_session(), caller())
-
-
-def _cursor() -> str | None:
-    return request.args.get("cursor") or None
-
-
-def _whole(value: str | None) -> Any:
-    """A whole number typed in a form, as the API's schema wants it (else left as typed, for
-    the schema to say what is wrong)."""
-    text = (value or "").strip()
-    return int(text) if re.fullmatch(r"-?\d{1,12}", text) else text
 
 
 def _decimal_text(value: str | None) -> str:
@@ -102,7 +95,7 @@ def _home(problem: Problem | None = None, form: Mapping[str, str] | None = None)
         groups=EVIDENCE_GROUPS,
         form=form or {},
         problem=problem,
-        withdrawable=withdrawable,
+        withdrawable=evidence_service.withdrawable,
     )
 
 
@@ -148,7 +141,7 @@ def _claim(form: Mapping[str, str]) -> dict[str, Any]:
         elif name == "extraterritorial_exposure":
             claim[name] = [code.upper() for code in re.split(r"[\s,;]+", value) if code]
         elif name == "datacenter_tier":
-            claim[name] = _whole(value)
+            claim[name] = whole_number(value)
         else:
             claim[name] = value
     return claim
@@ -191,14 +184,6 @@ def withdraw_evidence(provider_id: uuid.UUID, evidence_id: uuid.UUID) -> BaseRes
     return done("console.provider_home", gettext("The evidence was withdrawn."))
 
 
-def withdrawable(item: Any) -> bool:
-    """What the service lets its operators withdraw (the button shows only for these)."""
-    return bool(
-        item.state is EvidenceState.PENDING
-        or (item.state is EvidenceState.VERIFIED and item.kind.value == "certification")
-    )
-
-
 # --- offers -----------------------------------------------------------------------------------
 
 
@@ -210,12 +195,8 @@ class OfferListArgs(ListArgs):
 @page(*OPERATOR)
 def provider_offers() -> Response:
     """Every version of their offers, the latest sync from their cloud and its result."""
-    args = {k: v for k, v in request.args.items() if v.strip()}
-    problem: Problem | None = None
-    try:
-        loaded = OfferListArgs().load(args)
-    except ma.ValidationError as error:
-        problem, loaded = problem_of(error), OfferListArgs().load({})
+    args = query_args()
+    loaded, problem = filters(OfferListArgs, args)
     session = request_session()
     providers = _operated()
     found = offers_service.provider_offers(
@@ -316,10 +297,10 @@ def _document(values: Mapping[str, Any], *, creating: bool) -> tuple[dict[str, A
     data["name"] = values["name"].strip()
     data["region"] = values["region"]
     data["specs"] = {
-        "vcpu": _whole(values["specs.vcpu"]),
+        "vcpu": whole_number(values["specs.vcpu"]),
         "ram_gib": _decimal_text(str(values["specs.ram_gib"])),
-        "disk_gib": _whole(str(values["specs.disk_gib"]) or "0"),
-        "gpu": _whole(str(values["specs.gpu"]) or "0"),
+        "disk_gib": whole_number(str(values["specs.disk_gib"]) or "0"),
+        "gpu": whole_number(str(values["specs.gpu"]) or "0"),
     }
     prices, metrics = [], []
     for metric in METRICS:
@@ -545,7 +526,7 @@ def provider_machines() -> Response:
     """The machines running on their cloud, every agency's, newest first."""
     session = request_session()
     found = resources_service.provider_machines(
-        session, caller(), limit=PAGE_SIZE, cursor=_cursor()
+        session, caller(), limit=PAGE_SIZE, cursor=cursor_arg()
     )
     agencies, offers = resources_service.machine_labels(session, found.items)
     return render(
@@ -566,7 +547,7 @@ def provider_usage() -> Response:
     if metric is not None and metric not in METRICS:
         metric = None
     found = usage_service.list_usage(
-        request_session(), caller(), limit=PAGE_SIZE, cursor=_cursor(), metric=metric
+        request_session(), caller(), limit=PAGE_SIZE, cursor=cursor_arg(), metric=metric
     )
     return render(
         "console/provider/usage.html",

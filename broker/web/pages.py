@@ -12,6 +12,7 @@ committed when the view answers below 400, rolled back otherwise.
 from __future__ import annotations
 
 import functools
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from broker import access
 from broker.api.base import current_caller, person_of_the_session, unit_of_work
 from broker.api.limits import count_the_client
+from broker.api.schemas import ListArgs
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, Unauthorized
 from broker.models import Role
@@ -115,6 +117,38 @@ def _field_messages(messages: Mapping[str, Any], prefix: str = "") -> dict[str, 
             items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
             flat[key] = [str(FIELD_WORDS.get(str(m), gettext(str(m)))) for m in items]
     return flat
+
+
+# --- what forms send ----------------------------------------------------------------------------
+
+
+def query_args() -> dict[str, Any]:
+    """The query string without the fields a GET form sends empty."""
+    return {name: value for name, value in request.args.items() if value.strip() != ""}
+
+
+def filters(schema: type[ma.Schema], args: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A list page's query string loaded by the API's schema, and the problem to show (None);
+    bad filters show the first page unfiltered, with what was wrong said by the field."""
+    try:
+        return dict(schema().load(args)), None
+    except ma.ValidationError as error:
+        return dict(schema().load({})), problem_of(error)
+
+
+def cursor_arg() -> str:
+    """The page asked for in the query string (a cursor that is not one: the first page)."""
+    try:
+        return str(ListArgs().load({"cursor": request.args.get("cursor", "")})["cursor"])
+    except ma.ValidationError:
+        return ""
+
+
+def whole_number(value: str | None) -> Any:
+    """A whole number typed in a form as the API's schemas take it, in JSON (else the text as
+    typed, for the schema to say what is wrong)."""
+    text = (value or "").strip()
+    return int(text) if re.fullmatch(r"-?\d{1,12}", text) else text
 
 
 def _login_redirect() -> BaseResponse:
