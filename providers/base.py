@@ -12,6 +12,15 @@ Errors are typed so callers know what to do next:
 - `OutcomeUnknown`: a create may or may not have happened (timeout, lost answer, 5xx). Never
   create again before looking the instance up by its token: `ensure_provisioned` does it.
 - `Permanent(code)`: retrying the same call cannot succeed (quota exceeded, bad flavor, …).
+
+Three kinds of thing are sold (`Kind`). As in Libcloud, machines are the adapter itself (the
+compute driver), block volumes are extra methods of the compute driver (Libcloud's
+`NodeDriver.create_volume`, `attach_volume`, …: a volume attaches to that cloud's machines), and
+object storage is a driver family of its own (Libcloud's `StorageDriver` and its containers),
+which may speak another API than the compute one (Outscale's OOS speaks S3). An adapter says
+what it sells in `features` and hands out the matching drivers: `volumes()` returns a
+`VolumeDriver`, `object_storage()` an `ObjectStorageDriver`. Both keep the exactly-once
+contract of machines: every create carries the order's token and is looked up by it first.
 """
 
 from __future__ import annotations
@@ -47,6 +56,14 @@ class InstanceState(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+class Kind(enum.StrEnum):
+    """What an offer sells."""
+
+    VM = "vm"
+    VOLUME = "volume"  # block storage, attached to a machine of the same cloud and region
+    OBJECT_STORAGE = "object_storage"  # a bucket; with a default retention, a vault
+
+
 class Action(enum.StrEnum):
     START = "start"
     STOP = "stop"
@@ -61,6 +78,21 @@ class Feature(enum.StrEnum):
     USAGE = "usage"
     # The cloud itself deduplicates creates by token (e.g. Outscale's ClientToken).
     PROVIDER_IDEMPOTENCY = "provider_idempotency"
+    # Block volumes (`volumes()`), and buckets (`object_storage()`).
+    VOLUMES = "volumes"
+    OBJECT_STORAGE = "object_storage"
+    # Buckets with a default retention in compliance mode (write once, read many): vaults.
+    OBJECT_LOCK = "object_lock"
+
+
+def kinds_of(features: frozenset[Feature]) -> frozenset[Kind]:
+    """The kinds of thing an adapter with `features` can make."""
+    kinds = {Kind.VM}
+    if Feature.VOLUMES in features:
+        kinds.add(Kind.VOLUME)
+    if Feature.OBJECT_STORAGE in features:
+        kinds.add(Kind.OBJECT_STORAGE)
+    return frozenset(kinds)
 
 
 def order_token(order_id: uuid.UUID, index: int = 0) -> str:
@@ -111,6 +143,88 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class VolumeRequest:
+    """A block volume to make for one order: `size_gib` of the `sku` volume type (a Cinder
+    volume type, an Outscale volume type such as `gp2` or `io1`), with `iops` where the type
+    takes them."""
+
+    order_id: uuid.UUID
+    sku: str
+    region: str
+    name: str
+    size_gib: int
+    encrypted: bool = True
+    iops: int | None = None
+    index: int = 0
+
+    @property
+    def token(self) -> str:
+        return order_token(self.order_id, self.index)
+
+
+@dataclass(frozen=True)
+class Volume:
+    ref: str
+    state: InstanceState  # PENDING while created, RUNNING once usable (attached or not)
+    size_gib: int
+    token: str | None = None
+    region: str | None = None
+    attached_to: str | None = None  # the ref of the machine it is attached to
+    encrypted: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BucketRequest:
+    """A bucket to make for one order. `name` is what the bucket is called (DNS-safe, unique
+    at the cloud: the broker derives it from the token); `retention_days` set makes it a vault
+    (a default retention in compliance mode: no object can be deleted or overwritten before
+    it is that old, by anybody)."""
+
+    order_id: uuid.UUID
+    sku: str
+    region: str
+    name: str
+    encrypted: bool = True
+    versioning: bool = False
+    retention_days: int | None = None
+    index: int = 0
+
+    @property
+    def token(self) -> str:
+        return order_token(self.order_id, self.index)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    ref: str  # the bucket's name
+    state: InstanceState
+    endpoint: str  # the S3 (or Swift) endpoint its users connect to
+    token: str | None = None
+    region: str | None = None
+    encrypted: bool = True
+    versioning: bool = False
+    retention_days: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    """A key pair that reaches one bucket. Its `secret` never appears in a repr."""
+
+    key_id: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Retained:
+    """Objects a bucket holds under retention now, and until when the last one is held."""
+
+    objects: int
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
 class UsageSample:
     """A quantity of one metric consumed by one instance over `[start, end)`.
 
@@ -153,7 +267,10 @@ class OutcomeUnknown(Retryable):
 
 class Permanent(ProviderError):
     """Codes used by the built-in adapters: `quota_exceeded`, `invalid_request`, `not_found`,
-    `unauthorized`, `unsupported_cloud`, `conflict`, `adapter_settings_invalid`."""
+    `unauthorized`, `unsupported_cloud`, `conflict`, `adapter_settings_invalid`; for storage
+    `unsupported` (the cloud does not sell that kind or feature), `volume_shrink` (volumes
+    only grow), `retention_shortened` (a retention is never shortened) and `under_retention`
+    (a bucket holding objects under retention cannot be deleted)."""
 
     def __init__(self, message: str, code: str = "provider_refused") -> None:
         super().__init__(message)
@@ -276,6 +393,14 @@ class ProviderAdapter(abc.ABC):
     def deprovision(self, ref: str) -> None:
         """Delete the instance. An instance already gone counts as deleted."""
 
+    def volumes(self) -> VolumeDriver:
+        """The cloud's block volumes (with `Feature.VOLUMES`)."""
+        raise Permanent(f"{self.name} does not sell block volumes here.", code="unsupported")
+
+    def object_storage(self) -> ObjectStorageDriver:
+        """The cloud's object storage (with `Feature.OBJECT_STORAGE`)."""
+        raise Permanent(f"{self.name} does not sell object storage here.", code="unsupported")
+
     def usage(self, since: datetime, until: datetime) -> Iterable[UsageSample]:
         """Usage the cloud reports for `[since, until)`; only with `Feature.USAGE`."""
         return ()
@@ -299,3 +424,97 @@ class ProviderAdapter(abc.ABC):
         if existing is not None:
             return existing
         return self.provision(request, request.token)
+
+
+class VolumeDriver(abc.ABC):
+    """Block volumes of one cloud (Libcloud's volume methods of `NodeDriver`).
+
+    Errors are typed as for machines; a create that may have happened is `OutcomeUnknown`,
+    reconciled by `ensure_volume`. Faults injected into machine operations apply to the
+    volume operations of the same shape (create → provision, get, find → find_by_token,
+    resize/attach/detach → action, delete → deprovision)."""
+
+    @abc.abstractmethod
+    def create_volume(self, request: VolumeRequest, idempotency_token: str) -> Volume:
+        """Create the volume carrying `idempotency_token`."""
+
+    @abc.abstractmethod
+    def get_volume(self, ref: str) -> Volume | None:
+        """The volume, or None when the cloud no longer has it."""
+
+    @abc.abstractmethod
+    def find_volume(self, token: str) -> Volume | None:
+        """The live volume carrying `token`, or None."""
+
+    @abc.abstractmethod
+    def resize_volume(self, ref: str, size_gib: int) -> Volume:
+        """Grow the volume to `size_gib` (the same size again is harmless: a retry);
+        `Permanent(code="volume_shrink")` for a smaller one."""
+
+    @abc.abstractmethod
+    def attach_volume(self, ref: str, instance_ref: str) -> Volume:
+        """Attach the volume to the machine `instance_ref` (already attached there: done)."""
+
+    @abc.abstractmethod
+    def detach_volume(self, ref: str) -> Volume:
+        """Detach the volume (not attached: done)."""
+
+    @abc.abstractmethod
+    def delete_volume(self, ref: str) -> None:
+        """Delete the volume. One already gone counts as deleted."""
+
+    def ensure_volume(self, request: VolumeRequest) -> Volume:
+        """Create the volume for `request` unless its token finds it already."""
+        existing = self.find_volume(request.token)
+        if existing is not None:
+            return existing
+        return self.create_volume(request, request.token)
+
+
+class ObjectStorageDriver(abc.ABC):
+    """Buckets of one cloud (Libcloud's `StorageDriver` containers), with the keys that reach
+    them and, with `Feature.OBJECT_LOCK`, a default retention that is never shortened."""
+
+    @abc.abstractmethod
+    def create_bucket(self, request: BucketRequest, idempotency_token: str) -> Bucket:
+        """Create the bucket carrying `idempotency_token`; `Permanent(code="unsupported")` for
+        a retention on a cloud without object lock."""
+
+    @abc.abstractmethod
+    def get_bucket(self, ref: str) -> Bucket | None:
+        """The bucket, or None when the cloud no longer has it."""
+
+    @abc.abstractmethod
+    def find_bucket(self, token: str) -> Bucket | None:
+        """The live bucket carrying `token`, or None."""
+
+    @abc.abstractmethod
+    def set_retention(self, ref: str, days: int) -> Bucket:
+        """Set or extend the bucket's default retention to `days` (the same again is
+        harmless); `Permanent(code="retention_shortened")` for fewer days than it has."""
+
+    @abc.abstractmethod
+    def retained(self, ref: str) -> Retained:
+        """How many objects the bucket holds under retention now."""
+
+    @abc.abstractmethod
+    def delete_bucket(self, ref: str) -> None:
+        """Delete the bucket and the objects it holds. One already gone counts as deleted;
+        `Permanent(code="under_retention")` while some object is still under retention."""
+
+    @abc.abstractmethod
+    def issue_key(self, ref: str, token: str) -> AccessKey:
+        """A new key pair that reaches the bucket `ref` (and nothing else it can help). `token`
+        names what the key is for, so that a cloud that can look keys up finds a key issued by
+        a call whose answer was lost."""
+
+    @abc.abstractmethod
+    def revoke_key(self, ref: str, key_id: str) -> None:
+        """Revoke a key of the bucket (one already gone counts as revoked)."""
+
+    def ensure_bucket(self, request: BucketRequest) -> Bucket:
+        """Create the bucket for `request` unless its token finds it already."""
+        existing = self.find_bucket(request.token)
+        if existing is not None:
+            return existing
+        return self.create_bucket(request, request.token)

@@ -157,8 +157,10 @@ def parse_retry_after(value: str | None, default: float = 1.0, now: float | None
     return max(0.0, seconds)
 
 
-class _GuardedConnectionMixin:
-    """Resolve, check, then connect to the checked address (TLS still verifies the name)."""
+class GuardedConnectionMixin:
+    """Resolve, check, then connect to the checked address (TLS still verifies the name).
+    Mixed into urllib3's connection classes: requests sessions' (`HttpPolicy.harden`) and
+    botocore's (`providers/s3.py`)."""
 
     _dns_host: str
     port: int
@@ -179,11 +181,11 @@ class _GuardedConnectionMixin:
         )
 
 
-class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+class _GuardedHTTPConnection(GuardedConnectionMixin, HTTPConnection):
     pass
 
 
-class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+class _GuardedHTTPSConnection(GuardedConnectionMixin, HTTPSConnection):
     pass
 
 

@@ -6,13 +6,28 @@ makes calls time out (before or after doing the work), fail with 5xx or 429, or 
 instance deleted out of band. Its state lives in a JSON file of its own under the adapter's
 state directory (one per provider), locked across processes, so the API and the worker see
 the same cloud and its VMs survive a restart. It is deterministic: ids come from a counter and
-random faults from the plan's seeded generator.
+random faults from the plan's seeded generator (only access key secrets are random).
+
+It also sells block volumes and buckets (the adapter is its own `VolumeDriver` and
+`ObjectStorageDriver`), kept in the same state file and failing with the same fault plan: a
+volume or bucket create draws the `provision` faults, get `get`, find `find_by_token`, delete
+`deprovision`, and resize, attach, detach, set_retention, retained, issue_key and revoke_key
+draw the `action` faults. Volumes are `pending` for `provision_delay_seconds` like machines,
+attach to a live machine of the same region, only grow, and are not deleted while attached.
+Buckets are named by the request (S3 naming rules), may have a default retention in
+compliance mode (never shortened), and are not deleted while an object is younger than the
+retention; the objects are written from the cloud side (`SimulatedCloud.put_object`), as a
+bucket's user would.
 
 Settings (all optional):
     seed                     int, seeds the random faults
-    provision_delay_seconds  number, time an instance stays `pending`
+    provision_delay_seconds  number, time an instance or a volume stays `pending`
     max_instances            int, quota of live instances (a create beyond it is refused)
+    max_volumes              int, quota of live volumes
     flavors                  [{sku, name, vcpu, ram_gib, disk_gib, gpu?, region?}]
+    volume_types             [{sku, name?, iops?, region?}] (default: one type, `sim-ssd`)
+    object_storage_endpoint  URL, the endpoint buckets report to their users
+                             (default https://objects.simulated.example; never called)
     faults                   {rates: {operation: {fault: probability}}, retry_after_seconds,
                               queued: {operation: [fault, …]}}
 """
@@ -22,28 +37,38 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 
 from providers.base import (
+    AccessKey,
     Action,
+    Bucket,
+    BucketRequest,
     Feature,
     Instance,
     InstanceState,
+    ObjectStorageDriver,
     OfferSpec,
     OutcomeUnknown,
     Permanent,
     ProviderAdapter,
     ProvisionRequest,
+    Retained,
     Retryable,
     SettingsInvalid,
     Throttled,
     UsageSample,
+    Volume,
+    VolumeDriver,
+    VolumeRequest,
 )
 from providers.faults import Fault, FaultPlan, Operation
 from providers.http import HttpPolicy
@@ -54,8 +79,14 @@ DEFAULT_FLAVORS: tuple[dict[str, Any], ...] = (
     {"sku": "sim-large", "name": "Simulated large", "vcpu": 4, "ram_gib": "16", "disk_gib": 80},
 )
 
+DEFAULT_VOLUME_TYPES: tuple[dict[str, Any], ...] = ({"sku": "sim-ssd", "name": "Simulated SSD"},)
+DEFAULT_OBJECT_STORAGE_ENDPOINT = "https://objects.simulated.example"
+
 # Metrics the simulated cloud reports, per running instance-hour.
 USAGE_METRICS = ("vcpu_hour", "ram_gib_hour")
+
+# S3's bucket naming rules (the broker's `broker-order-<uuid>-<n>` follows them).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 T = TypeVar("T")
 
@@ -83,6 +114,33 @@ def _flavor(raw: Any, index: int) -> OfferSpec:
         ) from None
 
 
+@dataclass(frozen=True)
+class _VolumeType:
+    sku: str
+    name: str
+    iops: int | None = None
+    region: str | None = None
+
+
+def _volume_type(raw: Any, index: int) -> _VolumeType:
+    if not isinstance(raw, Mapping):
+        raise SettingsInvalid(f"volume_types[{index}] must be an object.", "volume_types")
+    try:
+        iops = raw.get("iops")
+        if iops is not None and (not isinstance(iops, int) or isinstance(iops, bool) or iops < 1):
+            raise ValueError("iops must be a positive integer")
+        return _VolumeType(
+            sku=str(raw["sku"]),
+            name=str(raw.get("name", raw["sku"])),
+            iops=iops,
+            region=str(raw["region"]) if raw.get("region") is not None else None,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise SettingsInvalid(
+            f"volume_types[{index}] is incomplete or malformed: {error}.", "volume_types"
+        ) from None
+
+
 @dataclass
 class _State:
     """What the simulated cloud knows; saved as JSON after every call."""
@@ -90,20 +148,46 @@ class _State:
     counter: int = 0
     instances: dict[str, dict[str, Any]] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buckets: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # access keys, by id
 
     @classmethod
     def load(cls, path: Path) -> _State:
         if not path.exists():
             return cls()
         data = json.loads(path.read_text())
-        return cls(data["counter"], data["instances"], data.get("plan", {}))
+        # Files written before the cloud sold storage have no volumes, buckets or keys.
+        return cls(
+            data["counter"],
+            data["instances"],
+            data.get("plan", {}),
+            data.get("volumes", {}),
+            data.get("buckets", {}),
+            data.get("keys", {}),
+        )
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")
         temporary.write_text(
-            json.dumps({"counter": self.counter, "instances": self.instances, "plan": self.plan})
+            json.dumps(
+                {
+                    "counter": self.counter,
+                    "instances": self.instances,
+                    "plan": self.plan,
+                    "volumes": self.volumes,
+                    "buckets": self.buckets,
+                    "keys": self.keys,
+                }
+            )
         )
         os.replace(temporary, path)
+
+    def detach_from(self, instance_ref: str) -> None:
+        """A machine that goes takes its attachments with it."""
+        for volume in self.volumes.values():
+            if volume.get("attached_to") == instance_ref:
+                volume["attached_to"] = None
 
 
 class SimulatedCloud:
@@ -113,10 +197,20 @@ class SimulatedCloud:
     adapter holds one to serve its calls.
     """
 
-    def __init__(self, path: Path, *, seed: int = 0, faults: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        seed: int = 0,
+        faults: Mapping[str, Any] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
         self.path = path
         self._plan_settings = dict(faults or {})
         self._seed = seed
+        self._clock = clock or (lambda: datetime.now(UTC))
+        # What a 429 asks to wait (the fault plan's `retry_after_seconds`).
+        self.retry_after_seconds = int(self._plan_settings.get("retry_after_seconds", 2))
         path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextmanager
@@ -149,10 +243,6 @@ class SimulatedCloud:
 
     # What tests (and the demo) use from the outside ------------------------------------
 
-    @property
-    def retry_after_seconds(self) -> int:
-        return int(self._plan_settings.get("retry_after_seconds", 2))
-
     def inject(self, operation: str, *faults: str) -> None:
         """The next calls of `operation` fail with `faults`, in order (even across restarts)."""
         names = [Fault(fault).value for fault in faults]
@@ -163,17 +253,77 @@ class SimulatedCloud:
     def delete(self, ref: str) -> None:
         with self._locked() as state:
             state.instances.pop(ref, None)
+            state.detach_from(ref)
 
     def instances(self) -> dict[str, dict[str, Any]]:
         with self._locked() as state:
             return dict(state.instances)
 
+    def delete_volume(self, ref: str) -> None:
+        """Delete a volume behind the adapter's back (attached or not)."""
+        with self._locked() as state:
+            state.volumes.pop(ref, None)
 
-class SimulatedAdapter(ProviderAdapter):
+    def volumes(self) -> dict[str, dict[str, Any]]:
+        """Every volume by ref, deleted ones included (as `deleted`)."""
+        with self._locked() as state:
+            return dict(state.volumes)
+
+    def buckets(self) -> dict[str, dict[str, Any]]:
+        """Every live bucket by name, with its `objects` ({key: written at, ISO 8601})."""
+        with self._locked() as state:
+            return dict(state.buckets)
+
+    def keys(self) -> dict[str, dict[str, Any]]:
+        """Every access key by id (`bucket`, `token`, `secret`, `revoked`)."""
+        with self._locked() as state:
+            return dict(state.keys)
+
+    def put_object(
+        self,
+        bucket_ref: str,
+        key: str,
+        at: datetime | None = None,
+        *,
+        access_key_id: str | None = None,
+    ) -> None:
+        """Write object `key` into the bucket at `at` (default: now), as its user would; with
+        `access_key_id`, only if that key is live and reaches the bucket. Writing a key again
+        makes a newer version: the object is then held from the later write."""
+        with self._locked() as state:
+            bucket = state.buckets.get(bucket_ref)
+            if bucket is None:
+                raise Permanent(f"No bucket {bucket_ref}.", code="not_found")
+            if access_key_id is not None:
+                access = state.keys.get(access_key_id)
+                if access is None or access["revoked"] or access["bucket"] != bucket_ref:
+                    raise Permanent("Access denied.", code="unauthorized")
+            bucket["objects"][key] = _iso(at or self._clock())
+
+
+class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     name = "simulated"
-    features = frozenset({Feature.STOP_START, Feature.REBOOT, Feature.USAGE})
+    features = frozenset(
+        {
+            Feature.STOP_START,
+            Feature.REBOOT,
+            Feature.USAGE,
+            Feature.VOLUMES,
+            Feature.OBJECT_STORAGE,
+            Feature.OBJECT_LOCK,
+        }
+    )
     settings_fields = frozenset(
-        {"seed", "provision_delay_seconds", "max_instances", "flavors", "faults"}
+        {
+            "seed",
+            "provision_delay_seconds",
+            "max_instances",
+            "max_volumes",
+            "flavors",
+            "volume_types",
+            "object_storage_endpoint",
+            "faults",
+        }
     )
 
     @classmethod
@@ -183,7 +333,16 @@ class SimulatedAdapter(ProviderAdapter):
             _flavor(raw, index)
         if not isinstance(cleaned.get("flavors", []), list):
             raise SettingsInvalid("flavors must be a list.", "flavors")
-        for name in ("seed", "max_instances"):
+        if not isinstance(cleaned.get("volume_types", []), list):
+            raise SettingsInvalid("volume_types must be a list.", "volume_types")
+        for index, raw in enumerate(cleaned.get("volume_types", [])):
+            _volume_type(raw, index)
+        endpoint = cleaned.get("object_storage_endpoint", DEFAULT_OBJECT_STORAGE_ENDPOINT)
+        if not isinstance(endpoint, str) or not re.match(r"https?://[^/\s]+", endpoint):
+            raise SettingsInvalid(
+                "object_storage_endpoint must be an http(s) URL.", "object_storage_endpoint"
+            )
+        for name in ("seed", "max_instances", "max_volumes"):
             if name in cleaned and not (
                 isinstance(cleaned[name], int) and not isinstance(cleaned[name], bool)
             ):
@@ -208,9 +367,17 @@ class SimulatedAdapter(ProviderAdapter):
             self.context.state_dir / f"simulated-{self.context.provider_id}.json",
             seed=int(self.settings.get("seed", 0)),
             faults=self.settings.get("faults"),
+            clock=self.context.clock,
         )
         raw = self.settings.get("flavors") or DEFAULT_FLAVORS
         self.flavors = {spec.sku: spec for spec in (_flavor(f, i) for i, f in enumerate(raw))}
+        raw_types = self.settings.get("volume_types") or DEFAULT_VOLUME_TYPES
+        self.volume_types = {
+            kind.sku: kind for kind in (_volume_type(t, i) for i, t in enumerate(raw_types))
+        }
+        self.endpoint = str(
+            self.settings.get("object_storage_endpoint", DEFAULT_OBJECT_STORAGE_ENDPOINT)
+        )
         self.delay = timedelta(seconds=float(self.settings.get("provision_delay_seconds", 0)))
 
     # Faults ------------------------------------------------------------------------------
@@ -304,6 +471,7 @@ class SimulatedAdapter(ProviderAdapter):
         def work(state: _State, fault: Fault | None) -> T:
             if fault is Fault.DELETED_OUT_OF_BAND:
                 state.instances.pop(ref, None)
+                state.detach_from(ref)
             self._fail_before(fault)
             result = act(state.instances.get(ref))
             self._fail_after(fault)
@@ -329,6 +497,7 @@ class SimulatedAdapter(ProviderAdapter):
             if fault is Fault.DELETED_OUT_OF_BAND:
                 for record in matches:
                     state.instances.pop(record["ref"], None)
+                    state.detach_from(record["ref"])
                 matches = []
             self._fail_before(fault)
             self._fail_after(fault)
@@ -354,12 +523,383 @@ class SimulatedAdapter(ProviderAdapter):
         return self._with_instance(Operation.ACTION, ref, act)
 
     def deprovision(self, ref: str) -> None:
-        def act(record: dict[str, Any] | None) -> None:
+        def work(state: _State, fault: Fault | None) -> None:
+            if fault is Fault.DELETED_OUT_OF_BAND:
+                state.instances.pop(ref, None)
+                state.detach_from(ref)
+            self._fail_before(fault)
+            record = state.instances.get(ref)
             if record is not None and record["state"] != InstanceState.DELETED:
                 # Deleted instances are kept (as `deleted`) so usage up to now stays reportable.
                 self._transition(record, InstanceState.DELETED)
+                state.detach_from(ref)
+            self._fail_after(fault)
 
-        self._with_instance(Operation.DEPROVISION, ref, act)
+        self.cloud.call(Operation.DEPROVISION, work)
+
+    # Storage: the adapter is its own volume and object storage driver ---------------------
+
+    def volumes(self) -> VolumeDriver:
+        return self
+
+    def object_storage(self) -> ObjectStorageDriver:
+        return self
+
+    def _with_record(
+        self,
+        operation: Operation,
+        kind: str,
+        ref: str,
+        act: Callable[[_State, dict[str, Any] | None], T],
+    ) -> T:
+        """Run `act` on the volume or bucket `ref` (None when the cloud has no such thing),
+        with the fault drawn for `operation`."""
+
+        def work(state: _State, fault: Fault | None) -> T:
+            if fault is Fault.DELETED_OUT_OF_BAND:
+                self._forget(state, kind, ref)
+            self._fail_before(fault)
+            result = act(state, getattr(state, kind).get(ref))
+            self._fail_after(fault)
+            return result
+
+        return self.cloud.call(operation, work)
+
+    @staticmethod
+    def _forget(state: _State, kind: str, ref: str) -> None:
+        """What deleting `ref` behind the broker's back leaves: nothing (a bucket's keys go
+        with it)."""
+        getattr(state, kind).pop(ref, None)
+        if kind == "buckets":
+            for key_id in [k for k, key in state.keys.items() if key["bucket"] == ref]:
+                del state.keys[key_id]
+
+    # Volumes ------------------------------------------------------------------------------
+
+    def _volume_view(self, record: Mapping[str, Any]) -> Volume:
+        state = InstanceState(record["state"])
+        if state is InstanceState.PENDING and self.context.clock() >= datetime.fromisoformat(
+            record["ready_at"]
+        ):
+            state = InstanceState.RUNNING
+        return Volume(
+            ref=record["ref"],
+            state=state,
+            size_gib=record["size_gib"],
+            token=record["token"],
+            region=record["region"],
+            attached_to=record["attached_to"],
+            encrypted=record["encrypted"],
+            extra={
+                "simulated": True,
+                "sku": record["sku"],
+                "iops": record["iops"],
+                "name": record["name"],
+            },
+        )
+
+    def _live_volume(self, record: Mapping[str, Any] | None) -> Volume | None:
+        if record is None or record["state"] == InstanceState.DELETED:
+            return None
+        return self._volume_view(record)
+
+    def _volume_or_refuse(self, ref: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        if record is None or record["state"] == InstanceState.DELETED:
+            raise Permanent(f"No volume {ref}.", code="not_found")
+        return record
+
+    def create_volume(self, request: VolumeRequest, idempotency_token: str) -> Volume:
+        kind = self.volume_types.get(request.sku)
+        if kind is None:
+            raise Permanent(f"No volume type {request.sku!r} here.", code="invalid_request")
+        if kind.region is not None and kind.region != request.region:
+            raise Permanent(
+                f"Volume type {kind.sku!r} is not sold in {request.region!r}.",
+                code="invalid_request",
+            )
+        if request.size_gib < 1 or (request.iops is not None and request.iops < 1):
+            raise Permanent("A volume needs a positive size (and iops).", code="invalid_request")
+
+        def work(state: _State, fault: Fault | None) -> Volume:
+            self._fail_before(fault, create=True)
+            live = [v for v in state.volumes.values() if v["state"] != InstanceState.DELETED]
+            limit = self.settings.get("max_volumes")
+            if fault is Fault.QUOTA_EXCEEDED or (limit is not None and len(live) >= limit):
+                raise Permanent("Quota exceeded for volumes.", code="quota_exceeded")
+            now = self.context.clock()
+            state.counter += 1
+            ref = f"vol-{state.counter:06d}"
+            record = {
+                "ref": ref,
+                "token": idempotency_token,
+                "name": request.name,
+                "sku": kind.sku,
+                "region": request.region,
+                "size_gib": request.size_gib,
+                "iops": request.iops if request.iops is not None else kind.iops,
+                "encrypted": request.encrypted,
+                "attached_to": None,
+                "created_at": _iso(now),
+                "ready_at": _iso(now + self.delay),
+                "state": InstanceState.PENDING.value,
+                "history": [[_iso(now), "created", request.size_gib]],
+            }
+            state.volumes[ref] = record
+            self._fail_after(fault, create=True)
+            return self._volume_view(record)
+
+        return self.cloud.call(Operation.PROVISION, work)
+
+    def get_volume(self, ref: str) -> Volume | None:
+        return self._with_record(
+            Operation.GET, "volumes", ref, lambda state, record: self._live_volume(record)
+        )
+
+    def find_volume(self, token: str) -> Volume | None:
+        def work(state: _State, fault: Fault | None) -> Volume | None:
+            matches = [
+                v
+                for v in state.volumes.values()
+                if v["token"] == token and v["state"] != InstanceState.DELETED
+            ]
+            if fault is Fault.DELETED_OUT_OF_BAND:
+                for record in matches:
+                    state.volumes.pop(record["ref"], None)
+                matches = []
+            self._fail_before(fault)
+            self._fail_after(fault)
+            return self._volume_view(matches[0]) if matches else None
+
+        return self.cloud.call(Operation.FIND_BY_TOKEN, work)
+
+    def resize_volume(self, ref: str, size_gib: int) -> Volume:
+        def act(state: _State, found: dict[str, Any] | None) -> Volume:
+            record = self._volume_or_refuse(ref, found)
+            if size_gib < record["size_gib"]:
+                raise Permanent(
+                    f"Volume {ref} has {record['size_gib']} GiB: volumes only grow.",
+                    code="volume_shrink",
+                )
+            if size_gib == record["size_gib"]:
+                return self._volume_view(record)
+            if self._volume_view(record).state is InstanceState.PENDING:
+                raise Permanent("The volume is still being created.", code="conflict")
+            record["size_gib"] = size_gib
+            record["history"].append([_iso(self.context.clock()), "resized", size_gib])
+            return self._volume_view(record)
+
+        return self._with_record(Operation.ACTION, "volumes", ref, act)
+
+    def attach_volume(self, ref: str, instance_ref: str) -> Volume:
+        def act(state: _State, found: dict[str, Any] | None) -> Volume:
+            record = self._volume_or_refuse(ref, found)
+            machine = state.instances.get(instance_ref)
+            if machine is None or machine["state"] == InstanceState.DELETED:
+                raise Permanent(f"No instance {instance_ref}.", code="not_found")
+            if record["attached_to"] == instance_ref:
+                return self._volume_view(record)
+            if record["attached_to"] is not None:
+                raise Permanent(
+                    f"Volume {ref} is attached to {record['attached_to']}.", code="conflict"
+                )
+            if machine["region"] != record["region"]:
+                raise Permanent(
+                    f"Volume {ref} and instance {instance_ref} are in different regions.",
+                    code="invalid_request",
+                )
+            if (
+                self._volume_view(record).state is InstanceState.PENDING
+                or self._view(machine).state is InstanceState.PENDING
+            ):
+                raise Permanent("The volume or the instance is still being created.", "conflict")
+            record["attached_to"] = instance_ref
+            record["history"].append([_iso(self.context.clock()), "attached", instance_ref])
+            return self._volume_view(record)
+
+        return self._with_record(Operation.ACTION, "volumes", ref, act)
+
+    def detach_volume(self, ref: str) -> Volume:
+        def act(state: _State, found: dict[str, Any] | None) -> Volume:
+            record = self._volume_or_refuse(ref, found)
+            if record["attached_to"] is not None:
+                record["attached_to"] = None
+                record["history"].append([_iso(self.context.clock()), "detached", None])
+            return self._volume_view(record)
+
+        return self._with_record(Operation.ACTION, "volumes", ref, act)
+
+    def delete_volume(self, ref: str) -> None:
+        def act(state: _State, record: dict[str, Any] | None) -> None:
+            if record is None or record["state"] == InstanceState.DELETED:
+                return
+            if record["attached_to"] is not None:
+                raise Permanent(
+                    f"Volume {ref} is attached to {record['attached_to']}: detach it first.",
+                    code="conflict",
+                )
+            # Kept (as `deleted`) like instances, so the cloud side shows what became of it.
+            record["state"] = InstanceState.DELETED.value
+            record["history"].append([_iso(self.context.clock()), "deleted", None])
+
+        self._with_record(Operation.DEPROVISION, "volumes", ref, act)
+
+    # Buckets ------------------------------------------------------------------------------
+
+    def _bucket_view(self, record: Mapping[str, Any]) -> Bucket:
+        return Bucket(
+            ref=record["name"],
+            state=InstanceState.RUNNING,
+            endpoint=self.endpoint,
+            token=record["token"],
+            region=record["region"],
+            encrypted=record["encrypted"],
+            versioning=record["versioning"],
+            retention_days=record["retention_days"],
+            extra={"simulated": True, "sku": record["sku"]},
+        )
+
+    def _bucket_or_refuse(self, ref: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        if record is None:
+            raise Permanent(f"No bucket {ref}.", code="not_found")
+        return record
+
+    def _retained(self, record: Mapping[str, Any]) -> Retained:
+        days = record["retention_days"]
+        if not days:
+            return Retained(0)
+        now = self.context.clock()
+        held = [
+            until
+            for written in record["objects"].values()
+            if (until := datetime.fromisoformat(written) + timedelta(days=days)) > now
+        ]
+        return Retained(len(held), max(held) if held else None)
+
+    def create_bucket(self, request: BucketRequest, idempotency_token: str) -> Bucket:
+        if not _BUCKET_NAME.fullmatch(request.name) or ".." in request.name:
+            raise Permanent(f"{request.name!r} is not a valid bucket name.", "invalid_request")
+        if request.retention_days is not None and request.retention_days < 1:
+            raise Permanent("A retention is a positive number of days.", "invalid_request")
+
+        def work(state: _State, fault: Fault | None) -> Bucket:
+            self._fail_before(fault, create=True)
+            if fault is Fault.QUOTA_EXCEEDED:
+                raise Permanent("Quota exceeded for buckets.", code="quota_exceeded")
+            existing = state.buckets.get(request.name)
+            if existing is not None:
+                if existing["token"] != idempotency_token:
+                    raise Permanent(f"Bucket {request.name} exists already.", code="conflict")
+                record = existing  # S3's BucketAlreadyOwnedByYou: this create was done
+            else:
+                record = {
+                    "name": request.name,
+                    "token": idempotency_token,
+                    "sku": request.sku,
+                    "region": request.region,
+                    "encrypted": request.encrypted,
+                    # Object lock needs versioning (as on S3).
+                    "versioning": request.versioning or request.retention_days is not None,
+                    "retention_days": request.retention_days,
+                    "created_at": _iso(self.context.clock()),
+                    "objects": {},
+                }
+                state.buckets[request.name] = record
+            self._fail_after(fault, create=True)
+            return self._bucket_view(record)
+
+        return self.cloud.call(Operation.PROVISION, work)
+
+    def get_bucket(self, ref: str) -> Bucket | None:
+        return self._with_record(
+            Operation.GET,
+            "buckets",
+            ref,
+            lambda state, record: None if record is None else self._bucket_view(record),
+        )
+
+    def find_bucket(self, token: str) -> Bucket | None:
+        def work(state: _State, fault: Fault | None) -> Bucket | None:
+            matches = [b for b in state.buckets.values() if b["token"] == token]
+            if fault is Fault.DELETED_OUT_OF_BAND:
+                for record in matches:
+                    self._forget(state, "buckets", record["name"])
+                matches = []
+            self._fail_before(fault)
+            self._fail_after(fault)
+            return self._bucket_view(matches[0]) if matches else None
+
+        return self.cloud.call(Operation.FIND_BY_TOKEN, work)
+
+    def set_retention(self, ref: str, days: int) -> Bucket:
+        if days < 1:
+            raise Permanent("A retention is a positive number of days.", "invalid_request")
+
+        def act(state: _State, found: dict[str, Any] | None) -> Bucket:
+            record = self._bucket_or_refuse(ref, found)
+            current = record["retention_days"]
+            if current is not None and days < current:
+                raise Permanent(
+                    f"Bucket {ref} retains objects {current} days: a retention is never shortened.",
+                    code="retention_shortened",
+                )
+            record["retention_days"] = days
+            record["versioning"] = True
+            return self._bucket_view(record)
+
+        return self._with_record(Operation.ACTION, "buckets", ref, act)
+
+    def retained(self, ref: str) -> Retained:
+        return self._with_record(
+            Operation.ACTION,
+            "buckets",
+            ref,
+            lambda state, record: self._retained(self._bucket_or_refuse(ref, record)),
+        )
+
+    def delete_bucket(self, ref: str) -> None:
+        def act(state: _State, record: dict[str, Any] | None) -> None:
+            if record is None:
+                return
+            held = self._retained(record)
+            if held.objects:
+                until = held.until.date().isoformat() if held.until else "later"
+                raise Permanent(
+                    f"Bucket {ref} holds {held.objects} object(s) under retention until {until}.",
+                    code="under_retention",
+                )
+            self._forget(state, "buckets", ref)
+
+        self._with_record(Operation.DEPROVISION, "buckets", ref, act)
+
+    def issue_key(self, ref: str, token: str) -> AccessKey:
+        def act(state: _State, found: dict[str, Any] | None) -> AccessKey:
+            self._bucket_or_refuse(ref, found)
+            for key in state.keys.values():
+                # A key issued for this token by a call whose answer was lost.
+                if key["bucket"] == ref and key["token"] == token and not key["revoked"]:
+                    return AccessKey(key["key_id"], key["secret"])
+            state.counter += 1
+            key_id = f"SIMK{state.counter:016d}"
+            state.keys[key_id] = {
+                "key_id": key_id,
+                "secret": secrets.token_urlsafe(30),
+                "bucket": ref,
+                "token": token,
+                "created_at": _iso(self.context.clock()),
+                "revoked": False,
+            }
+            return AccessKey(key_id, state.keys[key_id]["secret"])
+
+        return self._with_record(Operation.ACTION, "buckets", ref, act)
+
+    def revoke_key(self, ref: str, key_id: str) -> None:
+        def act(state: _State, record: dict[str, Any] | None) -> None:
+            key = state.keys.get(key_id)
+            # A key of another bucket is not this bucket's to revoke: nothing to do here.
+            if key is not None and key["bucket"] == ref:
+                key["revoked"] = True
+
+        self._with_record(Operation.ACTION, "buckets", ref, act)
 
     # Usage -------------------------------------------------------------------------------
 

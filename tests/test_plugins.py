@@ -282,7 +282,14 @@ def test_broker_providers_list_shows_the_plugin_and_the_broken_ones(site: Path) 
         assert "features" not in rows[name]
         assert rows[name]["distribution"] == "testcloud-broken-plugins"
     assert rows["simulated"]["ok"] is True
-    assert rows["simulated"]["features"] == ["reboot", "stop_start", "usage"]
+    assert rows["simulated"]["features"] == [
+        "object_lock",
+        "object_storage",
+        "reboot",
+        "stop_start",
+        "usage",
+        "volumes",
+    ]
     assert "Traceback" not in completed.stderr
 
 

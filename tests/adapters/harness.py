@@ -17,7 +17,7 @@ from typing import Protocol
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from providers.base import AdapterContext, ProviderAdapter
+from providers.base import AccessKey, AdapterContext, Bucket, ProviderAdapter
 from providers.http import HttpPolicy
 
 # Fake clouds make a "timeout" fault hang for longer than this client timeout.
@@ -42,6 +42,14 @@ class Harness:
     sku: str  # a machine type the cloud sells
     region: str
     features: frozenset[str] = field(default_factory=frozenset)
+    # Storage, for adapters with `Feature.VOLUMES` / `Feature.OBJECT_STORAGE` (else None).
+    volume_sku: str | None = None  # a volume type the cloud sells
+    count_volumes_with_token: Callable[[str], int] | None = None  # cloud-side view
+    delete_volume_out_of_band: Callable[[str], None] | None = None
+    count_buckets_with_token: Callable[[str], int] | None = None  # cloud-side view
+    # Write an object into a bucket as its user would, with a key the adapter issued: under
+    # the bucket's default retention, if it has one.
+    put_object: Callable[[Bucket, AccessKey, str], None] | None = None
 
 
 def test_context(tmp_path: object) -> AdapterContext:
@@ -66,8 +74,12 @@ class _QuietHandler(WSGIRequestHandler):
 def serve_wsgi(app: Callable[..., object]) -> Iterator[str]:
     """Serve a WSGI app on 127.0.0.1 (free port) in a thread; yield its base URL."""
     server = make_server(
-        "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler
-    )  # type: ignore[arg-type]
+        "127.0.0.1",
+        0,
+        app,  # type: ignore[arg-type]
+        threaded=True,
+        request_handler=_QuietHandler,
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()

@@ -1,18 +1,14 @@
 """The adapter contract, held against every registered adapter.
 
 Parametrized over the adapters installed through the `cloud_broker.providers` entry points:
-an adapter added to the broker without a harness here fails the suite rather than going
-untested. Each runs against its own cloud: the simulated one in process, OpenStack and
-Outscale against local fake servers speaking their APIs.
+an adapter added to the broker without a harness (conftest.py's `HARNESSES`) fails the suite
+rather than going untested. Each runs against its own cloud: the simulated one in process,
+OpenStack and Outscale against local fake servers speaking their APIs.
 """
 
 from __future__ import annotations
 
-import importlib
 import uuid
-from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,25 +27,8 @@ from providers.base import (
 from providers.faults import Fault, Operation
 from tests.adapters.harness import Harness
 
-# Adapter name → module providing `harness(tmp_path)`.
-HARNESSES = {
-    "simulated": "tests.adapters.simulated_harness",
-    "openstack": "tests.adapters.fake_openstack",
-    "outscale": "tests.adapters.fake_outscale",
-}
-
+# The `cloud` fixture (each adapter's harness) is in conftest.py, shared with the storage suite.
 pytestmark = pytest.mark.parametrize("adapter_name", registry.names())
-
-
-@pytest.fixture
-def cloud(adapter_name: str, tmp_path: Path) -> Iterator[Harness]:
-    if adapter_name not in HARNESSES:
-        pytest.fail(f"Adapter {adapter_name!r} is registered but has no contract harness.")
-    module = importlib.import_module(HARNESSES[adapter_name])
-    manager: AbstractContextManager[Harness] = module.harness(tmp_path)
-    with manager as harness:
-        assert type(harness.build()) is registry.load(adapter_name)
-        yield harness
 
 
 def _request(cloud: Harness, **overrides: Any) -> ProvisionRequest:

@@ -1,12 +1,16 @@
-"""The OpenStack adapter: against the fake Keystone + Nova, and unit tests with requests-mock.
+"""The OpenStack adapter: against the fake Keystone, Nova, Cinder and Swift, and unit tests
+with requests-mock.
 
-The generic contract (test_contract.py) holds the adapter to what every adapter must do; these
-tests cover what is particular to OpenStack: the requests it makes, credentials, the endpoint
-policy applied to the Keystone catalogue, and how Nova's answers map onto the typed errors.
+The generic contracts (test_contract.py, test_storage_contract.py) hold the adapter to what
+every adapter must do; these tests cover what is particular to OpenStack: the requests it
+makes, credentials, the endpoint policy applied to the Keystone catalogue, how Nova's and
+Cinder's answers map onto the typed errors, and the EC2 credentials that reach Swift.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import uuid
 from collections.abc import Iterator
@@ -14,20 +18,26 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import pytest
 import requests
 import requests_mock
+from flask import Response
 
 from providers.base import (
     Action,
     AdapterContext,
+    BucketRequest,
+    Feature,
     InstanceState,
     OutcomeUnknown,
     Permanent,
     ProvisionRequest,
+    Retained,
     Retryable,
     SettingsInvalid,
     Throttled,
+    VolumeRequest,
 )
 from providers.faults import Fault, Operation
 from providers.http import HttpPolicy, parse_retry_after
@@ -35,7 +45,9 @@ from providers.openstack import (
     NOVA_MICROVERSION,
     OpenStackAdapter,
     instance_state,
+    s3_endpoint,
     v3_auth_url,
+    volume_state,
 )
 from tests.adapters.fake_openstack import (
     APP_CREDENTIAL_ID,
@@ -43,13 +55,18 @@ from tests.adapters.fake_openstack import (
     FLAVORS,
     IMAGE_ID,
     PASSWORD,
+    PROJECT_ID,
     REGION,
     SKU,
+    USER_ID,
     USERNAME,
+    VOLUME_SKU,
     FakeOpenStack,
+    cinder_version,
     fake_openstack,
     harness,
     nova_version,
+    s3_put_object,
     token_body,
 )
 from tests.adapters.harness import TEST_TIMEOUT
@@ -574,3 +591,376 @@ def test_address_refused_at_connect_time_is_settings_invalid(
     with pytest.raises(SettingsInvalid) as refused:
         adapter.ensure_provisioned(_request())
     assert "127.0.0.1" in str(refused.value)
+
+
+# -- storage against the fake cloud -----------------------------------------------------------
+
+
+def _volume_request(**overrides: Any) -> VolumeRequest:
+    values: dict[str, Any] = {
+        "order_id": uuid.uuid4(),
+        "sku": VOLUME_SKU,
+        "region": REGION,
+        "name": "data",
+        "size_gib": 100,
+    }
+    return VolumeRequest(**{**values, **overrides})
+
+
+def _bucket_request(**overrides: Any) -> BucketRequest:
+    order_id = overrides.pop("order_id", uuid.uuid4())
+    values: dict[str, Any] = {
+        "order_id": order_id,
+        "sku": "swift",
+        "region": REGION,
+        "name": f"broker-order-{order_id}-0",
+    }
+    return BucketRequest(**{**values, **overrides})
+
+
+def test_volume_carries_the_token_in_its_metadata(
+    cloud: tuple[FakeOpenStack, str], tmp_path: Path
+) -> None:
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    request = _volume_request()
+    created = adapter.volumes().ensure_volume(request)
+    assert (created.state, created.size_gib, created.token) == (
+        InstanceState.PENDING,  # Cinder's create answer: `creating`
+        100,
+        request.token,
+    )
+    [body] = fake.volume_bodies
+    assert body["volume"] == {
+        "name": "data",
+        "size": 100,
+        "volume_type": VOLUME_SKU,
+        "metadata": {"broker-token": request.token},
+    }
+    # Found again with Cinder's metadata filter, before the create and after.
+    found = _adapter(cloud, tmp_path).find_volume(request.token)
+    assert found is not None and found.ref == created.ref
+    assert found.state is InstanceState.RUNNING and found.encrypted  # a LUKS volume type
+    assert [json.loads(f or "{}") for f in fake.volume_filters] == [
+        {"broker-token": request.token}
+    ] * 2
+    # Every Cinder call at the pinned microversion.
+    assert {mv for _, _, mv in fake.volume_calls} == {(3, 42)}
+
+    plain = adapter.create_volume(_volume_request(sku="ssd", size_gib=5), "broker-order-x-0")
+    assert not plain.encrypted
+    with pytest.raises(Permanent) as refused:
+        adapter.create_volume(_volume_request(sku="no-such-type"), "broker-order-y-0")
+    assert refused.value.code == "invalid_request"
+    with pytest.raises(Permanent) as refused:
+        adapter.create_volume(_volume_request(region="elsewhere"), "broker-order-z-0")
+    assert refused.value.code == "invalid_request"
+    assert fake.errors == []
+
+
+def test_resize_is_os_extend_and_grows_an_attached_volume(
+    cloud: tuple[FakeOpenStack, str], tmp_path: Path
+) -> None:
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    machine = adapter.ensure_provisioned(_request())
+    volume = adapter.ensure_volume(_volume_request())
+    adapter.attach_volume(volume.ref, machine.ref)
+
+    grown = adapter.resize_volume(volume.ref, 200)
+    assert (grown.size_gib, grown.attached_to) == (200, machine.ref)
+    assert fake.volumes[volume.ref].size == 200
+    assert fake.volume_actions == [{"os-extend": {"new_size": 200}}]
+
+    # The same size again is a retry, a smaller one a refusal: neither reaches Cinder.
+    assert adapter.resize_volume(volume.ref, 200).size_gib == 200
+    with pytest.raises(Permanent) as refused:
+        adapter.resize_volume(volume.ref, 150)
+    assert refused.value.code == "volume_shrink"
+    assert len(fake.volume_actions) == 1
+    assert fake.errors == []
+
+
+def test_attachment_goes_through_nova(cloud: tuple[FakeOpenStack, str], tmp_path: Path) -> None:
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    machine = adapter.ensure_provisioned(_request())
+    volume = adapter.ensure_volume(_volume_request())
+
+    attached = adapter.attach_volume(volume.ref, machine.ref)
+    assert attached.attached_to == machine.ref and attached.extra["device"] == "/dev/vdb"
+    assert fake.volumes[volume.ref].status == "in-use"
+    path = f"/compute/v2.1/servers/{machine.ref}/os-volume_attachments"
+    assert fake.attachment_calls == [("POST", path)]
+    assert adapter.attach_volume(volume.ref, machine.ref).attached_to == machine.ref
+    assert len(fake.attachment_calls) == 1  # attached there already: nothing asked of Nova
+
+    assert adapter.detach_volume(volume.ref).attached_to is None
+    assert fake.attachment_calls[-1] == ("DELETE", f"{path}/{volume.ref}")
+    assert fake.volumes[volume.ref].status == "available"
+
+    # Deleting the server detaches its volumes, as Nova does.
+    adapter.attach_volume(volume.ref, machine.ref)
+    adapter.deprovision(machine.ref)
+    assert (left := adapter.get_volume(volume.ref)) is not None and left.attached_to is None
+    adapter.delete_volume(volume.ref)
+    assert fake.volumes == {} and fake.errors == []
+
+
+def test_no_vault_on_swift(cloud: tuple[FakeOpenStack, str], tmp_path: Path) -> None:
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    assert Feature.OBJECT_STORAGE in adapter.features
+    assert Feature.OBJECT_LOCK not in adapter.features
+
+    for request in (_bucket_request(retention_days=365), _bucket_request(versioning=True)):
+        with pytest.raises(Permanent) as refused:
+            adapter.object_storage().ensure_bucket(request)
+        assert refused.value.code == "unsupported"
+    assert fake.containers == {}
+
+    bucket = adapter.ensure_bucket(_bucket_request())
+    with pytest.raises(Permanent) as refused:
+        adapter.set_retention(bucket.ref, 30)
+    assert refused.value.code == "unsupported"
+    assert adapter.retained(bucket.ref) == Retained(0)
+    adapter.delete_bucket(bucket.ref)
+    with pytest.raises(Permanent) as refused:
+        adapter.retained(bucket.ref)
+    assert refused.value.code == "not_found"
+
+
+def test_bucket_is_a_swift_container(cloud: tuple[FakeOpenStack, str], tmp_path: Path) -> None:
+    fake, base_url = cloud
+    adapter = _adapter(cloud, tmp_path)
+    request = _bucket_request()
+    bucket = adapter.ensure_bucket(request)
+    container = fake.containers[request.name]
+    assert container.metadata["X-Container-Meta-Broker-Token"] == request.token
+    # The object-store endpoint of the catalogue, and the S3 one of the same proxy.
+    assert bucket.endpoint == f"{base_url}/object"  # S3 (s3api), where the EC2 keys work
+    assert bucket.extra["swift_endpoint"] == f"{base_url}/object/v1/AUTH_{PROJECT_ID}"
+    assert bucket.encrypted  # as the order asked
+
+    # A container of the same name made for another order is not taken over.
+    other = _bucket_request(name=request.name)
+    with pytest.raises(Permanent) as refused:
+        adapter.ensure_bucket(other)
+    assert refused.value.code == "conflict"
+    assert container.metadata["X-Container-Meta-Broker-Token"] == request.token
+    assert fake.errors == []
+
+
+def test_ec2_credential_issued_found_again_and_revoked(
+    cloud: tuple[FakeOpenStack, str], tmp_path: Path
+) -> None:
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    bucket = adapter.ensure_bucket(_bucket_request())
+
+    # The credential is made, but the answer is lost (the listing before it takes a fault
+    # that does nothing here: nothing of its is deleted out of band).
+    fake.faults.inject(Operation.ACTION, Fault.DELETED_OUT_OF_BAND, Fault.TIMEOUT_AFTER_COMMIT)
+    with pytest.raises(Retryable):
+        adapter.issue_key(bucket.ref, "key-for-order")
+    [credential] = fake.credentials.values()
+    key = _adapter(cloud, tmp_path).issue_key(bucket.ref, "key-for-order")
+    assert len(fake.credentials) == 1  # found by its token, not made twice
+    blob = json.loads(credential.blob)
+    assert (credential.type, credential.user_id, credential.project_id) == (
+        "ec2",
+        USER_ID,
+        PROJECT_ID,
+    )
+    assert blob == {
+        "access": key.key_id,
+        "secret": key.secret,
+        "bucket": bucket.ref,
+        "broker_token": "key-for-order",
+    }
+    assert key.secret not in repr(key)
+
+    s3_put_object(bucket, key, "minutes.pdf")  # the key reaches the bucket through s3api
+    assert set(fake.containers[bucket.ref].objects) == {"minutes.pdf"}
+
+    # Another bucket's key is left alone; this one's is deleted, then refused by s3api.
+    adapter.revoke_key("another-bucket", key.key_id)
+    assert len(fake.credentials) == 1
+    adapter.revoke_key(bucket.ref, key.key_id)
+    assert fake.credentials == {}
+    with pytest.raises(botocore.exceptions.ClientError) as refused:
+        s3_put_object(bucket, key, "late.pdf")
+    assert refused.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    adapter.revoke_key(bucket.ref, key.key_id)  # revoked already: done
+    assert fake.errors == []
+
+
+def test_key_secret_never_in_errors_or_logs(
+    cloud: tuple[FakeOpenStack, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keystone answers the create with an error echoing what it was sent."""
+    fake, _ = cloud
+    adapter = _adapter(cloud, tmp_path)
+    bucket = adapter.ensure_bucket(_bucket_request())
+    sent: list[str] = []
+
+    def echo(body: dict[str, Any]) -> Response:
+        sent.append(body["credential"]["blob"])
+        error = {"error": {"code": 500, "message": f"Cannot store {json.dumps(body)}"}}
+        return Response(json.dumps(error), status=500, mimetype="application/json")
+
+    fake._create_credential = echo  # type: ignore[method-assign]
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Retryable) as failed:
+        adapter.issue_key(bucket.ref, "key-for-order")
+    [blob] = sent
+    secret = json.loads(blob)["secret"]
+    assert secret not in _chain_text(failed.value)
+    assert "***" in str(failed.value)
+    assert secret not in caplog.text  # keystoneauth's debug log of the request is off
+    assert "HEAD" in caplog.text  # while the others are logged
+
+
+# -- storage unit tests with requests-mock ----------------------------------------------------
+
+CINDER_ROOT = "https://cinder.example.net/volume"
+CINDER = f"{CINDER_ROOT}/v3/{PROJECT_ID}"
+VOLUME_ID = "0c5a3f7e-9d2b-4e1a-8f6c-3b7d9e1a2c4f"
+
+
+def _cinder_volume(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": VOLUME_ID,
+        "name": "data",
+        "size": 100,
+        "status": "available",
+        "volume_type": VOLUME_SKU,
+        "encrypted": True,
+        "metadata": {"broker-token": "broker-order-1"},
+        "attachments": [],
+        **fields,
+    }
+
+
+@pytest.fixture
+def mocked_cinder(mocked: requests_mock.Mocker) -> requests_mock.Mocker:
+    """Keystone with a catalogue holding Cinder too, and Cinder's discovery."""
+    mocked.post(
+        f"{KEYSTONE}/auth/tokens",
+        json=token_body(NOVA, volume_url=CINDER),
+        status_code=201,
+        headers={"X-Subject-Token": "token-1"},
+    )
+    mocked.get(f"{CINDER_ROOT}/v3/", json={"versions": [cinder_version(CINDER_ROOT)]})
+    return mocked
+
+
+def test_storage_missing_from_the_catalogue_is_unsupported(
+    mocked: requests_mock.Mocker, tmp_path: Path
+) -> None:
+    adapter = _mocked_adapter(tmp_path)
+    for call in (
+        lambda: adapter.get_volume(VOLUME_ID),
+        lambda: adapter.ensure_bucket(_bucket_request()),
+    ):
+        with pytest.raises(Permanent) as refused:
+            call()
+        assert refused.value.code == "unsupported"
+
+
+def test_private_block_storage_endpoint_in_the_catalogue_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keystone and Nova are public, but the catalogue sends Cinder to a private address."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(host).endswith(".example.net"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    context = AdapterContext(uuid.uuid4(), tmp_path, HttpPolicy(timeout=1, allow_private=False))
+    adapter = OpenStackAdapter(
+        {"auth_url": KEYSTONE, "region": REGION, "project_id": "p1"},
+        PASSWORD_CREDENTIALS,
+        context,
+    )
+    with requests_mock.Mocker() as mock:
+        mock.post(
+            f"{KEYSTONE}/auth/tokens",
+            json=token_body(NOVA, volume_url=f"https://10.20.30.40/volume/v3/{PROJECT_ID}"),
+            status_code=201,
+            headers={"X-Subject-Token": "token-1"},
+        )
+        mock.get(NOVA, json={"version": nova_version(NOVA)})
+        with pytest.raises(SettingsInvalid) as refused:
+            adapter.get_volume(VOLUME_ID)
+        assert "10.20.30.40" not in {r.hostname for r in mock.request_history}
+    assert "block-storage" in str(refused.value) and "10.20.30.40" in str(refused.value)
+
+
+def test_delete_of_a_volume_being_deleted_or_attached(
+    mocked_cinder: requests_mock.Mocker, tmp_path: Path
+) -> None:
+    refusal = _nova_error(400, "badRequest", "Invalid volume: Volume status must be available.")
+    mocked_cinder.delete(f"{CINDER}/volumes/{VOLUME_ID}", **refusal)
+    show = mocked_cinder.get(
+        f"{CINDER}/volumes/{VOLUME_ID}", json={"volume": _cinder_volume(status="deleting")}
+    )
+    adapter = _mocked_adapter(tmp_path)
+    adapter.delete_volume(VOLUME_ID)  # the first answer was lost: it is being deleted
+    assert show.called
+
+    attachment = {"server_id": SERVER_ID, "device": "/dev/vdb"}
+    mocked_cinder.get(
+        f"{CINDER}/volumes/{VOLUME_ID}",
+        json={"volume": _cinder_volume(status="in-use", attachments=[attachment])},
+    )
+    with pytest.raises(Permanent) as refused:
+        adapter.delete_volume(VOLUME_ID)
+    assert refused.value.code == "conflict"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            _nova_error(413, "overLimit", "VolumeLimitExceeded: exceeded for quota 'volumes'."),
+            "quota_exceeded",
+        ),
+        (
+            _nova_error(413, "overLimit", "Requested volume exceeds allowed gigabytes quota."),
+            "quota_exceeded",
+        ),
+        (
+            _nova_error(404, "itemNotFound", "Volume type with name x could not be found."),
+            "invalid_request",
+        ),
+        (_nova_error(503, "computeFault", "Service unavailable."), None),
+    ],
+)
+def test_cinder_create_failures(
+    answer: dict[str, Any],
+    expected: str | None,
+    mocked_cinder: requests_mock.Mocker,
+    tmp_path: Path,
+) -> None:
+    mocked_cinder.post(f"{CINDER}/volumes", **answer)
+    with pytest.raises((Permanent, OutcomeUnknown)) as failed:
+        _mocked_adapter(tmp_path).create_volume(_volume_request(), "broker-order-1")
+    if expected is None:
+        assert isinstance(failed.value, OutcomeUnknown)
+    else:
+        assert isinstance(failed.value, Permanent) and failed.value.code == expected
+
+
+def test_storage_maps() -> None:
+    assert volume_state("creating") is InstanceState.PENDING
+    assert volume_state("in-use") is InstanceState.RUNNING
+    assert volume_state("available") is InstanceState.RUNNING
+    assert volume_state("deleting") is InstanceState.DELETING
+    assert volume_state("error_extending") is InstanceState.ERROR
+    assert volume_state("awaiting-transfer") is InstanceState.UNKNOWN
+    assert s3_endpoint("https://swift.example.net/v1/AUTH_p") == "https://swift.example.net"
+    assert s3_endpoint("https://h.example.net/object/v1/AUTH_p/") == "https://h.example.net/object"
