@@ -21,7 +21,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from billing.money import UNIT_PRICE_QUANTUM, to_decimal, trim_decimals
-from billing.rating import HOURS_PER_MONTH
+from billing.rating import BROKER_METERED, HOURS_PER_MONTH, KIND_METRICS
 
 QUANTA_PER_UNIT = 3_600_000_000  # a microsecond is this share of an hour
 QUANTUM = Fraction(1, QUANTA_PER_UNIT)
@@ -113,6 +113,44 @@ def running_intervals(
     return spans
 
 
+# The states in which a volume exists at its provider, billed for its provisioned size: from
+# when it is first made until it is deleted (stopped machines keep their volumes, and pay).
+EXISTING_STATES = frozenset(
+    {"active", "stopping", "stopped", "starting", "rebooting", "updating", "terminating", "error"}
+)
+
+
+def sized_intervals(
+    events: Iterable[tuple[datetime, str, int | None]], until: datetime
+) -> list[tuple[datetime, datetime, int]]:
+    """The `[start, end)` spans a volume existed, each with the size it had then, from its
+    state changes `(at, to_state, size_gib or None)` in time order: a size counts from the
+    event that set it (made, resized) on; a span still open ends at `until`."""
+    spans: list[tuple[datetime, datetime, int]] = []
+    size: int | None = None
+    started: datetime | None = None
+    for at, state, new_size in events:
+        exists = state in EXISTING_STATES
+        if started is not None and (not exists or (new_size is not None and new_size != size)):
+            if started < at and size:
+                spans.append((started, at, size))
+            started = None
+        if new_size is not None:
+            size = new_size
+        if exists and started is None:
+            started = at
+    if started is not None and started < until and size:
+        spans.append((started, until, size))
+    return spans
+
+
+def gib_months(gib_hours: Fraction) -> Fraction:
+    """GiB-hours as GiB-months (730 h), floored to the ledger's resolution: a volume is never
+    billed a quantum more than it held (and a quantum is far below a cent)."""
+    exact = gib_hours / HOURS_PER_MONTH
+    return Fraction(exact.numerator * QUANTA_PER_UNIT // exact.denominator, QUANTA_PER_UNIT)
+
+
 @dataclass(frozen=True)
 class HourSlice:
     """Running time within one clock hour: `hours` of it, between `start` and `end`."""
@@ -153,6 +191,7 @@ RESOURCE_NEVER_MADE = "resource_never_made"
 OUTSIDE_RESOURCE_LIFE = "outside_resource_life"
 QUANTITY_IMPLAUSIBLE = "quantity_implausible"
 METRIC_POLLED = "metric_polled"
+METRIC_METERED = "metric_metered"
 
 # What the ledger can hold for one resource, metric and period: a 64-bit count of quanta. An
 # hourly ceiling is kept under it over the longest month, so that no plausible month of usage
@@ -212,6 +251,27 @@ def hourly_ceiling(metric: str, capacity: Capacity, ceilings: Ceilings) -> Fract
     else:
         per_hour = Fraction(0)
     return min(per_hour, MAX_HOURLY_CEILING)
+
+
+def metered_refusal(metric: str, kind: str) -> Refusal | None:
+    """Why `metric` is not reported for a resource of `kind`: the broker meters it itself
+    (a machine's instance hours, a volume's provisioned GiB-months), or that kind has no
+    such metric."""
+    if metric in BROKER_METERED.get(kind, frozenset()):
+        return Refusal(
+            METRIC_METERED,
+            "metric",
+            f"The broker meters {metric} of a {kind} itself, from its life and size: it is "
+            "not reported (it would be billed twice).",
+        )
+    if metric not in KIND_METRICS.get(kind, ()):
+        return Refusal(
+            QUANTITY_IMPLAUSIBLE,
+            "metric",
+            f"A {kind} does not consume {metric} (its metrics: "
+            f"{', '.join(KIND_METRICS.get(kind, ()))}).",
+        )
+    return None
 
 
 def life_refusal(

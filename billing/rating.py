@@ -24,7 +24,28 @@ METRICS: dict[str, str] = {
     "ram_gib_hour": "GiB-hour",
     "storage_gib_month": "GiB-month",
     "egress_gib": "GiB",
+    "requests": "request",
 }
+
+
+# What each kind of offer is priced by: the metric every offer of the kind must price first,
+# then the others it may. Volumes bill their provisioned size (`storage_gib_month`, metered by
+# the broker from the volume's life and resizes); buckets the GiB they store, the requests
+# they serve and their egress (reported by the provider).
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "vm": ("instance_hour", "vcpu_hour", "ram_gib_hour", "storage_gib_month", "egress_gib"),
+    "volume": ("storage_gib_month",),
+    "object_storage": ("storage_gib_month", "requests", "egress_gib"),
+}
+# Metrics the broker meters itself, from each resource's life: never reported by providers.
+BROKER_METERED: dict[str, frozenset[str]] = {
+    "vm": frozenset({"instance_hour"}),
+    "volume": frozenset({"storage_gib_month"}),
+    "object_storage": frozenset(),
+}
+# How much a bucket is compared, quoted and budgeted at when nobody says how much it will
+# store: 1,000 GiB for a month.
+STORED_GIB_BASIS = 1000
 
 
 @dataclass(frozen=True)

@@ -473,6 +473,7 @@ DEMO_CLIENTS = [
     ("BUYER", "Agence nationale des données de santé", "buyer"),
     ("APPROVER", "Agence nationale des données de santé", "approver"),
     ("OPERATOR", "Hexagone Cloud", "provider"),
+    ("CITY_BUYER", "Ville de Québec", "buyer"),
 ]
 
 
@@ -480,8 +481,8 @@ DEMO_CLIENTS = [
 def demo_env() -> None:
     """Print the demo's clients and ids as shell variables, for `eval "$(broker demo env)"`:
     BROKER (its URL), <NAME>_ID and <NAME>_SECRET for ADMIN, FINANCE, ASSESSOR, BUYER and
-    APPROVER (of the first demo agency) and OPERATOR (of Hexagone Cloud), AGENCY_ID and
-    PROVIDER_ID."""
+    APPROVER (of the first demo agency), OPERATOR (of Hexagone Cloud) and CITY_BUYER (of the
+    city of Québec, which buys in CAD), AGENCY_ID and PROVIDER_ID."""
     import shlex
 
     config = load_config()

@@ -241,6 +241,23 @@ class DemoOffer:
 
 
 @dataclass(frozen=True)
+class DemoStorage:
+    """One storage offer: a block volume, or a bucket (a vault with `immutability_days`)."""
+
+    sku: str
+    name: str
+    region: str
+    kind: str  # volume | object_storage
+    prices: dict[str, str]  # metric → unit price
+    size_gib: int | None = None
+    performance: str = "standard"
+    iops: int | None = None
+    encrypted: bool = True
+    versioning: bool = False
+    immutability_days: int | None = None
+
+
+@dataclass(frozen=True)
 class DemoProvider:
     name: str  # also the name of the provider organization operating it
     domain: str  # where its (fictional) evidence is published
@@ -255,6 +272,7 @@ class DemoProvider:
     offers: tuple[DemoOffer, ...]
     # Machine types its cloud sells that have no offer yet (the README's operator publishes one).
     not_offered: tuple[DemoOffer, ...] = ()
+    storage: tuple[DemoStorage, ...] = ()
 
 
 DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
@@ -310,6 +328,34 @@ DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
             ),
         ),
         not_offered=(DemoOffer("hc-std-xs-par", "Standard XS — Paris", "fr-par-1", 1, 2, 25),),
+        storage=(
+            DemoStorage(
+                "hc-bloc-ssd-par",
+                "Bloc SSD 100 Gio — Paris",
+                "fr-par-1",
+                "volume",
+                {"storage_gib_month": "0.08"},
+                size_gib=100,
+            ),
+            DemoStorage(
+                "hc-bloc-nvme-par",
+                "Bloc NVMe haute performance 500 Gio — Paris",
+                "fr-par-1",
+                "volume",
+                {"storage_gib_month": "0.16"},
+                size_gib=500,
+                performance="high-iops",
+                iops=20000,
+            ),
+            DemoStorage(
+                "hc-objet-par",
+                "Stockage objet — Paris",
+                "fr-par-1",
+                "object_storage",
+                {"storage_gib_month": "0.02", "requests": "0.000004", "egress_gib": "0.01"},
+                versioning=True,
+            ),
+        ),
     ),
     DemoProvider(
         name="Nordet Nuagique",
@@ -348,6 +394,26 @@ DEMO_PROVIDERS: tuple[DemoProvider, ...] = (
             ),
             DemoOffer("nn-m-qc", "Boréal M — Québec", "ca-qc-2", 4, 16, 100),
             DemoOffer("nn-l-qc", "Boréal L — Québec", "ca-qc-2", 8, 32, 250),
+        ),
+        storage=(
+            DemoStorage(
+                "nn-bloc-ssd-mtl",
+                "Boréal Bloc SSD 100 Gio — Montréal",
+                "ca-qc-1",
+                "volume",
+                {"storage_gib_month": "0.11"},
+                size_gib=100,
+            ),
+            # The vault: a city's records kept write-once for a year, in a Tier IV site.
+            DemoStorage(
+                "nn-coffre-mtl",
+                "Boréal Coffre-fort 365 jours — Montréal",
+                "ca-qc-1",
+                "object_storage",
+                {"storage_gib_month": "0.035", "requests": "0.000005", "egress_gib": "0.025"},
+                versioning=True,
+                immutability_days=365,
+            ),
         ),
     ),
     DemoProvider(
@@ -431,6 +497,11 @@ def provider_payload(
                 }
                 for offer in demo.offers + demo.not_offered
             ],
+            "volume_types": [
+                {"sku": item.sku, "name": item.name, "region": item.region}
+                for item in demo.storage
+                if item.kind == "volume"
+            ],
         },
         "regions": [
             {"code": code, "country": country, "city": city, "datacenter_tier": tier}
@@ -487,6 +558,38 @@ def offer_payload(demo: DemoProvider, offer: DemoOffer, provider_id: uuid.UUID) 
     if offer.compliance is not None:
         data["compliance"] = list(offer.compliance)
     return data
+
+
+def storage_payload(
+    demo: DemoProvider, item: DemoStorage, provider_id: uuid.UUID
+) -> dict[str, Any]:
+    """A storage offer as `POST /v1/offers` would hand it to the service."""
+    specs: dict[str, Any] = (
+        {
+            "size_gib": item.size_gib,
+            "performance": item.performance,
+            "iops": item.iops,
+            "encrypted": item.encrypted,
+        }
+        if item.kind == "volume"
+        else {
+            "encrypted": item.encrypted,
+            "versioning": item.versioning,
+            "immutability_days": item.immutability_days,
+        }
+    )
+    return {
+        "provider_id": provider_id,
+        "sku": item.sku,
+        "name": item.name,
+        "kind": item.kind,
+        "region": item.region,
+        "specs": specs,
+        "prices": [
+            {"metric": metric, "unit_price": price, "currency": demo.currency}
+            for metric, price in item.prices.items()
+        ],
+    }
 
 
 def _seed_policies(session: Session) -> None:
@@ -550,10 +653,12 @@ def _seed_catalogue(session: Session, issuer_key_file: Path) -> None:
         # Offers are created and published by the operator, as through the API.
         caller = _operator(provider)
         existing = set(session.scalars(select(Offer.sku).where(Offer.provider_id == provider.id)))
-        for offer in demo.offers:
-            if offer.sku in existing:
+        payloads = [offer_payload(demo, offer, provider.id) for offer in demo.offers]
+        payloads += [storage_payload(demo, item, provider.id) for item in demo.storage]
+        for payload in payloads:
+            if payload["sku"] in existing:
                 continue
-            draft = offers.create_offer(session, caller, offer_payload(demo, offer, provider.id))
+            draft = offers.create_offer(session, caller, payload)
             offers.publish_offer(session, caller, draft.id)
 
 

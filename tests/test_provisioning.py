@@ -685,7 +685,7 @@ def test_day_two_actions_change_the_machine_and_record_every_state(
         ("active", "terminating"),
         ("terminating", "terminated"),
     ]
-    for action in resource_service.ACTIONS:  # nothing more can be done to it
+    for action in resource_service.KIND_ACTIONS["vm"]:  # nothing more can be done to it
         problem(_act(client, user, resource.id, action), 409, "action_not_allowed")
 
 

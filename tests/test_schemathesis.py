@@ -8,7 +8,8 @@ cursor this API never issued is refused on `cursor`, an Idempotency-Key reused w
 body is 422, a price bound without its currency is 422, pushed usage must be of the caller's
 own machines and within its time window, a billing run's period must have started, the
 token endpoint answers bad credentials in RFC 6749's 400/401, only Stripe signs webhooks, a
-trusted issuer's keys must be real public keys and a signed statement must verify.
+trusted issuer's keys must be real public keys, a signed statement must verify and an offer's
+specs are those of its kind.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def _documented_refusal(response, case) -> bool:
             return True
         if case.path == "/v1/offers" and set(body.get("errors", {})) == {"currency"}:
             return True  # max_monthly_price needs a currency: prices in two don't compare
+        if case.path.startswith("/v1/offers") and all(
+            key.split(".")[0] == "specs" for key in body.get("errors", {})
+        ):
+            return True  # each kind has its own specs (`kind`, or the offer's, decides)
         if case.path.startswith("/v1/providers") and all(
             key.split(".")[0] in {"adapter", "adapter_config", "credentials"}
             for key in body.get("errors", {})
@@ -74,9 +79,7 @@ def _documented_refusal(response, case) -> bool:
             return True  # usage of your own machines, in the lookback window, within a month
         if case.path == "/v1/billing-runs" and set(body.get("errors", {})) == {"period"}:
             return True  # a period that has started (and not before 2000)
-        if case.path.startswith("/v1/trusted-issuers") and set(body.get("errors", {})) == {
-            "jwks"
-        }:
+        if case.path.startswith("/v1/trusted-issuers") and set(body.get("errors", {})) == {"jwks"}:
             return True  # a key set of real public keys: importable, with their own kids
         if case.path.endswith("/evidence") and (
             body.get("code") == "statement_rejected"  # a statement must verify

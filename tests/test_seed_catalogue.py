@@ -139,12 +139,18 @@ def test_the_buyer_sees_a_published_catalogue_of_three_providers(
     assert len(offers) >= 18
     assert {offer["state"] for offer in offers} == {"published"}
     assert providers_of(offers) == {HEXAGONE, NORDET, ATLANTIC}
-    per_provider = Counter(offer["provider_name"] for offer in offers)
+    machines = [offer for offer in offers if offer["kind"] == "vm"]
+    per_provider = Counter(offer["provider_name"] for offer in machines)
     assert all(6 <= count <= 10 for count in per_provider.values()), per_provider
     assert len({offer["id"] for offer in offers}) == len(offers)
-    # Sorted by monthly price within each currency by default; cheapest EUR is Atlantic's.
+    # Sorted by monthly price within each currency by default; the cheapest EUR machine is
+    # Atlantic's, the cheapest EUR offer of all a volume.
     euro = [offer for offer in offers if offer["currency"] == "EUR"]
-    assert euro[0]["provider_name"] == ATLANTIC
+    assert [offer["provider_name"] for offer in euro if offer["kind"] == "vm"][0] == ATLANTIC
+    assert euro[0]["kind"] == "volume"
+    assert [float(offer["monthly_price"]) for offer in euro] == sorted(
+        float(offer["monthly_price"]) for offer in euro
+    )
     # One offer shows graduated egress prices.
     tiered = [
         offer["sku"]

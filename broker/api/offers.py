@@ -42,7 +42,7 @@ from broker.services import offers as service
 blp = Blueprint("offers", __name__, url_prefix="/v1/offers", description="Catalogue")
 
 _ETAG = {"ETag": {"schema": {"type": "string"}}}
-KINDS = ["vm"]
+KINDS = list(service.KIND_SPECS)
 
 
 def _within(name: str) -> ma.validate.Range:
@@ -51,10 +51,72 @@ def _within(name: str) -> ma.validate.Range:
 
 
 class SpecsSchema(StrictSchema):
+    """A machine's specs (`kind` `vm`)."""
+
     vcpu = WholeNumber(required=True, validate=_within("vcpu"))
     ram_gib = ma.fields.Float(required=True, validate=_within("ram_gib"))
     disk_gib = WholeNumber(load_default=0, validate=_within("disk_gib"))
     gpu = WholeNumber(load_default=0, validate=_within("gpu"))
+
+
+class VolumeSpecsSchema(StrictSchema):
+    """A block volume's specs (`kind` `volume`)."""
+
+    size_gib = WholeNumber(
+        required=True,
+        validate=_within("size_gib"),
+        metadata={"description": "The size ordered; a volume grows later, never shrinks."},
+    )
+    performance = slug_field(
+        max_length=40,
+        load_default="standard",
+        metadata={"description": "Performance class, e.g. `standard`, `high-iops`."},
+    )
+    iops = WholeNumber(load_default=None, allow_none=True, validate=_within("iops"))
+    encrypted = ma.fields.Boolean(load_default=False)
+
+
+class ObjectStorageSpecsSchema(StrictSchema):
+    """A bucket's specs (`kind` `object_storage`); with `immutability_days`, a vault."""
+
+    encrypted = ma.fields.Boolean(load_default=False)
+    versioning = ma.fields.Boolean(load_default=False)
+    immutability_days = WholeNumber(
+        load_default=None,
+        allow_none=True,
+        validate=_within("immutability_days"),
+        metadata={
+            "description": "Default retention in compliance mode: no object can be deleted or "
+            "overwritten before it is that many days old, by anybody (write once, read many)."
+        },
+    )
+
+
+SPECS_SCHEMAS: dict[str, type[StrictSchema]] = {
+    "vm": SpecsSchema,
+    "volume": VolumeSpecsSchema,
+    "object_storage": ObjectStorageSpecsSchema,
+}
+
+
+def specs_field(**kwargs: Any) -> ma.fields.Dict:
+    return ma.fields.Dict(
+        metadata={
+            "description": "By kind — vm: {vcpu, ram_gib, disk_gib, gpu}; volume: {size_gib, "
+            "performance, iops, encrypted}; object_storage: {encrypted, versioning, "
+            "immutability_days}. Replaced whole: send every field of the specs."
+        },
+        **kwargs,
+    )
+
+
+def load_specs(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` checked by the specs schema of `kind` (422 naming `specs.<field>` otherwise)."""
+    try:
+        loaded: dict[str, Any] = SPECS_SCHEMAS[kind]().load(raw)
+    except ma.ValidationError as error:
+        raise ma.ValidationError({"specs": error.messages}) from None
+    return loaded
 
 
 class TierSchema(StrictSchema):
@@ -85,9 +147,7 @@ class OfferPatchSchema(StrictSchema):
     region = slug_field(
         max_length=50, example="fr-par-1", metadata={"description": "A region code of the provider"}
     )
-    specs = ma.fields.Nested(
-        SpecsSchema, metadata={"description": "Replaced whole: send every field of the specs."}
-    )
+    specs = specs_field()
     prices = ma.fields.List(
         ma.fields.Nested(PriceSchema),
         validate=ma.validate.Length(min=1, max=len(METRICS)),
@@ -117,12 +177,17 @@ class OfferCreateSchema(OfferPatchSchema):
     name = name_field(required=True)
     kind = ma.fields.String(load_default="vm", validate=ma.validate.OneOf(KINDS))
     region = slug_field(max_length=50, example="fr-par-1", required=True)
-    specs = ma.fields.Nested(SpecsSchema, required=True)
+    specs = specs_field(required=True)
     prices = ma.fields.List(
         ma.fields.Nested(PriceSchema),
         required=True,
         validate=ma.validate.Length(min=1, max=len(METRICS)),
     )
+
+    @ma.post_load
+    def _specs_of_kind(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["specs"] = load_specs(data["kind"], data["specs"])
+        return data
 
 
 def _claim(claim: service.Claim) -> dict[str, Any]:
@@ -165,7 +230,10 @@ class OfferSchema(ma.Schema):
     currency = ma.fields.String()
     monthly_price = Money(
         currency_from="currency",
-        metadata={"description": "730 hours of one machine, for comparison."},
+        metadata={
+            "description": "A month (730 hours) of one unit, for comparison: a machine, a "
+            "volume of its size, a bucket storing 1,000 GiB (requests and egress aside)."
+        },
     )
     compliance = ma.fields.Method(
         "_compliance",
@@ -191,12 +259,7 @@ class OfferSchema(ma.Schema):
         }
 
     def _specs(self, offer: Offer) -> dict[str, Any]:
-        return {
-            "vcpu": offer.vcpu,
-            "ram_gib": float(offer.ram_gib),
-            "disk_gib": offer.disk_gib,
-            "gpu": offer.gpu,
-        }
+        return service.specs_document(offer)
 
     def _compliance(self, offer: Offer) -> list[dict[str, Any]]:
         return [_claim(claim) for claim in service.claims(offer, now())]
@@ -228,6 +291,18 @@ class SearchArgs(ListArgs):
         load_default=None,
         validate=ma.validate.Range(min=1, max=4),
         metadata={"description": "Uptime Institute tier of the datacenter, at least (1–4)."},
+    )
+    min_size_gib = ma.fields.Integer(
+        load_default=None,
+        validate=ma.validate.Range(min=1, max=65536),
+        metadata={"description": "Volumes of at least this size (GiB)."},
+    )
+    encrypted = ma.fields.Boolean(
+        load_default=None, metadata={"description": "Storage encrypted at rest (or not)."}
+    )
+    immutable = ma.fields.Boolean(
+        load_default=None,
+        metadata={"description": "Buckets with a default retention (vaults), or without."},
     )
     max_monthly_price = Money(load_default=None)
     currency = currency_field(load_default=None)
@@ -301,6 +376,9 @@ def edit_offer(data: dict[str, Any], offer_id: uuid.UUID) -> Response:
     Fields left out keep their value; a field sent replaces the old value whole (`prices`,
     `specs` and `compliance` are not merged). The `ETag` is the document's revision, not the
     offer's `version`: send it back as it is in `If-Match`."""
+    if "specs" in data:  # checked by the specs schema of the offer's kind
+        offer = service.get_offer(request_session(), current_caller(), offer_id)
+        data["specs"] = load_specs(offer.kind, data["specs"])
     edit = service.edit_offer(
         request_session(),
         current_caller(),

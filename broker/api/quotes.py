@@ -23,6 +23,14 @@ class QuoteRequestSchema(StrictSchema):
         validate=ma.validate.Range(min=1, max=8784),
         metadata={"description": "Hours of running (730 ≈ one month)."},
     )
+    stored_gib = WholeNumber(
+        load_default=None,
+        validate=ma.validate.Range(min=1, max=1_048_576),
+        metadata={
+            "description": "Object storage only: GiB the bucket will store (1,000 unless "
+            "given). Requests and egress are not estimated."
+        },
+    )
 
 
 class ReasonSchema(ma.Schema):
@@ -35,6 +43,7 @@ class QuoteSchema(ma.Schema):
     offer_version = ma.fields.Integer(attribute="offer.version")
     quantity = ma.fields.Integer()
     hours = ma.fields.Integer()
+    stored_gib = ma.fields.Integer(allow_none=True)
     lines = ma.fields.List(ma.fields.Nested(RatedLineSchema), attribute="estimate.lines")
     total = Money(attribute="estimate.total", currency_from="estimate.currency")
     currency = ma.fields.String(attribute="estimate.currency")
@@ -82,4 +91,5 @@ def create_quote(data: dict[str, Any]) -> service.Quote:
         quantity=data["quantity"],
         hours=Decimal(data["hours"]),
         now=now(),
+        stored_gib=data["stored_gib"],
     )

@@ -35,6 +35,7 @@ from broker.models.idempotency import IdempotencyRecord
 from broker.models.jobs import Job, JobState
 from broker.models.orders import (
     LIVE_STATES,
+    BucketAccess,
     Order,
     OrderState,
     Resource,
@@ -56,6 +57,7 @@ from broker.models.people import (
 from broker.models.policies import AgencyPolicy
 
 __all__ = [
+    "BucketAccess",
     "LANGUAGES",
     "BrowserSession",
     "IdentityProvider",

@@ -224,6 +224,7 @@ class Offer(IdMixin, TimestampMixin, Base):
         Index("ix_offers_search_ram", "state", "ram_gib", "id"),
         Index("ix_offers_search_name", "state", "name", "id"),
         Index("ix_offers_region_country", "region_country"),
+        Index("ix_offers_search_kind", "state", "kind", "monthly_price", "id"),
     )
 
     provider_id: Mapped[uuid.UUID] = mapped_column(
@@ -238,10 +239,19 @@ class Offer(IdMixin, TimestampMixin, Base):
     region_country: Mapped[str] = mapped_column(String(2))
     region_city: Mapped[str | None] = mapped_column(String(100))
     datacenter_tier: Mapped[int | None]
+    # What it sells, per kind (see `broker/services/offers.py`, `KIND_SPECS`): a machine's size
+    # (0 for storage), a volume's `size_gib`, `performance` class and `iops`, and the
+    # `encrypted`, `versioning` and `immutability_days` of a bucket (a vault when set).
     vcpu: Mapped[int]
     ram_gib: Mapped[Decimal] = mapped_column(Numeric(10, 3))
     disk_gib: Mapped[int]
     gpu: Mapped[int] = mapped_column(default=0)
+    size_gib: Mapped[int | None]
+    performance: Mapped[str | None] = mapped_column(String(40))
+    iops: Mapped[int | None]
+    encrypted: Mapped[bool] = mapped_column(default=False, server_default="0")
+    versioning: Mapped[bool] = mapped_column(default=False, server_default="0")
+    immutability_days: Mapped[int | None]
     # [{metric, unit_price, currency, tiers?}] with decimals as strings.
     prices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     currency: Mapped[str] = mapped_column(String(3))

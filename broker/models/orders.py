@@ -66,6 +66,7 @@ class ResourceState(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     REBOOTING = "rebooting"
+    UPDATING = "updating"  # a volume resized, attached or detached; a bucket's retention set
     TERMINATING = "terminating"
     TERMINATED = "terminated"
     ERROR = "error"
@@ -80,6 +81,7 @@ LIVE_STATES = frozenset(
         ResourceState.STOPPED,
         ResourceState.STARTING,
         ResourceState.REBOOTING,
+        ResourceState.UPDATING,
         ResourceState.TERMINATING,
         ResourceState.ERROR,
     }
@@ -87,7 +89,7 @@ LIVE_STATES = frozenset(
 
 
 class Resource(IdMixin, TimestampMixin, Base):
-    """One machine of an order, at its provider."""
+    """One thing an order made at its provider: a machine, a volume or a bucket (`kind`)."""
 
     __tablename__ = "resources"
     __table_args__ = (
@@ -103,6 +105,7 @@ class Resource(IdMixin, TimestampMixin, Base):
     provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"))
     offer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("offers.id", ondelete="RESTRICT"))
     index: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(20), default="vm", server_default="vm")
     name: Mapped[str] = mapped_column(String(80))
     # The token the cloud knows the machine by (tag or client token): `broker-order-<order>-<n>`.
     token: Mapped[str] = mapped_column(String(80), unique=True)
@@ -117,6 +120,13 @@ class Resource(IdMixin, TimestampMixin, Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # How many state changes it has had: the `seq` of its latest event.
     events_recorded: Mapped[int] = mapped_column(default=0, server_default="0")
+    # A volume: its provisioned size now (its events keep each size and since when), and the
+    # machine it is attached to. A bucket: its default retention in days (a vault), if any.
+    size_gib: Mapped[int | None]
+    attached_to_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("resources.id", ondelete="SET NULL"), index=True
+    )
+    retention_days: Mapped[int | None]
 
     # Loaded only when read (a resource's detail): lists never touch it.
     events: Mapped[list[ResourceEvent]] = relationship(order_by="ResourceEvent.seq", viewonly=True)
@@ -138,6 +148,28 @@ class ResourceEvent(IdMixin, Base):
     from_state: Mapped[str | None] = mapped_column(String(20))
     to_state: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(String(500))
+    # A volume's provisioned size from this event on (set when it is made and on a resize).
+    size_gib: Mapped[int | None]
+
+
+class BucketAccess(Base):
+    """How an agency reaches a bucket it bought: the endpoint, the bucket and region, and the
+    key pair the provider issued for it. The secret is encrypted like provider credentials
+    (bound to the resource) and kept only until the agency has been shown it once; a rotation
+    issues a new pair, shown once again. Kept out of the resource row so no listing loads it."""
+
+    __tablename__ = "bucket_access"
+
+    resource_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("resources.id", ondelete="CASCADE"), primary_key=True
+    )
+    endpoint: Mapped[str] = mapped_column(String(500))
+    bucket: Mapped[str] = mapped_column(String(63))
+    region: Mapped[str] = mapped_column(String(50))
+    access_key_id: Mapped[str] = mapped_column(String(200))
+    secret_ciphertext: Mapped[str | None] = mapped_column(String(1000))
+    issued_at: Mapped[datetime]
+    shown_at: Mapped[datetime | None]
 
 
 class WebhookEndpointState(enum.StrEnum):

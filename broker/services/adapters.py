@@ -22,7 +22,15 @@ from broker.models.base import utcnow
 from broker.services import credentials
 from broker.services.credentials import Keyring
 from providers import registry
-from providers.base import AdapterContext, ProviderAdapter, ProviderError, SettingsInvalid
+from providers.base import (
+    AdapterContext,
+    Feature,
+    Kind,
+    ProviderAdapter,
+    ProviderError,
+    SettingsInvalid,
+    kinds_of,
+)
 from providers.http import HttpPolicy, UnsafeEndpoint
 
 log = logging.getLogger(__name__)
@@ -105,8 +113,10 @@ def machine_types(db: Database, offer_id: uuid.UUID, runtime: ProviderRuntime) -
         offer = session.get(Offer, offer_id)
         if offer is None:
             return None
+        if offer.kind != "vm":
+            return None  # clouds list their machine types only; storage is checked by kind
         region = offer.region_code
-        adapter = _adapter_or_none(session, offer.provider, runtime)
+        adapter = adapter_or_none(session, offer.provider, runtime)
     listing = _listing(adapter, offer.provider_id)
     if listing is None:
         return None
@@ -133,7 +143,7 @@ def strands(
         )
     )
     built = (
-        _adapter_or_none(session, provider, runtime, adapter=adapter, settings=settings)
+        adapter_or_none(session, provider, runtime, adapter=adapter, settings=settings)
         if published
         else None
     )
@@ -142,18 +152,34 @@ def strands(
         if not published:
             return []
         listing = _listing(built, provider.id)
-        if listing is None:
+        if listing is None or built is None:
             return None
         return [
             offer
             for offer in published
-            if (offer.sku, None) not in listing and (offer.sku, offer.region_code) not in listing
+            if (
+                offer.kind == Kind.VM
+                and (offer.sku, None) not in listing
+                and (offer.sku, offer.region_code) not in listing
+            )
+            or (offer.kind != Kind.VM and storage_refusal(built.features, offer) is not None)
         ]
 
     return ask
 
 
-def _adapter_or_none(
+def storage_refusal(features: frozenset[Feature], offer: Offer) -> str | None:
+    """Why a cloud with `features` cannot make what the storage `offer` sells, or None:
+    `kind_not_sold` (no such kind), `immutability_unsupported` (a vault without object lock).
+    Clouds list their machine types, not their storage: the adapter's features tell."""
+    if Kind(offer.kind) not in kinds_of(features):
+        return "kind_not_sold"
+    if offer.immutability_days and Feature.OBJECT_LOCK not in features:
+        return "immutability_unsupported"
+    return None
+
+
+def adapter_or_none(
     session: Session, provider: Provider, runtime: ProviderRuntime, **other: Any
 ) -> ProviderAdapter | None:
     try:

@@ -21,7 +21,15 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, contains_eager
 
 from billing.invoicing import STANDARD
 from billing.money import MoneyError, parse_unit_price
-from billing.rating import METRICS, Price, Specs, Tier, monthly_price
+from billing.rating import (
+    KIND_METRICS,
+    METRICS,
+    STORED_GIB_BASIS,
+    Price,
+    Specs,
+    Tier,
+    monthly_price,
+)
 from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
@@ -34,9 +42,10 @@ from broker.models import (
     ProviderState,
 )
 from broker.models.base import utcnow
-from broker.services import audit, evidence
+from broker.services import adapters, audit, evidence
 from broker.services.pagination import Page, paginate
 from broker.services.preconditions import IfMatch
+from providers import registry
 
 # Each sort's keys, before the offer id that breaks ties. Prices in different currencies do not
 # compare, so a price sort groups offers by currency first (as `max_monthly_price` needs a
@@ -63,8 +72,9 @@ def _tiers_rise(tiers: tuple[Tier, ...]) -> bool:
     )
 
 
-def parse_prices(raw: list[dict[str, Any]]) -> list[Price]:
-    """Validate an offer's price list: known metrics, once each, one currency, tiers rising."""
+def parse_prices(raw: list[dict[str, Any]], kind: str | None = None) -> list[Price]:
+    """Validate an offer's price list: known metrics, once each, one currency, tiers rising;
+    with its `kind`, only the metrics that kind is priced by, and the one it must have."""
     errors: dict[str, list[str]] = {}
     prices: list[Price] = []
     for index, item in enumerate(raw):
@@ -97,8 +107,16 @@ def parse_prices(raw: list[dict[str, Any]]) -> list[Price]:
         errors["prices"] = ["Each metric may be priced once."]
     if len({price.currency for price in prices}) > 1:
         errors["prices"] = ["All prices of an offer are in one currency."]
-    if "instance_hour" not in metrics and not errors:
-        errors["prices"] = ["An offer needs an `instance_hour` price."]
+    if kind is not None and not errors:
+        allowed = KIND_METRICS[kind]
+        foreign = [metric for metric in metrics if metric not in allowed]
+        if foreign:
+            errors["prices"] = [
+                f"An offer of kind {kind} is not priced by {', '.join(foreign)} "
+                f"(its metrics: {', '.join(allowed)})."
+            ]
+        elif allowed[0] not in metrics:
+            errors["prices"] = [required_price(kind)]
     if errors:
         raise ValidationFailed(errors=errors)
     return prices
@@ -127,6 +145,10 @@ def price_documents(prices: list[Price]) -> list[dict[str, Any]]:
     return documents
 
 
+def required_price(kind: str) -> str:
+    return f"An offer of kind {kind} needs a `{KIND_METRICS[kind][0]}` price."
+
+
 # What an offer may describe; the API's schemas and the offer sync both hold offers to it.
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 SPEC_LIMITS: dict[str, tuple[float, float]] = {
@@ -134,6 +156,15 @@ SPEC_LIMITS: dict[str, tuple[float, float]] = {
     "ram_gib": (0.25, 65536),
     "disk_gib": (0, 1_000_000),
     "gpu": (0, 64),
+    "size_gib": (1, 65536),
+    "iops": (100, 1_000_000),
+    "immutability_days": (1, 36500),
+}
+# The specs of each kind of offer (the API's schemas check their types and limits).
+KIND_SPECS: dict[str, tuple[str, ...]] = {
+    "vm": ("vcpu", "ram_gib", "disk_gib", "gpu"),
+    "volume": ("size_gib", "performance", "iops", "encrypted"),
+    "object_storage": ("encrypted", "versioning", "immutability_days"),
 }
 
 
@@ -146,8 +177,55 @@ def prices_of(offer: Offer) -> list[Price]:
     return parse_prices(offer.prices) if offer.prices else []
 
 
-def specs_of(offer: Offer) -> Specs:
+def specs_of(offer: Offer, stored_gib: int | None = None) -> Specs:
+    """What one unit of the offer consumes, for rating: a machine's size, a volume's size as
+    its disk, a bucket's `stored_gib` (the comparison basis unless given) as its disk."""
+    if offer.kind == "object_storage":
+        return Specs(0, Decimal(0), STORED_GIB_BASIS if stored_gib is None else stored_gib)
     return Specs(offer.vcpu, Decimal(offer.ram_gib), offer.disk_gib)
+
+
+def specs_document(offer: Offer) -> dict[str, Any]:
+    """An offer's specs as shown, by kind."""
+    if offer.kind == "volume":
+        return {
+            "size_gib": offer.size_gib,
+            "performance": offer.performance,
+            "iops": offer.iops,
+            "encrypted": offer.encrypted,
+        }
+    if offer.kind == "object_storage":
+        return {
+            "encrypted": offer.encrypted,
+            "versioning": offer.versioning,
+            "immutability_days": offer.immutability_days,
+        }
+    return {
+        "vcpu": offer.vcpu,
+        "ram_gib": float(offer.ram_gib),
+        "disk_gib": offer.disk_gib,
+        "gpu": offer.gpu,
+    }
+
+
+def _set_specs(offer: Offer, specs: dict[str, Any]) -> None:
+    """Set the specs of the offer's kind (checked by the API's schema of that kind); the
+    others are cleared, so a search by one kind's specs never matches another kind."""
+    offer.vcpu, offer.ram_gib, offer.disk_gib, offer.gpu = 0, Decimal(0), 0, 0
+    offer.size_gib = offer.performance = offer.iops = offer.immutability_days = None
+    offer.encrypted = offer.versioning = False
+    if offer.kind == "vm":
+        # RAM is a size, not money: a JSON number, kept to the MiB-ish precision of 3 places.
+        offer.vcpu, offer.ram_gib = specs["vcpu"], gib(specs["ram_gib"])
+        offer.disk_gib, offer.gpu = specs.get("disk_gib", 0), specs.get("gpu", 0)
+    elif offer.kind == "volume":
+        offer.size_gib = offer.disk_gib = specs["size_gib"]
+        offer.performance, offer.iops = specs.get("performance"), specs.get("iops")
+        offer.encrypted = specs.get("encrypted", False)
+    else:
+        offer.encrypted = specs.get("encrypted", False)
+        offer.versioning = specs.get("versioning", False)
+        offer.immutability_days = specs.get("immutability_days") or None
 
 
 # --- visibility ------------------------------------------------------------------------------
@@ -206,13 +284,12 @@ def _apply(
         offer.region_city = region.get("city")
         offer.datacenter_tier = region.get("datacenter_tier")
     if "specs" in data:
-        specs = data["specs"]
-        # RAM is a size, not money: a JSON number, kept to the MiB-ish precision of 3 places.
-        offer.vcpu, offer.ram_gib = specs["vcpu"], gib(specs["ram_gib"])
-        offer.disk_gib, offer.gpu = specs.get("disk_gib", 0), specs.get("gpu", 0)
+        _set_specs(offer, data["specs"])
     if "prices" in data:
         # Only an offer sync passes no prices (its drafts are priced by their operators).
-        offer.prices = price_documents(parse_prices(data["prices"])) if data["prices"] else []
+        offer.prices = (
+            price_documents(parse_prices(data["prices"], offer.kind)) if data["prices"] else []
+        )
         if offer.prices:
             offer.currency = offer.prices[0]["currency"]
     if "compliance" in data or creating:
@@ -310,6 +387,12 @@ def edit_offer(
         ram_gib=offer.ram_gib,
         disk_gib=offer.disk_gib,
         gpu=offer.gpu,
+        size_gib=offer.size_gib,
+        performance=offer.performance,
+        iops=offer.iops,
+        encrypted=offer.encrypted,
+        versioning=offer.versioning,
+        immutability_days=offer.immutability_days,
         prices=offer.prices,
         currency=offer.currency,
         compliance=[OfferCompliance(scheme=s) for s in offer.compliance_schemes],
@@ -335,8 +418,9 @@ def publish_offer(
     if not offer.prices:
         raise ValidationFailed(
             "Set the offer's prices before publishing it.",
-            errors={"prices": ["An offer needs an `instance_hour` price."]},
+            errors={"prices": [required_price(offer.kind)]},
         )
+    _check_sold(offer)
     if sold is not None and offer.sku not in sold:
         raise ValidationFailed(
             f"The provider's cloud does not sell {offer.sku!r} in {offer.region_code}: every "
@@ -359,6 +443,31 @@ def publish_offer(
     offer.state, offer.published_at = OfferState.PUBLISHED, now
     _save(session, caller, "offer.published", offer, before=before)
     return offer
+
+
+def _check_sold(offer: Offer) -> None:
+    """A storage offer needs a provider whose adapter makes that kind of thing, and a vault
+    one whose cloud enforces retention (object lock): otherwise every order would fail."""
+    try:
+        features = registry.load(offer.provider.adapter).features
+    except registry.AdapterUnavailable:
+        return  # the provider's adapter is broken: its orders fail anyway, and say why
+    refusal = adapters.storage_refusal(features, offer)
+    cloud = offer.provider.adapter
+    if refusal == "kind_not_sold":
+        raise ValidationFailed(
+            f"The provider's cloud ({cloud}) does not sell {offer.kind} here: every order of "
+            "it would fail.",
+            code=refusal,
+            errors={"kind": [f"The {cloud} adapter makes no {offer.kind}."]},
+        )
+    if refusal == "immutability_unsupported":
+        raise ValidationFailed(
+            f"The provider's cloud ({cloud}) cannot enforce a retention (object lock): it "
+            "cannot sell a vault.",
+            code=refusal,
+            errors={"specs.immutability_days": ["The provider's cloud has no object lock."]},
+        )
 
 
 def retire_offer(session: Session, caller: Caller, offer_id: uuid.UUID) -> Offer:
@@ -432,6 +541,9 @@ class Search:
     min_vcpu: int | None = None
     min_ram_gib: float | None = None
     min_datacenter_tier: int | None = None
+    min_size_gib: int | None = None
+    encrypted: bool | None = None
+    immutable: bool | None = None
     max_monthly_price: Decimal | None = None
     currency: str | None = None
     certification: str | None = None
@@ -482,6 +594,16 @@ def search_offers(
         conditions.append(Offer.ram_gib >= gib(search.min_ram_gib))
     if search.min_datacenter_tier is not None:
         conditions.append(Offer.datacenter_tier >= search.min_datacenter_tier)
+    if search.min_size_gib is not None:
+        conditions.append(Offer.size_gib >= search.min_size_gib)
+    if search.encrypted is not None:
+        conditions.append(Offer.encrypted.is_(search.encrypted))
+    if search.immutable is not None:
+        conditions.append(
+            Offer.immutability_days > 0
+            if search.immutable
+            else func.coalesce(Offer.immutability_days, 0) == 0
+        )
     if search.currency is not None:
         conditions.append(Offer.currency == search.currency.upper())
     if search.max_monthly_price is not None:

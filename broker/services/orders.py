@@ -158,6 +158,24 @@ def _over_budget(
     }
 
 
+def check_growth(session: Session, resource: Resource, increase: Decimal) -> None:
+    """Refuse (422 `budget_exceeded`) growing `resource` by `increase` a month (a volume's
+    resize) when that takes its agency past its budget, as an order would be refused."""
+    policy = _lock_policy(session, resource.organization_id)
+    if policy.budget_currency not in (None, resource.currency):
+        return  # the budget is in another currency: orders are refused before, by the policy
+    shown = _over_budget(
+        session, policy, resource.organization_id, increase, resource.currency, pending=True
+    )
+    if shown is not None:
+        raise BudgetExceeded(
+            _budget_detail(shown, resource.currency, policy),
+            committed=shown["committed"],
+            order_monthly_cost=shown["order_monthly_cost"],
+            monthly_budget=shown["monthly_budget"],
+        )
+
+
 def _budget_detail(shown: dict[str, str], currency: str, policy: policies.PolicyView) -> str:
     return (
         f"{shown['order_monthly_cost']} {currency} a month on top of "
@@ -265,6 +283,7 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
 
 def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
     """Make the order's resources (to be created) and queue the job that creates them."""
+    offer = session.get_one(Offer, order.offer_id)
     for index in range(order.quantity):
         resource = Resource(
             id=uuid.uuid4(),
@@ -273,6 +292,9 @@ def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
             provider_id=order.provider_id,
             offer_id=order.offer_id,
             index=index,
+            kind=offer.kind,
+            size_gib=offer.size_gib if offer.kind == "volume" else None,
+            retention_days=offer.immutability_days if offer.kind == "object_storage" else None,
             name=order.name if order.quantity == 1 else f"{order.name}-{index + 1}",
             token=order_token(order.id, index),
             state=ResourceState.PROVISIONING,
@@ -282,7 +304,9 @@ def _start_provisioning(session: Session, order: Order, now: datetime) -> None:
             created_at=now,  # the boot timeout counts from here, on the broker's clock
         )
         session.add(resource)
-        resources.record_event(session, resource, None, ResourceState.PROVISIONING, now=now)
+        resources.record_event(
+            session, resource, None, ResourceState.PROVISIONING, now=now, size_gib=resource.size_gib
+        )
     enqueue(
         session,
         PROVISION_JOB,

@@ -1,10 +1,15 @@
-"""The provisioning job: make an approved order's machines at its provider, exactly once.
+"""The provisioning job: make an approved order's machines, volumes or buckets at its provider,
+exactly once (`broker/services/storage.py` says what each kind is at the cloud).
 
 Each machine has its own token (`broker-order-<order id>-<n>`). The job asks the adapter to
 `ensure_provisioned` it, which looks the token up before creating, so a retry after any failure
 (a timeout after the cloud made the machine, a worker killed after the call, a crash before the
 commit) finds the machine instead of making a second one. What the job learns is committed per
 machine. Machines still booting make the job look again shortly (without spending an attempt).
+
+A bucket's key pair is issued once the bucket exists, and kept (the secret encrypted) in the
+same transaction that marks the bucket active: a crash in between issues the key again on the
+retry, and the cloud keeps one key per bucket token.
 
 A provider that refuses for good (quota, bad request) fails the order with the reason; the
 machines already made are then terminated, as are those whose outcome is unknown when the job
@@ -23,8 +28,8 @@ from sqlalchemy.orm import Session
 from broker.jobs import crashpoints
 from broker.jobs.queue import JobContext, Reschedule
 from broker.models import Job, Offer, Order, OrderState, Resource, ResourceState
-from broker.services import adapters, orders, resources
-from providers.base import InstanceState, Permanent, ProvisionRequest
+from broker.services import adapters, orders, resources, storage
+from providers.base import InstanceState, Kind, Permanent
 
 # How soon to look again at machines still booting, and how long they may take.
 BOOT_POLL_SECONDS = 2.0
@@ -54,28 +59,32 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         offer = session.get(Offer, order.offer_id)
         assert offer is not None
         adapter = adapters.adapter_for_job(session, order.provider_id, context.config)
+        keyring = adapters.ProviderRuntime.from_config(context.config).keyring
+        plan = storage.Plan.of(order, offer)
         waiting = session.scalars(
             select(Resource)
             .where(Resource.order_id == order.id, Resource.state == ResourceState.PROVISIONING)
             .order_by(Resource.index)
         ).all()
-        todo = [(r.id, r.index, r.name) for r in waiting]
+        todo = [(r.id, r.index, r.name, r.token, r.retention_days) for r in waiting]
         since = min((r.created_at for r in waiting), default=context.now())
-        sku, region, parameters = offer.sku, offer.region_code, dict(order.parameters)
 
     booting = 0
-    for resource_id, index, name in todo:
-        request = ProvisionRequest(
-            order_id=order_id,
-            sku=sku,
-            region=region,
-            name=name,
-            image=parameters.get("image"),
-            index=index,
-            extra={k: v for k, v in parameters.items() if k != "image"},
-        )
+    for resource_id, index, name, token, retention_days in todo:
         try:
-            instance = adapter.ensure_provisioned(request)
+            made = storage.make(
+                adapter,
+                plan,
+                index=index,
+                name=name,
+                token=token,
+                retention_days=retention_days,
+            )
+            key = (
+                adapter.object_storage().issue_key(made.ref, token)
+                if plan.kind == Kind.OBJECT_STORAGE and made.state is InstanceState.RUNNING
+                else None
+            )
         except Permanent as error:
             with context.db.transaction() as session:
                 _fail(session, order_id, f"The provider refused: {error}", context.now())
@@ -84,15 +93,25 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         with context.db.transaction() as session:
             resource = session.get(Resource, resource_id)
             assert resource is not None
-            resource.provider_ref = instance.ref
-            resource.addresses = list(instance.addresses)
-            if instance.state is InstanceState.RUNNING:
+            resource.provider_ref = made.ref
+            resource.addresses = list(made.addresses)
+            if key is not None:
+                storage.keep_key(
+                    session,
+                    keyring,
+                    resource,
+                    key,
+                    endpoint=made.endpoint,
+                    region=plan.region,
+                    now=context.now(),
+                )
+            if made.state is InstanceState.RUNNING:
                 resources.transition(session, resource, ResourceState.ACTIVE, now=context.now())
-            elif instance.state in (InstanceState.ERROR, InstanceState.DELETED):
+            elif made.state in (InstanceState.ERROR, InstanceState.DELETED):
                 _fail(
                     session,
                     order_id,
-                    f"The provider reports the machine {resource.name} as {instance.state}.",
+                    f"The provider reports {resource.name} as {made.state}.",
                     context.now(),
                 )
                 return {"order": OrderState.FAILED.value}

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from billing.rating import Estimate, estimate
 from broker.auth.identity import Caller
-from broker.errors import Conflict
+from broker.errors import Conflict, ValidationFailed
 from broker.models import Offer, OfferState, ProviderState
 from broker.services import offers, orders, policies
 from broker.services.policies import Reason
@@ -30,6 +30,7 @@ class Quote:
     estimate: Estimate
     reasons: list[Reason]
     approval_required: bool
+    stored_gib: int | None
     budget_remaining: Decimal | None
     budget_currency: str | None
 
@@ -46,15 +47,27 @@ def quote(
     quantity: int,
     hours: Decimal,
     now: datetime,
+    stored_gib: int | None = None,
 ) -> Quote:
-    """Cost per metric for `quantity` machines over `hours`, checked against the policy and
-    the budget as an order of `quantity` machines would be (by its monthly cost)."""
+    """Cost per metric for `quantity` units over `hours`, checked against the policy and
+    the budget as an order of `quantity` units would be (by its monthly cost). A bucket is
+    rated for `stored_gib` stored (1,000 GiB unless given); its requests and egress are not
+    predictable and left out."""
     offer = offers.get_offer(session, caller, offer_id)
     if offer.state is not OfferState.PUBLISHED:
         raise Conflict(f"This offer is {offer.state}: it cannot be ordered.", code="not_orderable")
     if offer.provider.state is not ProviderState.ACTIVE:
         raise Conflict("This offer's provider is suspended.", code="not_orderable")
-    cost = estimate(offers.prices_of(offer), offers.specs_of(offer), quantity=quantity, hours=hours)
+    if stored_gib is not None and offer.kind != "object_storage":
+        raise ValidationFailed(
+            errors={"stored_gib": ["Only an object storage offer is rated by GiB stored."]}
+        )
+    cost = estimate(
+        offers.prices_of(offer),
+        offers.specs_of(offer, stored_gib),
+        quantity=quantity,
+        hours=hours,
+    )
     policy = policies.policy_of(session, caller.organization_id)
     reasons = policies.evaluate(
         policy.sovereignty,
@@ -76,4 +89,7 @@ def quote(
         approval_required=orders.approval_reason(policy, monthly, offer.currency) is not None,
         budget_remaining=orders.budget_remaining(session, policy, caller.organization_id),
         budget_currency=policy.budget_currency,
+        stored_gib=offers.specs_of(offer, stored_gib).disk_gib
+        if offer.kind == "object_storage"
+        else None,
     )

@@ -21,29 +21,51 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing.metering import hour_slices, period_bounds, period_of, running_intervals
-from billing.rating import Price, rate, usage_for
+from billing.metering import (
+    hour_slices,
+    period_bounds,
+    period_of,
+    running_intervals,
+    sized_intervals,
+)
+from billing.rating import HOURS_PER_MONTH, Price, Specs, monthly_price, rate, usage_for
 from broker import access
 from broker.auth.identity import Caller
-from broker.errors import Conflict, NotFound
+from broker.errors import Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import JobContext, JobFailed, enqueue
 from broker.models import Job, Offer, Order, Resource, ResourceEvent, ResourceState, UsageRecord
-from broker.services import adapters, audit, offers, usage, webhooks
+from broker.services import adapters, audit, offers, storage, usage, webhooks
+from broker.services.credentials import Keyring
 from broker.services.pagination import Page, paginate
-from providers.base import Action, InstanceState, Permanent, ProviderError
+from providers.base import (
+    AccessKey,
+    Action,
+    InstanceState,
+    Kind,
+    Permanent,
+    ProviderAdapter,
+    ProviderError,
+    Retained,
+)
 
 log = logging.getLogger("broker.resources")
 
 ACTION_JOB = "resource.action"
 RECONCILE_JOB = "resources.reconcile"
 
-GONE_REASON = "The machine no longer exists at the provider (deleted outside the broker)."
+GONE_REASON = "It no longer exists at the provider (deleted outside the broker)."
 
 # action → (states it may start from, transitional state, state once done)
+_SETTLED_ACTIVE = frozenset({ResourceState.ACTIVE})
 ACTIONS: dict[str, tuple[frozenset[ResourceState], ResourceState, ResourceState]] = {
+    "resize": (_SETTLED_ACTIVE, ResourceState.UPDATING, ResourceState.ACTIVE),
+    "attach": (_SETTLED_ACTIVE, ResourceState.UPDATING, ResourceState.ACTIVE),
+    "detach": (_SETTLED_ACTIVE, ResourceState.UPDATING, ResourceState.ACTIVE),
+    "set_retention": (_SETTLED_ACTIVE, ResourceState.UPDATING, ResourceState.ACTIVE),
+    "rotate_key": (_SETTLED_ACTIVE, ResourceState.UPDATING, ResourceState.ACTIVE),
     "stop": (frozenset({ResourceState.ACTIVE}), ResourceState.STOPPING, ResourceState.STOPPED),
     "start": (frozenset({ResourceState.STOPPED}), ResourceState.STARTING, ResourceState.ACTIVE),
     "reboot": (frozenset({ResourceState.ACTIVE}), ResourceState.REBOOTING, ResourceState.ACTIVE),
@@ -54,6 +76,12 @@ ACTIONS: dict[str, tuple[frozenset[ResourceState], ResourceState, ResourceState]
     ),
 }
 _PROVIDER_ACTIONS = {"stop": Action.STOP, "start": Action.START, "reboot": Action.REBOOT}
+# The actions of each kind of resource (terminate deletes a volume or a bucket).
+KIND_ACTIONS: dict[str, tuple[str, ...]] = {
+    "vm": ("stop", "start", "reboot", "terminate"),
+    "volume": ("resize", "attach", "detach", "terminate"),
+    "object_storage": ("set_retention", "rotate_key", "terminate"),
+}
 
 
 def record_event(
@@ -64,7 +92,9 @@ def record_event(
     reason: str | None = None,
     *,
     now: datetime,
+    size_gib: int | None = None,
 ) -> None:
+    """Timestamp a state change (and a volume's size from then on, when it is set)."""
     resource.events_recorded = (resource.events_recorded or 0) + 1
     session.add(
         ResourceEvent(
@@ -75,6 +105,7 @@ def record_event(
             from_state=from_state.value if from_state else None,
             to_state=to_state.value,
             reason=reason,
+            size_gib=size_gib,
         )
     )
 
@@ -86,17 +117,28 @@ def transition(
     reason: str | None = None,
     *,
     now: datetime,
+    size_gib: int | None = None,
 ) -> None:
-    """Move `resource` to `to_state`, timestamped, and tell the agency."""
+    """Move `resource` to `to_state`, timestamped, and tell the agency. `size_gib`: a
+    volume's new size, from now on (what metering bills)."""
     from_state = resource.state
-    if from_state is to_state and reason == resource.state_reason:
+    if from_state is to_state and reason == resource.state_reason and size_gib is None:
         return
+    if size_gib is not None:
+        resource.size_gib = size_gib
     resource.state, resource.state_reason = to_state, reason
     if to_state is ResourceState.ACTIVE and resource.activated_at is None:
         resource.activated_at = now
     if to_state is ResourceState.TERMINATED:
         resource.terminated_at = now
-    record_event(session, resource, from_state, to_state, reason, now=now)
+        # A machine gone takes its attachments with it; a volume gone is attached to nothing.
+        resource.attached_to_id = None
+        session.execute(
+            update(Resource)
+            .where(Resource.attached_to_id == resource.id)
+            .values(attached_to_id=None)
+        )
+    record_event(session, resource, from_state, to_state, reason, now=now, size_gib=size_gib)
     webhooks.notify(
         session,
         resource.organization_id,
@@ -129,7 +171,10 @@ def list_resources(
     cursor: str | None,
     order_id: uuid.UUID | None = None,
     state: ResourceState | None = None,
+    kind: str | None = None,
 ) -> Page[Resource]:
+    """The caller's agency's resources (admins: every agency's), newest first; of one order,
+    state or kind (`vm`, `volume`, `object_storage`) when asked."""
     statement = select(Resource)
     if not access.is_admin(caller):
         statement = statement.where(Resource.organization_id == caller.organization_id)
@@ -137,6 +182,8 @@ def list_resources(
         statement = statement.where(Resource.order_id == order_id)
     if state is not None:
         statement = statement.where(Resource.state == state)
+    if kind is not None:
+        statement = statement.where(Resource.kind == kind)
     return paginate(
         session,
         statement,
@@ -144,7 +191,7 @@ def list_resources(
         limit=limit,
         cursor=cursor,
         descending=True,
-        scope=f"{caller.organization_id}:{order_id}:{state}",
+        scope=f"{caller.organization_id}:{order_id}:{state}:{kind}",
     )
 
 
@@ -181,14 +228,21 @@ def _usage_by_day(
     ):
         add(start, metric, quantity)
         arrived[metric] = max(arrived.get(metric, end), end)
-    arrived[usage.INSTANCE_HOUR] = usage.metered_until(session) or first
-    spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
-    offer = session.get_one(Offer, resource.offer_id)
-    per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
-    for metric in RUNNING_METRICS:
-        since = max(arrived.get(metric, first), first)
-        for piece in hour_slices(spans, since, now):
-            add(piece.hour, metric, piece.hours * per_hour[metric])
+    metered = max(usage.metered_until(session) or first, first)
+    if resource.kind == Kind.VOLUME:  # its size for the time since the meter's last hour
+        sizes = ((e.at, e.to_state, e.size_gib) for e in resource.events)
+        for start, end, size in sized_intervals(sizes, now):
+            for piece in hour_slices([(start, end)], metered, now):
+                add(piece.hour, usage.STORAGE_GIB_MONTH, piece.hours * size / HOURS_PER_MONTH)
+    elif resource.kind == Kind.VM:
+        arrived[usage.INSTANCE_HOUR] = metered
+        spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
+        offer = session.get_one(Offer, resource.offer_id)
+        per_hour = usage_for(offers.specs_of(offer), quantity=1, hours=1)
+        for metric in RUNNING_METRICS:
+            since = max(arrived.get(metric, first), first)
+            for piece in hour_slices(spans, since, now):
+                add(piece.hour, metric, piece.hours * per_hour[metric])
     order = session.get(Order, resource.order_id)
     prices = {price.metric: price for price in offers.parse_prices(order.prices)} if order else {}
     return by_day, prices
@@ -216,22 +270,153 @@ def cost_this_period(session: Session, resource: Resource, now: datetime) -> dic
 
 
 def request_action(
-    session: Session, caller: Caller, resource_id: uuid.UUID, action: str, now: datetime
+    session: Session,
+    caller: Caller,
+    resource_id: uuid.UUID,
+    action: str,
+    now: datetime,
+    *,
+    size_gib: int | None = None,
+    machine_id: uuid.UUID | None = None,
+    retention_days: int | None = None,
+    retained: Retained | None = None,
 ) -> Job:
-    """Start `action` (the agency's buyers and approvers): 409 when the state forbids it."""
+    """Start `action` (the agency's buyers and approvers): 422 when the resource's kind has no
+    such action or its parameters are wrong, 409 when its state forbids it now.
+
+    `retained`: what the bucket's cloud says it holds under retention (asked before, outside
+    the transaction), for a `terminate`: a vault still holding objects under retention is
+    not deleted."""
     resource = get_resource(session, caller, resource_id, lock=True)
     if resource.organization_id != caller.organization_id:
         raise NotFound("No such resource.")
+    kinds_actions = KIND_ACTIONS[resource.kind]
+    if action not in kinds_actions:
+        raise ValidationFailed(
+            f"A {_KIND_WORDS[resource.kind]} cannot {action.replace('_', ' ')}: its actions are "
+            f"{', '.join(kinds_actions)}.",
+            code="action_not_for_kind",
+            errors={"action": [f"One of: {', '.join(kinds_actions)}."]},
+        )
     allowed_from, doing, _ = ACTIONS[action]
     if resource.state not in allowed_from:
         raise Conflict(
-            f"Cannot {action} a resource that is {resource.state}.", code="action_not_allowed"
+            f"Cannot {action.replace('_', ' ')} a resource that is {resource.state}.",
+            code="action_not_allowed",
         )
-    return begin_action(session, caller, resource, action, now)
+    payload: dict[str, Any] = {}
+    if action == "resize":
+        payload["size_gib"] = _check_resize(session, resource, size_gib)
+    elif action == "attach":
+        payload["machine_id"] = str(_check_attach(session, caller, resource, machine_id).id)
+    elif action == "detach" and resource.attached_to_id is None:
+        raise Conflict("The volume is not attached to any machine.", code="volume_not_attached")
+    elif action == "set_retention":
+        payload["retention_days"] = _check_retention(resource, retention_days)
+    elif action == "rotate_key":
+        # The new key's token: a retry of this rotation finds the key it issued.
+        payload["key_token"] = f"{resource.token}-key-{uuid.uuid4().hex[:12]}"
+    elif action == "terminate" and retained is not None and retained.objects:
+        until = f" until {retained.until:%Y-%m-%d}" if retained.until else ""
+        raise Conflict(
+            f"The vault holds {retained.objects} object(s) under retention{until}: nobody can "
+            "delete them before, so the vault cannot be deleted yet.",
+            code="under_retention",
+        )
+    return begin_action(session, caller, resource, action, now, payload)
+
+
+_KIND_WORDS = {"vm": "machine", "volume": "volume", "object_storage": "bucket"}
+
+
+def _check_resize(session: Session, resource: Resource, size_gib: int | None) -> int:
+    """A volume only grows; its new monthly cost is checked against the budget like an
+    order's, and committed at once."""
+    if size_gib is None:
+        raise ValidationFailed(errors={"size_gib": ["The new size is required to resize."]})
+    current = resource.size_gib or 0
+    if size_gib <= current:
+        raise ValidationFailed(
+            f"A volume only grows: it has {current} GiB, ask for more.",
+            code="volume_shrink",
+            errors={"size_gib": [f"More than {current} GiB."]},
+        )
+    from broker.services import orders  # orders makes resources: imported when used
+
+    order = session.get_one(Order, resource.order_id)
+    prices = offers.parse_prices(order.prices)
+    unit = monthly_price(prices, Specs(0, Decimal(0), size_gib))
+    orders.check_growth(session, resource, unit - resource.unit_monthly_cost)
+    resource.unit_monthly_cost = unit
+    return size_gib
+
+
+def _check_attach(
+    session: Session, caller: Caller, volume: Resource, machine_id: uuid.UUID | None
+) -> Resource:
+    """The agency's own machine, on the volume's provider and in its region (404 for a
+    machine the agency does not have, 422 for one elsewhere)."""
+    if machine_id is None:
+        raise ValidationFailed(errors={"machine_id": ["The machine to attach to is required."]})
+    if volume.attached_to_id is not None:
+        raise Conflict(
+            "The volume is attached to a machine already: detach it first.",
+            code="volume_attached",
+        )
+    machine = session.get(Resource, machine_id)
+    if machine is None or machine.organization_id != caller.organization_id:
+        raise NotFound("No such machine in your agency.")
+    if machine.kind != "vm":
+        raise ValidationFailed(
+            "A volume attaches to a machine.",
+            code="not_a_machine",
+            errors={"machine_id": ["Not a machine."]},
+        )
+    if machine.provider_id != volume.provider_id or storage.region_of(
+        session, machine
+    ) != storage.region_of(session, volume):
+        raise ValidationFailed(
+            "A volume attaches only to a machine of the same provider and region: this machine "
+            f"is in {storage.region_of(session, machine)}, the volume in "
+            f"{storage.region_of(session, volume)} (or at another provider).",
+            code="machine_elsewhere",
+            errors={"machine_id": ["A machine of the volume's provider and region."]},
+        )
+    if machine.state not in (ResourceState.ACTIVE, ResourceState.STOPPED):
+        raise Conflict(
+            f"The machine is {machine.state}: a volume attaches to a running or stopped one.",
+            code="action_not_allowed",
+        )
+    return machine
+
+
+def _check_retention(resource: Resource, days: int | None) -> int:
+    """Only a vault has a retention, and it is never shortened."""
+    if days is None:
+        raise ValidationFailed(errors={"retention_days": ["The retention in days is required."]})
+    if not resource.retention_days:
+        raise ValidationFailed(
+            "This bucket was made without object lock: it cannot hold a retention.",
+            code="not_a_vault",
+            errors={"retention_days": ["Only a vault has a retention."]},
+        )
+    if days < resource.retention_days:
+        raise ValidationFailed(
+            f"A vault's retention is never shortened: it keeps every object "
+            f"{resource.retention_days} days, ask for {resource.retention_days} or more.",
+            code="retention_shortened",
+            errors={"retention_days": [f"At least {resource.retention_days}."]},
+        )
+    return days
 
 
 def begin_action(
-    session: Session, actor: Caller | None, resource: Resource, action: str, now: datetime
+    session: Session,
+    actor: Caller | None,
+    resource: Resource,
+    action: str,
+    now: datetime,
+    parameters: dict[str, Any] | None = None,
 ) -> Job:
     before = {"state": resource.state.value}
     transition(session, resource, ACTIONS[action][1], now=now)
@@ -243,42 +428,51 @@ def begin_action(
         resource.id,
         organization_id=resource.organization_id,
         before=before,
-        after={"state": resource.state.value},
+        after={"state": resource.state.value, **(parameters or {})},
     )
     return enqueue(
         session,
         ACTION_JOB,
-        {"resource_id": str(resource.id), "action": action},
+        {"resource_id": str(resource.id), "action": action, **(parameters or {})},
         organization_id=resource.organization_id,
         max_attempts=12,
     )
 
 
 def run_action_job(context: JobContext, job: Job) -> dict[str, Any]:
-    """Carry out a stop/start/reboot/terminate at the provider. Idempotent: each call it makes
-    is safe to repeat (terminating a machine already gone succeeds)."""
-    resource_id, action = uuid.UUID(job.payload["resource_id"]), job.payload["action"]
+    """Carry out an action at the provider, for every kind (`storage` says what each is at
+    the cloud). Idempotent: each call it makes is safe to repeat (deleting what is gone
+    already succeeds, a resize to the size it has is harmless, a key is issued by token)."""
+    payload = job.payload
+    resource_id, action = uuid.UUID(payload["resource_id"]), payload["action"]
     _, doing, done = ACTIONS[action]
     with context.db.transaction() as session:
         resource = session.get(Resource, resource_id)
         if resource is None or resource.state is not doing:
             return {"skipped": "the resource is no longer waiting for this action"}
         adapter = adapters.adapter_for_job(session, resource.provider_id, context.config)
-        ref, token = resource.provider_ref, resource.token
-    reason = None
+        ref, token, kind = resource.provider_ref, resource.token, resource.kind
+        machine = (
+            session.get(Resource, uuid.UUID(payload["machine_id"]))
+            if "machine_id" in payload
+            else None
+        )
+        machine_ref = machine.provider_ref if machine is not None else None
+        held = storage.connection(session, resource)
+        keyring = adapters.ProviderRuntime.from_config(context.config).keyring
+    reason, key = None, None
     try:
         if ref is None:  # never confirmed: find it by its token, if it was made at all
-            found = adapter.find_by_token(token)
-            ref = found.ref if found is not None else None
+            ref = storage.find(adapter, kind, token)
         if ref is not None:
-            if action == "terminate":
-                adapter.deprovision(ref)
-            else:
-                adapter.action(ref, _PROVIDER_ACTIONS[action])
+            key = _carry_out(adapter, kind, ref, action, payload, machine_ref, held)
     except Permanent as error:
-        if error.code != "not_found":
+        if error.code == "under_retention":  # the cloud still holds objects: the vault stays
+            done, reason = ResourceState.ACTIVE, f"Not deleted: {error}"
+        elif error.code != "not_found":
             raise
-        done, reason = ResourceState.TERMINATED, GONE_REASON
+        else:
+            done, reason = ResourceState.TERMINATED, GONE_REASON
     if ref is None and action == "terminate":
         done, reason = ResourceState.FAILED, "It was never made at the provider."
     with context.db.transaction() as session:
@@ -287,8 +481,67 @@ def run_action_job(context: JobContext, job: Job) -> dict[str, Any]:
             return {"skipped": "the resource changed meanwhile"}
         if ref is not None:
             resource.provider_ref = ref  # found by its token, when the create's answer was lost
-        transition(session, resource, done, reason, now=context.now())
+        size = None
+        if done is ResourceState.ACTIVE and reason is None:
+            size = _record_done(session, resource, action, payload, keyring, key, context.now())
+        transition(session, resource, done, reason, now=context.now(), size_gib=size)
         return {"state": done.value}
+
+
+def _carry_out(
+    adapter: ProviderAdapter,
+    kind: str,
+    ref: str,
+    action: str,
+    payload: dict[str, Any],
+    machine_ref: str | None,
+    held: storage.Connection | None,
+) -> AccessKey | None:
+    """Call the cloud for `action` on `ref`; a rotation returns the new key."""
+    if action == "terminate":
+        storage.delete(adapter, kind, ref)
+    elif action == "resize":
+        adapter.volumes().resize_volume(ref, int(payload["size_gib"]))
+    elif action == "attach":
+        if machine_ref is None:
+            raise Permanent("The machine is not made at the provider.", code="not_found")
+        adapter.volumes().attach_volume(ref, machine_ref)
+    elif action == "detach":
+        adapter.volumes().detach_volume(ref)
+    elif action == "set_retention":
+        adapter.object_storage().set_retention(ref, int(payload["retention_days"]))
+    elif action == "rotate_key":
+        buckets = adapter.object_storage()
+        key = buckets.issue_key(ref, payload["key_token"])
+        if held is not None and held.access_key_id != key.key_id:
+            buckets.revoke_key(ref, held.access_key_id)
+        return key
+    else:
+        adapter.action(ref, _PROVIDER_ACTIONS[action])
+    return None
+
+
+def _record_done(
+    session: Session,
+    resource: Resource,
+    action: str,
+    payload: dict[str, Any],
+    keyring: Keyring,
+    key: AccessKey | None,
+    now: datetime,
+) -> int | None:
+    """Keep what a storage action changed; returns a volume's new size, if resized."""
+    if action == "attach":
+        resource.attached_to_id = uuid.UUID(payload["machine_id"])
+    elif action == "detach":
+        resource.attached_to_id = None
+    elif action == "set_retention":
+        resource.retention_days = int(payload["retention_days"])
+    elif action == "rotate_key" and key is not None:
+        storage.keep_key(session, keyring, resource, key, endpoint=None, region="", now=now)
+    elif action == "resize":
+        return int(payload["size_gib"])
+    return None
 
 
 def action_job_dead(session: Session, job: Job, now: datetime) -> None:
@@ -343,7 +596,7 @@ def _reconcile_provider(context: JobContext, provider_id: uuid.UUID) -> int:
     with context.db.transaction() as session:
         adapter = adapters.adapter_for_job(session, provider_id, context.config)
         settled = [
-            (r.id, r.provider_ref, r.state)
+            (r.id, r.provider_ref, r.state, r.kind)
             for r in session.scalars(
                 select(Resource).where(
                     Resource.provider_id == provider_id,
@@ -353,13 +606,13 @@ def _reconcile_provider(context: JobContext, provider_id: uuid.UUID) -> int:
             )
         ]
     changed = 0
-    for resource_id, ref, seen in settled:
+    for resource_id, ref, seen, kind in settled:
         assert ref is not None
-        instance = adapter.get(ref)
-        if instance is None or instance.state is InstanceState.DELETED:
+        state = storage.look(adapter, kind, ref)
+        if state is None or state is InstanceState.DELETED:
             target, reason = ResourceState.TERMINATED, GONE_REASON
         else:
-            observed = _OBSERVED.get(instance.state)
+            observed = _OBSERVED.get(state)
             if observed is None or observed is seen:
                 continue
             target, reason = observed, "State reported by the provider."

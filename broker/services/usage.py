@@ -41,7 +41,7 @@ import bisect
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -59,13 +59,16 @@ from billing.metering import (
     Refusal,
     Span,
     floor_hour,
+    gib_months,
     hour_slices,
     hourly_ceiling,
     life_refusal,
+    metered_refusal,
     period_bounds,
     period_of,
     quantity_refusal,
     running_intervals,
+    sized_intervals,
     to_quanta,
     within_life,
 )
@@ -86,14 +89,16 @@ from broker.models import (
 )
 from broker.services import adapters, audit
 from broker.services.pagination import Page, paginate
-from providers.base import Feature, ProviderError, UsageSample
+from providers.base import Feature, Kind, ProviderError, UsageSample
 
 log = logging.getLogger("broker.usage")
 
 METER_JOB = "usage.meter"
 POLL_JOB = "usage.poll"
 INSTANCE_HOUR = "instance_hour"
-# What providers report (pushed or polled); `instance_hour` is the broker's own.
+STORAGE_GIB_MONTH = "storage_gib_month"
+# What providers report (pushed or polled); `instance_hour` is the broker's own, as is a
+# volume's `storage_gib_month` (`BROKER_METERED`).
 PROVIDER_METRICS = tuple(metric for metric in METRICS if metric != INSTANCE_HOUR)
 MAX_BATCH = 1000
 # An hour is closed this long after it ends: a state change stamped just before the hour's end
@@ -254,14 +259,18 @@ def push(
             end=record["end"],
             now=now,
         )
-        refusal = life_refusal(
-            record["start"],
-            record["end"],
-            resource.activated_at,
-            resource.terminated_at,
-            limits.life_tolerance,
-        ) or quantity_refusal(
-            row["metric"], _span(row), hourly_ceiling(row["metric"], capacity, limits)
+        refusal = (
+            metered_refusal(row["metric"], capacity.kind)
+            or life_refusal(
+                record["start"],
+                record["end"],
+                resource.activated_at,
+                resource.terminated_at,
+                limits.life_tolerance,
+            )
+            or quantity_refusal(
+                row["metric"], _span(row), hourly_ceiling(row["metric"], capacity, limits)
+            )
         )
         if refusal:
             refused[index] = refusal
@@ -558,50 +567,97 @@ def _cursor(session: Session, name: str, start: datetime) -> MeterCursor:
 
 
 def meter(session: Session, since: datetime, until: datetime, now: datetime) -> int:
-    """Record the instance hours every resource ran in `[since, until)` (whole hours);
+    """Record what the broker meters itself in `[since, until)` (whole hours): the instance
+    hours every machine ran and the GiB-months every volume held (its size at each moment);
     returns how many records were new. Idempotent: a record exists once per resource-hour."""
     candidates = session.execute(
-        select(Resource.id, Resource.provider_id, Resource.organization_id).where(
+        select(Resource.id, Resource.provider_id, Resource.organization_id, Resource.kind).where(
             Resource.activated_at.is_not(None),
             Resource.activated_at < until,
             or_(Resource.terminated_at.is_(None), Resource.terminated_at > since),
+            Resource.kind.in_([Kind.VM.value, Kind.VOLUME.value]),
         )
     ).all()
     rows = []
     for offset in range(0, len(candidates), 500):
         chunk = candidates[offset : offset + 500]
-        history = events_of(session, [resource_id for resource_id, _, _ in chunk], until)
-        for resource_id, provider_id, organization_id in chunk:
-            spans = running_intervals(history.get(resource_id, []), until)
-            for piece in hour_slices(spans, since, until):
+        history = events_of(session, [resource_id for resource_id, *_ in chunk], until)
+        for resource_id, provider_id, organization_id, kind in chunk:
+            events = history.get(resource_id, [])
+            pieces = (
+                _volume_hours(events, since, until)
+                if kind == Kind.VOLUME
+                else _machine_hours(events, since, until)
+            )
+            for hour, start, end, metric, quantity in pieces:
                 rows.append(
                     _row(
                         provider_id=provider_id,
                         source=UsageSource.BROKER,
-                        record_id=f"{resource_id}/{piece.hour:%Y-%m-%dT%H}",
+                        record_id=f"{resource_id}/{hour:%Y-%m-%dT%H}",
                         resource_id=resource_id,
                         organization_id=organization_id,
-                        metric=INSTANCE_HOUR,
-                        quantity=piece.hours,
-                        start=piece.start,
-                        end=piece.end,
+                        metric=metric,
+                        quantity=quantity,
+                        start=start,
+                        end=end,
                         now=now,
                     )
                 )
     return len(_insert_ignoring_duplicates(session, rows))
 
 
+# (hour, start, end, metric, quantity) of one broker-metered record.
+_Metered = tuple[datetime, datetime, datetime, str, Fraction]
+
+
+def _machine_hours(
+    events: Sequence[tuple[datetime, str, int | None]], since: datetime, until: datetime
+) -> Iterator[_Metered]:
+    spans = running_intervals(((at, state) for at, state, _ in events), until)
+    for piece in hour_slices(spans, since, until):
+        yield piece.hour, piece.start, piece.end, INSTANCE_HOUR, piece.hours
+
+
+def _volume_hours(
+    events: Sequence[tuple[datetime, str, int | None]], since: datetime, until: datetime
+) -> Iterator[_Metered]:
+    """Per clock hour, the GiB-months a volume held: each size for the time it had it."""
+    by_hour: dict[datetime, list[tuple[datetime, datetime, Fraction]]] = {}
+    spans = sized_intervals(events, until)
+    for size in sorted({size for _, _, size in spans}):
+        same = [(start, end) for start, end, held in spans if held == size]
+        for piece in hour_slices(same, since, until):
+            by_hour.setdefault(piece.hour, []).append((piece.start, piece.end, piece.hours * size))
+    for hour in sorted(by_hour):
+        pieces = by_hour[hour]
+        gib_hours = sum((gib_hours for _, _, gib_hours in pieces), Fraction(0))
+        yield (
+            hour,
+            min(start for start, _, _ in pieces),
+            max(end for _, end, _ in pieces),
+            STORAGE_GIB_MONTH,
+            gib_months(gib_hours),
+        )
+
+
 def events_of(
     session: Session, resource_ids: Sequence[uuid.UUID], until: datetime
-) -> dict[uuid.UUID, list[tuple[datetime, str]]]:
-    """Each resource's state changes before `until`, in time order."""
-    history: dict[uuid.UUID, list[tuple[datetime, str]]] = {}
-    for resource_id, at, state in session.execute(
-        select(ResourceEvent.resource_id, ResourceEvent.at, ResourceEvent.to_state)
+) -> dict[uuid.UUID, list[tuple[datetime, str, int | None]]]:
+    """Each resource's state changes before `until`, in time order, with the size a volume
+    had from each on."""
+    history: dict[uuid.UUID, list[tuple[datetime, str, int | None]]] = {}
+    for resource_id, at, state, size in session.execute(
+        select(
+            ResourceEvent.resource_id,
+            ResourceEvent.at,
+            ResourceEvent.to_state,
+            ResourceEvent.size_gib,
+        )
         .where(ResourceEvent.resource_id.in_(resource_ids), ResourceEvent.at < until)
         .order_by(ResourceEvent.resource_id, ResourceEvent.seq)
     ):
-        history.setdefault(resource_id, []).append((at, state))
+        history.setdefault(resource_id, []).append((at, state, size))
     return history
 
 
@@ -726,6 +782,9 @@ def _store_samples(
             skipped += 1
             continue
         resource, capacity = found
+        if metered_refusal(sample.metric, capacity.kind):
+            skipped += 1
+            continue
         life = within_life(
             sample.start,
             sample.end,
