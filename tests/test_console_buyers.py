@@ -1,18 +1,22 @@
 """The buyer's pages on the demo: comparing offers, the order form's policy check, placing
-and cancelling an order, a machine's page and its actions, and who may see what."""
+and cancelling an order, a machine's page and its actions, a volume ordered and resized, a
+vault's secret key shown once, and who may see what."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from flask import Flask
 from sqlalchemy import select
 
 from broker.db import Database
+from broker.jobs.handlers import HANDLERS, ON_DEAD
+from broker.jobs.queue import JobContext, run_pending
 from broker.models import Offer, OfferState, Order, OrderState, Resource, ResourceState
-from tests.console_support import BUYER, OPERATOR, QC_BUYER, sign_in, text_of
+from tests.console_support import BUYER, OPERATOR, QC_BUYER, Browser, sign_in, text_of
 
 
 def _offer(app: Flask, sku: str) -> Offer:
@@ -119,7 +123,7 @@ def test_a_buyer_stops_a_machine_from_its_page(demo_app: Flask) -> None:
     page = browser.get(f"/machines/{machine.id}")
     assert page.status_code == 200
     words = text_of(page)
-    assert "dossier-patient-1 active" in words and "Cost so far this month €" in words
+    assert "dossier-patient-1 Machine active" in words and "Cost so far this month €" in words
     assert '<button type="submit" name="action" value="stop">Stop</button>' in page.get_data(
         as_text=True
     )
@@ -147,3 +151,82 @@ def test_only_the_agency_sees_its_orders_and_machines(demo_app: Flask) -> None:
     refused = operator.get("/orders")
     assert refused.status_code == 403 and "This page needs the role" in text_of(refused)
     assert sign_in(demo_app, BUYER, "en").get(f"/orders/{uuid.uuid4()}").status_code == 404
+
+
+def _run_jobs(app: Flask) -> None:
+    """Run the jobs due now and a few minutes later (the simulated clouds take seconds to make
+    something, and the jobs poll them): the app's clock, which the clouds read, moves on."""
+    database: Database = app.extensions["broker.db"]
+    for _ in range(2):
+        shift = app.config.get("TEST_SHIFT", timedelta(0)) + timedelta(minutes=5)
+        app.config["TEST_SHIFT"] = shift
+        app.config["CLOCK"] = clock = lambda shift=shift: datetime.now(UTC) + shift
+        while run_pending(JobContext(database, app.config, now=clock), HANDLERS, on_dead=ON_DEAD):
+            pass
+
+
+def _place(browser: Browser, offer: Offer, name: str) -> Resource:
+    """Order one of `offer` from its order form, and run the jobs that make it."""
+    form = browser.get(f"/catalogue/{offer.id}/order").get_data(as_text=True)
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', form)
+    assert key is not None
+    data = {"action": "place", "name": name, "quantity": "1", "idempotency_key": key[1]}
+    placed = browser.post(f"/catalogue/{offer.id}/order", data)
+    assert placed.status_code == 303, text_of(placed)
+    _run_jobs(browser.client.application)
+    return _machine(browser.client.application, name)
+
+
+def test_a_buyer_orders_a_volume_and_resizes_it(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, BUYER, "en")
+    offer = _offer(demo_app, "hc-bloc-ssd-par")
+    form = text_of(browser.get(f"/catalogue/{offer.id}/order"))
+    assert "Volume of 100 GiB" in form and "€8.00 a month for one volume" in form
+    assert "SSH public key" not in form
+    volume = _place(browser, offer, "archives-01")
+    assert volume.kind == "volume" and volume.state is ResourceState.ACTIVE
+    path = f"/machines/{volume.id}"
+    words = text_of(browser.get(path))
+    assert "archives-01 Volume active" in words and "Size 100 GiB" in words
+    assert "Attached to No machine" in words and "Delete the volume" in words
+
+    shrink = browser.post(f"{path}/action", {"action": "resize", "size_gib": "50"})
+    assert shrink.status_code == 422
+    assert 'id="error-size_gib"' in shrink.get_data(as_text=True)
+    assert "A volume only grows" in text_of(shrink) and "More than 100 GiB." in text_of(shrink)
+    assert _machine(demo_app, "archives-01").state is ResourceState.ACTIVE
+
+    grown = browser.post(f"{path}/action", {"action": "resize", "size_gib": "200"})
+    assert grown.status_code == 303
+    assert "The volume is being resized." in text_of(browser.get(grown.location))
+    _run_jobs(demo_app)
+    resized = _machine(demo_app, "archives-01")
+    assert resized.size_gib == 200 and resized.state is ResourceState.ACTIVE
+    assert "Size 200 GiB" in text_of(browser.get(path))
+    listed = text_of(browser.get("/machines?kind=volume"))
+    assert "archives-01 Volume 200 GiB" in listed and "dossier-patient" not in listed
+
+
+def test_a_vaults_secret_key_is_shown_once_and_its_retention_never_shortened(
+    demo_app: Flask,
+) -> None:
+    browser = sign_in(demo_app, QC_BUYER, "fr")
+    vault = _place(browser, _offer(demo_app, "nn-coffre-mtl"), "registres")
+    path = f"/machines/{vault.id}"
+    page = text_of(browser.get(path))
+    assert "Coffre-fort" in page and "Afficher la clé secrète (une seule fois)" in page
+
+    shown = browser.post(f"{path}/secret")
+    assert shown.status_code == 200 and shown.headers["Cache-Control"] == "no-store"
+    words = text_of(shown)
+    assert "elle ne sera plus affichée" in words
+    secret = re.search(r"Clé secrète (\S+)", words)
+    assert secret is not None and secret[1] not in text_of(browser.get(path))
+    again = browser.post(f"{path}/secret")
+    assert again.status_code == 409 and secret[1] not in text_of(again)
+    assert "La clé secrète a déjà été affichée une fois" in text_of(again)
+
+    shorter = browser.post(f"{path}/action", {"action": "set_retention", "retention_days": "30"})
+    assert shorter.status_code == 422
+    assert 'id="error-retention_days"' in shorter.get_data(as_text=True)
+    assert _machine(demo_app, "registres").retention_days == 365

@@ -213,3 +213,35 @@ def test_a_buyer_is_refused_the_operator_pages(demo_app: Flask) -> None:
         answer = browser.get(path)
         assert answer.status_code == 403, path
         assert "This page needs the role" in text_of(answer)
+
+
+def test_an_operator_creates_a_volume_offer_priced_by_its_metric_only(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, OPERATOR, "en")
+    page = browser.get("/provider/offers/new?kind=volume")
+    assert page.status_code == 200
+    words = text_of(page)
+    assert "New offer — Volume" in words and "Size (GiB)" in words and "vCPU" not in words
+    assert "Machine time" not in words and "Storage per GiB-month" in words
+    form = form_of(page.get_data(as_text=True), "/provider/offers/new")
+    form.update(
+        {
+            "sku": "hc-bloc-ssd-1t-par",
+            "name": "Bloc SSD 1 Tio — Paris",
+            "region": "fr-par-1",
+            "specs.size_gib": "0",
+            "prices.storage_gib_month.unit_price": "0,07",
+        }
+    )
+    refused = browser.post("/provider/offers/new", form)
+    assert refused.status_code == 422
+    assert 'id="error-specs-size_gib"' in refused.get_data(as_text=True)
+    assert _offer(demo_app, "hc-bloc-ssd-1t-par", 1) is None
+
+    form["specs.size_gib"] = "1024"
+    made = browser.post("/provider/offers/new", form)
+    assert made.status_code == 303
+    draft = _offer(demo_app, "hc-bloc-ssd-1t-par", 1)
+    assert draft is not None and draft.kind == "volume" and draft.state is OfferState.DRAFT
+    assert draft.size_gib == 1024 and draft.encrypted and draft.vcpu == 0
+    assert [p["metric"] for p in draft.prices] == ["storage_gib_month"]
+    assert "€71.68" in text_of(browser.get(made.headers["Location"]))  # 1,024 GiB × €0.07

@@ -1,10 +1,13 @@
 """The buyer's pages: the catalogue, an offer, a comparison, the order form, orders,
-machines and usage. Searches are GET forms whose filters live in the query string
-(bookmarkable, shareable, working without JavaScript); changes are POST forms.
+resources (machines, volumes, buckets: the pages keep the `/machines` address) and usage.
+Searches are GET forms whose filters live in the query string (bookmarkable, shareable,
+working without JavaScript); changes are POST forms.
 
 Every figure comes from the services the API calls: a comparison's prices and the order
 form's verdict from `quotes.quote` (the rating code and the policy check an order runs), a
-machine's cost from `resources.cost_this_period`, its days from `resources.cost_by_day`.
+resource's cost from `resources.cost_this_period`, its days from `resources.cost_by_day`. A
+bucket's secret key is shown once, on the page that answers the POST asking for it (never in a
+redirect, a link or a flashed notice; console pages are never cached).
 """
 
 from __future__ import annotations
@@ -21,20 +24,28 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from billing.metering import parse_period, period_of
 from billing.metering import shown as rounded_quantity
-from billing.rating import estimate
+from billing.rating import STORED_GIB_BASIS, estimate
 from broker import access
-from broker.api.base import now, request_session
+from broker.api.base import database, now, provider_runtime, request_session
 from broker.api.idempotency import idempotent
 from broker.api.limits import expensive
 from broker.api.offers import SearchArgs
 from broker.api.orders import OrderCreateSchema, OrderListArgs
 from broker.api.resources import ActionSchema, ResourceListArgs
 from broker.auth.identity import Caller
-from broker.errors import BrokerError
-from broker.models import Offer, OfferState, OrderState, ProviderState, ResourceState, Role
+from broker.errors import BrokerError, NotFound
+from broker.models import (
+    Offer,
+    OfferState,
+    OrderState,
+    ProviderState,
+    Resource,
+    ResourceState,
+    Role,
+)
 from broker.services import offers as offers_service
 from broker.services import orders as orders_service
-from broker.services import quotes
+from broker.services import quotes, storage
 from broker.services import resources as resources_service
 from broker.web.pages import (
     ONCE_FIELD,
@@ -42,7 +53,6 @@ from broker.web.pages import (
     bp,
     caller,
     done,
-    error_page,
     filters,
     form_page,
     page,
@@ -51,7 +61,7 @@ from broker.web.pages import (
     render,
     whole_number,
 )
-from broker.web.words import ACTION_DONE, state_label
+from broker.web.words import KIND_CHOICES, action_done, state_label
 
 BUYING = (Role.BUYER, Role.APPROVER)
 # Who reads an agency's orders and machines (as the API: admins read every agency's).
@@ -92,7 +102,9 @@ def catalogue() -> Response:
         args=args,
         claims={offer.id: offers_service.claims(offer, now()) for offer in found.items},
         schemes=[(scheme, scheme) for scheme in offers_service.claimed_schemes(session)],
+        kinds=[(kind, KIND_CHOICES[kind]) for kind in offers_service.KIND_SPECS],
         sorts=list(offers_service.SORTS),
+        stored_basis=STORED_GIB_BASIS,
         problem=problem,
     )
 
@@ -124,11 +136,13 @@ def offer(offer_id: uuid.UUID) -> Response:
         claims=offers_service.claims(shown, now()),
         versions=versions,
         may_order=_orderable(person, shown),
+        stored_basis=STORED_GIB_BASIS,
     )
 
 
 class CompareArgs(ma.Schema):
-    """The comparison's query string: the offers, and what to price (as the API's quotes)."""
+    """The comparison's query string: the offers, and what to price (as the API's quotes;
+    a bucket is priced for the 1,000 GiB a month its monthly price is for)."""
 
     offer = ma.fields.List(ma.fields.UUID(), load_default=list)
     quantity = ma.fields.Integer(load_default=1, validate=ma.validate.Range(min=1, max=1000))
@@ -136,9 +150,10 @@ class CompareArgs(ma.Schema):
 
 
 def _cost(offer: Offer, quantity: int, hours: int) -> Decimal | None:
-    """What `quantity` machines of `offer` running `hours` cost, as invoices charge them: each
-    machine rated on its own (as `orders.order_monthly_cost` counts an order), times the number
-    of machines. None for a draft imported without prices."""
+    """What `quantity` units of `offer` (machines, volumes, buckets storing the comparison's
+    1,000 GiB) for `hours` cost, as invoices charge them: each unit rated on its own (as
+    `orders.order_monthly_cost` counts an order), times the quantity. None for a draft
+    imported without prices."""
     if not offer.prices:
         return None
     prices, specs = offers_service.prices_of(offer), offers_service.specs_of(offer)
@@ -157,7 +172,8 @@ def _verdict(person: Caller, offer: Offer, quantity: int) -> quotes.Quote | None
 @page()
 @expensive
 def compare() -> Response:
-    """Two to four offers side by side, each priced for the chosen number of machines."""
+    """Two to four offers of any kind side by side, each priced for the chosen quantity; a
+    spec shows where it applies to the offer's kind."""
     raw: dict[str, Any] = {"offer": [i for i in request.args.getlist("offer") if i.strip()]}
     raw.update({k: request.args[k] for k in ("quantity", "hours") if request.args.get(k, "")})
     context: dict[str, Any] = {"args": raw, "columns": []}
@@ -186,24 +202,37 @@ def compare() -> Response:
                 "may_order": _orderable(person, shown) and (quote is None or quote.allowed),
             }
         )
-    return render("console/compare.html", quantity=quantity, hours=hours, ids=ids, **context)
+    kinds = {column["offer"].kind for column in context["columns"]}
+    return render(
+        "console/compare.html",
+        quantity=quantity,
+        hours=hours,
+        ids=ids,
+        kinds=kinds,
+        machines_only=kinds == {"vm"},
+        stored_basis=STORED_GIB_BASIS,
+        **context,
+    )
 
 
 # --- ordering --------------------------------------------------------------------------------
 
-ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_key")
-MAX_QUANTITY = 20  # machines in one order, as the API's order schema allows
+ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_key", "stored_gib")
+# The parameters a machine's order takes; volumes and buckets take none.
+MACHINE_PARAMETERS = ("parameters.image", "parameters.ssh_public_key")
+MAX_QUANTITY = 20  # resources in one order, as the API's order schema allows
+MAX_STORED_GIB = 1_048_576  # as the API's quote takes it
 
 
-def _order_data(offer_id: uuid.UUID, values: Mapping[str, str]) -> dict[str, Any]:
+def _order_data(offer: Offer, values: Mapping[str, str]) -> dict[str, Any]:
     """The form's fields checked by the API's own order schema."""
     parameters = {
         name.removeprefix("parameters."): values[name].strip()
-        for name in ORDER_FIELDS
-        if name.startswith("parameters.") and values.get(name, "").strip()
+        for name in MACHINE_PARAMETERS
+        if offer.kind == "vm" and values.get(name, "").strip()
     }
     body: dict[str, Any] = {
-        "offer_id": str(offer_id),
+        "offer_id": str(offer.id),
         "quantity": whole_number(values.get("quantity", "")),
         "name": values.get("name", "").strip(),
         "parameters": parameters,
@@ -211,11 +240,32 @@ def _order_data(offer_id: uuid.UUID, values: Mapping[str, str]) -> dict[str, Any
     return dict(OrderCreateSchema().load(body))
 
 
-def _quote(offer: Offer, quantity: int) -> quotes.Quote | None:
-    """What the policy says of `quantity` machines of `offer` a month (None: not orderable)."""
+def _stored_gib(offer: Offer, values: Mapping[str, str]) -> int | None:
+    """The GiB a bucket is expected to store, as typed (None: the 1,000 GiB basis); a value
+    that is not one is said by its field."""
+    typed = whole_number(values.get("stored_gib", ""))
+    if offer.kind != "object_storage" or typed == "":
+        return None
+    if not isinstance(typed, int) or not 1 <= typed <= MAX_STORED_GIB:
+        words = gettext(
+            "Enter a whole number of GiB from 1 to %(most)s.", most=f"{MAX_STORED_GIB:,}"
+        )
+        raise ma.ValidationError({"stored_gib": [words]})
+    return typed
+
+
+def _quote(offer: Offer, quantity: int, stored_gib: int | None = None) -> quotes.Quote | None:
+    """What the policy says of `quantity` units of `offer` a month (None: not orderable); a
+    bucket rated for `stored_gib` stored."""
     try:
         return quotes.quote(
-            request_session(), caller(), offer.id, quantity=quantity, hours=Decimal(730), now=now()
+            request_session(),
+            caller(),
+            offer.id,
+            quantity=quantity,
+            hours=Decimal(730),
+            now=now(),
+            stored_gib=stored_gib,
         )
     except BrokerError:
         return None
@@ -226,7 +276,11 @@ def _typed_quote(offer: Offer, values: Mapping[str, str]) -> quotes.Quote | None
     beside the form's other mistakes)."""
     quantity = whole_number(values["quantity"])
     fine = isinstance(quantity, int) and 1 <= quantity <= MAX_QUANTITY
-    return _quote(offer, quantity) if fine else None
+    try:
+        stored_gib = _stored_gib(offer, values)
+    except ma.ValidationError:
+        stored_gib = None
+    return _quote(offer, quantity, stored_gib) if fine else None
 
 
 def _order_page(
@@ -240,10 +294,12 @@ def _order_page(
         "offer": offer,
         "values": values,
         "quote": quote,
-        # What the order would record and its budget be judged by (730 hours a machine).
+        # What the order would record and its budget be judged by (730 hours a unit; a bucket
+        # storing the 1,000 GiB basis).
         "monthly_cost": orders_service.order_monthly_cost(offer, quote.quantity)[1]
         if quote is not None
         else None,
+        "stored_basis": STORED_GIB_BASIS,
     }
     if problem is not None:
         return form_page("console/order_form.html", problem, **context)
@@ -253,8 +309,9 @@ def _order_page(
 @bp.route("/catalogue/<uuid:offer_id>/order", methods=["GET", "POST"])
 @page(Role.BUYER)
 def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
-    """Order machines of an offer in two steps: `check` shows what the agency's policy says
-    (changing nothing), `place` places the order as the API does."""
+    """Order machines, volumes or buckets of an offer in two steps: `check` shows what the
+    agency's policy says (changing nothing; a bucket quoted for the GiB it is expected to
+    store), `place` places the order as the API does."""
     if request.method == "POST" and request.form.get("action") == "place":
         return _place(offer_id)
     offer = offers_service.get_offer(request_session(), caller(), offer_id)
@@ -262,10 +319,11 @@ def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
         return _order_page(offer, {"quantity": "1"}, quote=_quote(offer, 1))
     values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
     try:
-        data = _order_data(offer_id, values)
+        data = _order_data(offer, values)
+        stored_gib = _stored_gib(offer, values)
     except ma.ValidationError as error:
         return _order_page(offer, values, error, _typed_quote(offer, values))
-    quote = _quote(offer, data["quantity"])
+    quote = _quote(offer, data["quantity"], stored_gib)
     if quote is None:
         words = gettext("This offer cannot be ordered now.")
         return _order_page(offer, values, Problem(words, status=409))
@@ -278,8 +336,9 @@ def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
     `Idempotency-Key`, so a second submit of the same form shows the first order."""
     person = caller()
     values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
+    offer = offers_service.get_offer(request_session(), person, offer_id)
     try:
-        data = _order_data(offer_id, values)
+        data = _order_data(offer, values)
         order = orders_service.place_order(request_session(), person, data, now())
     except (BrokerError, ma.ValidationError) as error:
         request_session().rollback()
@@ -287,8 +346,10 @@ def _place(offer_id: uuid.UUID) -> Response | BaseResponse:
         return _order_page(offer, values, error, _typed_quote(offer, values))
     if order.state is OrderState.PENDING_APPROVAL:
         message = gettext("Your order is placed. It waits for an approver of your agency.")
-    else:
+    elif offer.kind == "vm":
         message = gettext("Your order is placed. Its machines are being made.")
+    else:
+        message = gettext("Your order is placed. What it ordered is being made.")
     return done("console.order", message, order_id=order.id)
 
 
@@ -351,13 +412,14 @@ def cancel_order(order_id: uuid.UUID) -> BaseResponse:
     return done("console.order", gettext("The order is cancelled."), order_id=order_id)
 
 
-# --- machines and usage ----------------------------------------------------------------------
+# --- resources (machines, volumes, buckets) and usage ----------------------------------------
 
 
 @bp.get("/machines")
 @page(*READING)
 def machines() -> Response:
-    """The agency's machines with their state, newest first, a page at a time."""
+    """The agency's resources (machines, volumes, buckets) with their kind and state, newest
+    first, a page at a time."""
     args = query_args()
     loaded, problem = filters(ResourceListArgs, args)
     found = resources_service.list_resources(request_session(), caller(), **loaded)
@@ -368,6 +430,7 @@ def machines() -> Response:
         args=args,
         offers=_offers_of({machine.offer_id for machine in found.items}),
         state_options=[(state.value, state_label(state)) for state in ResourceState],
+        kind_options=[(kind, KIND_CHOICES[kind]) for kind in resources_service.KIND_ACTIONS],
         problem=problem,
     )
 
@@ -396,43 +459,120 @@ def _chart(days: list[tuple[Any, Decimal]]) -> list[dict[str, Any]]:
     return bars
 
 
-@bp.get("/machines/<uuid:resource_id>")
-@page(*READING)
-def machine(resource_id: uuid.UUID) -> Response:
-    """A machine: its state and every change of it, the actions its state allows, and what
-    it has cost so far this month, day by day."""
+def _resource_page(
+    resource_id: uuid.UUID,
+    problem: Problem | None = None,
+    values: Mapping[str, str] | None = None,
+    revealed: storage.Connection | None = None,
+) -> Response:
+    """A resource's page (see `machine`), with what went wrong with an action by its field,
+    or a bucket's secret key revealed once."""
     session, person, at = request_session(), caller(), now()
     shown = resources_service.get_resource(session, person, resource_id)
-    actions = []
+    actions: list[str] = []
     if access.holds_role_in(person, shown.organization_id, *BUYING):
         actions = [
             name
-            for name, (allowed_from, _, _) in resources_service.ACTIONS.items()
-            if shown.state in allowed_from
+            for name in resources_service.KIND_ACTIONS.get(shown.kind, ())
+            if shown.state in resources_service.ACTIONS[name][0]
         ]
     days = resources_service.cost_by_day(session, shown, at)
-    return render(
-        "console/machine.html",
-        machine=shown,
-        offer=_offers_of({shown.offer_id})[shown.offer_id],
-        events=shown.events,
-        cost=resources_service.cost_this_period(session, shown, at),
-        bars=_chart(days),
-        chart={"width": CHART_WIDTH, "height": CHART_HEIGHT, "base": CHART_BASE},
-        actions=actions,
+    attached = session.get(Resource, shown.attached_to_id) if shown.attached_to_id else None
+    context: dict[str, Any] = {
+        "machine": shown,
+        "offer": _offers_of({shown.offer_id})[shown.offer_id],
+        "events": shown.events,
+        "cost": resources_service.cost_this_period(session, shown, at),
+        "bars": _chart(days),
+        "chart": {"width": CHART_WIDTH, "height": CHART_HEIGHT, "base": CHART_BASE},
+        "actions": actions,
+        "attached": attached,
+        "machine_choices": _machine_choices(shown) if "attach" in actions else [],
+        "connection": revealed or storage.connection(session, shown),
+        "revealed": revealed,
+        "may_reveal": access.holds_role_in(person, shown.organization_id, *BUYING),
+        "values": values or {},
+    }
+    if problem is not None:
+        return form_page("console/machine.html", problem, **context)
+    return render("console/machine.html", **context)
+
+
+def _machine_choices(volume: Resource) -> list[tuple[str, str]]:
+    """The agency's machines a volume may be attached to, as (id, label): the live ones (the
+    service says which of them are in the volume's region and provider)."""
+    found = resources_service.list_resources(
+        request_session(), caller(), kind="vm", limit=100, cursor=None
     )
+    return [
+        (str(machine.id), machine.name)
+        for machine in found.items
+        if machine.state in (ResourceState.ACTIVE, ResourceState.STOPPED)
+        and machine.organization_id == volume.organization_id
+    ]
+
+
+@bp.get("/machines/<uuid:resource_id>")
+@page(*READING)
+def machine(resource_id: uuid.UUID) -> Response:
+    """A resource: its state and every change of it, the actions its kind and state allow
+    (a volume's size and attachment, a bucket's connection details and retention), and what
+    it has cost so far this month, day by day."""
+    return _resource_page(resource_id)
+
+
+ACTION_FIELDS = ("size_gib", "machine_id", "retention_days")
 
 
 @bp.post("/machines/<uuid:resource_id>/action")
 @page(*BUYING)
 def machine_action(resource_id: uuid.UUID) -> Response | BaseResponse:
-    """Stop, start, restart or delete a machine; carried out in the background."""
+    """An action of the resource's kind, carried out in the background: a machine's stop,
+    start, restart; a volume's resize, attach, detach; a bucket's retention and key; delete.
+    A refusal is shown on the resource's page, by the field it is about."""
+    values = {name: request.form.get(name, "").strip() for name in ACTION_FIELDS}
+    typed: dict[str, Any] = {"action": request.form.get("action", "")}
+    typed.update(
+        {
+            name: value if name == "machine_id" else whole_number(value)
+            for name, value in values.items()
+            if value
+        }
+    )
+    person = caller()
     try:
-        action = ActionSchema().load({"action": request.form.get("action", "")})["action"]
-    except ma.ValidationError as error:
-        return error_page(problem_of(error))
-    resources_service.request_action(request_session(), caller(), resource_id, action, now())
-    return done("console.machine", str(ACTION_DONE[action]), resource_id=resource_id)
+        data = ActionSchema().load(typed)
+        action = data.pop("action")
+        retained = None
+        if action == "terminate":  # asked of the cloud before the transaction writes anything
+            retained = storage.retained(database(), person, resource_id, provider_runtime())
+        resources_service.request_action(
+            request_session(), person, resource_id, action, now(), retained=retained, **data
+        )
+    except NotFound:
+        raise
+    except (BrokerError, ma.ValidationError) as error:
+        request_session().rollback()
+        return _resource_page(resource_id, problem_of(error), values)
+    shown = resources_service.get_resource(request_session(), person, resource_id)
+    return done("console.machine", action_done(shown.kind, action), resource_id=resource_id)
+
+
+@bp.post("/machines/<uuid:resource_id>/secret")
+@page(*BUYING)
+def reveal_secret(resource_id: uuid.UUID) -> Response:
+    """A bucket's secret key, shown once on this answer (never in a redirect or a notice):
+    the broker erases it as it answers. Shown already: the page says to rotate the key."""
+    try:
+        revealed = storage.reveal_secret(
+            request_session(), caller(), resource_id, provider_runtime().keyring, now()
+        )
+    except NotFound:
+        raise
+    except BrokerError as error:
+        request_session().rollback()
+        return _resource_page(resource_id, problem_of(error))
+    return _resource_page(resource_id, revealed=revealed)
 
 
 @bp.get("/usage")

@@ -23,11 +23,11 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from billing.invoicing import STANDARD, TAX_CATEGORIES
 from billing.metering import shown
-from billing.rating import METRICS
+from billing.rating import KIND_METRICS, METRICS, STORED_GIB_BASIS
 from broker import access
 from broker.api.base import database, now, provider_runtime, request_session
 from broker.api.evidence import EvidenceClaimSchema
-from broker.api.offers import OfferCreateSchema, OfferPatchSchema
+from broker.api.offers import OfferCreateSchema, OfferPatchSchema, load_specs
 from broker.api.schemas import ListArgs
 from broker.errors import BrokerError, NotFound
 from broker.models import EvidenceState, Offer, OfferState, Provider, Role
@@ -52,7 +52,7 @@ from broker.web.pages import (
     render,
     whole_number,
 )
-from broker.web.words import TAX_LABELS, metric_label, state_label
+from broker.web.words import KIND_LABELS, TAX_LABELS, metric_label, state_label
 
 OPERATOR = (Role.PROVIDER,)
 PAGE_SIZE = 50
@@ -245,6 +245,7 @@ def _values_of(offer: Offer) -> dict[str, Any]:
     }
     return {
         "provider_id": str(offer.provider_id),
+        "kind": offer.kind,
         "sku": offer.sku,
         "name": offer.name,
         "region": offer.region_code,
@@ -252,10 +253,28 @@ def _values_of(offer: Offer) -> dict[str, Any]:
         "specs.ram_gib": offers_service.gib(offer.ram_gib).normalize(),
         "specs.disk_gib": offer.disk_gib,
         "specs.gpu": offer.gpu,
+        "specs.size_gib": offer.size_gib or "",
+        "specs.performance": offer.performance or "",
+        "specs.iops": offer.iops or "",
+        "specs.encrypted": offer.encrypted,
+        "specs.versioning": offer.versioning,
+        "specs.immutability_days": offer.immutability_days or "",
         "currency": offer.currency,
         "prices": prices,
         "compliance": set(offer.compliance_schemes),
     }
+
+
+# The specs fields of the form (`specs.<name>`), and those that are ticked boxes.
+SPEC_FIELDS = tuple(
+    dict.fromkeys(name for names in offers_service.KIND_SPECS.values() for name in names)
+)
+SPEC_BOXES = ("encrypted", "versioning")
+
+
+def _kind_of(value: str | None) -> str:
+    """The kind of offer a form names (a machine unless it names another kind)."""
+    return value if value in offers_service.KIND_SPECS else "vm"
 
 
 def _values_from_form() -> dict[str, Any]:
@@ -263,18 +282,11 @@ def _values_from_form() -> dict[str, Any]:
     form = request.form
     values: dict[str, Any] = {
         name: form.get(name, "")
-        for name in (
-            "provider_id",
-            "sku",
-            "name",
-            "region",
-            "specs.vcpu",
-            "specs.ram_gib",
-            "specs.disk_gib",
-            "specs.gpu",
-            "currency",
-        )
+        for name in ("provider_id", "sku", "name", "region", "currency")
+        + tuple(f"specs.{spec}" for spec in SPEC_FIELDS if spec not in SPEC_BOXES)
     }
+    values["kind"] = _kind_of(form.get("kind"))
+    values.update({f"specs.{box}": form.get(f"specs.{box}") == "true" for box in SPEC_BOXES})
     values["prices"] = {
         metric: {
             "unit_price": form.get(f"prices.{metric}.unit_price", ""),
@@ -287,23 +299,49 @@ def _values_from_form() -> dict[str, Any]:
     return values
 
 
-def _document(values: Mapping[str, Any], *, creating: bool) -> tuple[dict[str, Any], list[str]]:
-    """The offer document the form describes, as the API's schema reads it, and the metrics
-    of its prices in order (to put the schema's messages back by the right row)."""
-    data: dict[str, Any] = {}
-    if creating:
-        data["provider_id"] = values["provider_id"]
-        data["sku"] = values["sku"].strip()
-    data["name"] = values["name"].strip()
-    data["region"] = values["region"]
-    data["specs"] = {
-        "vcpu": whole_number(values["specs.vcpu"]),
+def _specs(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The specs of `kind` the form describes, as the API's specs schema of that kind reads
+    them (optional fields left empty are not sent: they take their defaults)."""
+    if kind == "volume":
+        specs: dict[str, Any] = {
+            "size_gib": whole_number(str(values["specs.size_gib"])),
+            "performance": str(values["specs.performance"]).strip() or "standard",
+            "encrypted": bool(values["specs.encrypted"]),
+        }
+        if str(values["specs.iops"]).strip():
+            specs["iops"] = whole_number(str(values["specs.iops"]))
+        return specs
+    if kind == "object_storage":
+        specs = {
+            "encrypted": bool(values["specs.encrypted"]),
+            "versioning": bool(values["specs.versioning"]),
+        }
+        if str(values["specs.immutability_days"]).strip():
+            specs["immutability_days"] = whole_number(str(values["specs.immutability_days"]))
+        return specs
+    return {
+        "vcpu": whole_number(str(values["specs.vcpu"])),
         "ram_gib": _decimal_text(str(values["specs.ram_gib"])),
         "disk_gib": whole_number(str(values["specs.disk_gib"]) or "0"),
         "gpu": whole_number(str(values["specs.gpu"]) or "0"),
     }
+
+
+def _document(values: Mapping[str, Any], *, creating: bool) -> tuple[dict[str, Any], list[str]]:
+    """The offer document the form describes, as the API's schema reads it, and the metrics
+    of its prices in order (to put the schema's messages back by the right row). Only the
+    metrics the offer's kind is priced by are read."""
+    kind = _kind_of(values.get("kind"))
+    data: dict[str, Any] = {}
+    if creating:
+        data["provider_id"] = values["provider_id"]
+        data["sku"] = values["sku"].strip()
+        data["kind"] = kind
+    data["name"] = values["name"].strip()
+    data["region"] = values["region"]
+    data["specs"] = _specs(kind, values)
     prices, metrics = [], []
-    for metric in METRICS:
+    for metric in KIND_METRICS[kind]:
         row = values["prices"].get(metric) or {}
         unit_price = _decimal_text(row.get("unit_price"))
         if not unit_price:
@@ -343,7 +381,7 @@ def _by_row(problem: Problem, metrics: list[str]) -> Problem:
     return problem
 
 
-def _choices(provider: Provider, offer: Offer | None) -> dict[str, Any]:
+def _choices(provider: Provider, offer: Offer | None, kind: str = "vm") -> dict[str, Any]:
     regions = [
         (
             region["code"],
@@ -357,7 +395,11 @@ def _choices(provider: Provider, offer: Offer | None) -> dict[str, Any]:
     return {
         "regions": regions,
         "schemes": sorted(schemes),
-        "metrics": list(METRICS),
+        "metrics": list(KIND_METRICS[offer.kind if offer is not None else kind]),
+        "units_of": METRICS,
+        "stored_basis": STORED_GIB_BASIS,
+        "kind": offer.kind if offer is not None else kind,
+        "kinds": [(name, KIND_LABELS[name]) for name in offers_service.KIND_SPECS],
         "taxes": [(code, TAX_LABELS.get(code, code)) for code in TAX_CATEGORIES],
         "currencies": [("EUR", "EUR"), ("CAD", "CAD")],
     }
@@ -374,7 +416,7 @@ def _new_offer_page(values: dict[str, Any], problem: Problem | None = None) -> R
         provider=chosen,
         offer=None,
         values=values,
-        **_choices(chosen, None),
+        **_choices(chosen, None, _kind_of(values.get("kind"))),
     )
     if problem is not None:
         return form_page("console/provider/new_offer.html", problem, **context)
@@ -384,7 +426,8 @@ def _new_offer_page(values: dict[str, Any], problem: Problem | None = None) -> R
 @bp.route("/provider/offers/new", methods=["GET", "POST"])
 @page(*OPERATOR)
 def new_offer() -> BaseResponse:
-    """A new offer, made as a draft."""
+    """A new offer of a kind (`?kind=`: a machine, a volume, object storage), made as a
+    draft: the form asks for that kind's specs and its metrics' prices."""
     if request.method == "GET":
         providers = _operated()
         provider_id = request.args.get("provider") or (str(providers[0].id) if providers else "")
@@ -392,6 +435,7 @@ def new_offer() -> BaseResponse:
         currency = "CAD" if chosen is not None and chosen.operator_country == "CA" else "EUR"
         values: dict[str, Any] = {
             "provider_id": provider_id,
+            "kind": _kind_of(request.args.get("kind")),
             "sku": "",
             "name": "",
             "region": "",
@@ -399,6 +443,12 @@ def new_offer() -> BaseResponse:
             "specs.ram_gib": "",
             "specs.disk_gib": "0",
             "specs.gpu": "0",
+            "specs.size_gib": "",
+            "specs.performance": "standard",
+            "specs.iops": "",
+            "specs.encrypted": True,
+            "specs.versioning": False,
+            "specs.immutability_days": "",
             "currency": currency,
             "prices": {},
             "compliance": None,  # none chosen yet: every scheme held is ticked
@@ -451,17 +501,19 @@ def provider_offer(offer_id: uuid.UUID) -> BaseResponse:
     offer = _own_offer(offer_id)
     if request.method == "GET":
         return _offer_page(offer)
-    values = _values_from_form()
+    values = {**_values_from_form(), "kind": offer.kind}
     data, metrics = _document(values, creating=False)
     revision = request.form.get("revision", "")
     if_match = IfMatch.of(int(revision)) if revision.isdigit() else IfMatch(None)
     try:
+        changes = OfferPatchSchema().load(data)
+        changes["specs"] = load_specs(offer.kind, changes["specs"])  # as the API checks them
         edit = offers_service.edit_offer(
             request_session(),
             caller(),
             offer_id,
             if_match=if_match,
-            changes=OfferPatchSchema().load(data),
+            changes=changes,
         )
     except ma.ValidationError as error:
         return _offer_page(offer, values, _by_row(problem_of(error), metrics))

@@ -1,7 +1,8 @@
 """The console's words for the API's codes and values, in one place: problem codes, field
-messages, roles, lifecycle states, metrics and units, policy reasons, machine actions, tax
-categories, usage sources and export formats. Each is English marked for translation (the
-French is in broker/translations); templates reach them as globals (`init_pages`)."""
+messages, roles, lifecycle states, metrics and units, policy reasons, the kinds of resource and
+their actions, tax categories, usage sources and export formats. Each is English marked for
+translation (the French is in broker/translations); templates reach them as globals
+(`init_pages`)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,26 @@ PROBLEM_WORDS: Mapping[str, Any] = {
     "not_a_draft": _l("Only a draft can be published."),
     "offer_retired": _l("This offer is retired: it no longer changes."),
     "newer_version_exists": _l("A newer version of this offer exists already: edit that one."),
+    "action_not_for_kind": _l("This kind of resource has no such action."),
+    "volume_shrink": _l("A volume only grows: choose a size larger than it has now."),
+    "volume_attached": _l("The volume is attached to a machine already: detach it first."),
+    "volume_not_attached": _l("The volume is not attached to any machine."),
+    "machine_elsewhere": _l("A volume attaches only to a machine of the same provider and region."),
+    "not_a_machine": _l("A volume attaches only to a machine."),
+    "retention_shortened": _l("A vault's retention can be extended, never shortened."),
+    "not_a_vault": _l("This bucket was made without a retention: it is not a vault."),
+    "under_retention": _l(
+        "The vault still holds objects under retention: it cannot be deleted before they expire."
+    ),
+    "secret_already_shown": _l(
+        "The secret key was shown once already and is not kept: rotate the key to get a new one."
+    ),
+    "bucket_not_ready": _l("The bucket is still being made: its key is not ready yet."),
+    "metric_metered": _l("The broker meters this itself: it cannot be reported."),
+    "kind_not_sold": _l("Your cloud does not make this kind of resource."),
+    "immutability_unsupported": _l(
+        "Your cloud cannot enforce a retention (object lock): it cannot sell a vault."
+    ),
     "internal_error": _l(
         "Something went wrong on our side. The error was logged; try again later."
     ),
@@ -95,6 +116,7 @@ STATE_LABELS: Mapping[str, Any] = {
     "stopped": _l("stopped"),
     "starting": _l("starting"),
     "rebooting": _l("rebooting"),
+    "updating": _l("updating"),
     "terminating": _l("terminating"),
     "terminated": _l("terminated"),
     "error": _l("error"),
@@ -122,6 +144,7 @@ METRIC_LABELS: Mapping[str, Any] = {
     "ram_gib_hour": _l("Memory time"),
     "storage_gib_month": _l("Storage"),
     "egress_gib": _l("Outbound traffic"),
+    "requests": _l("Requests"),
 }
 
 
@@ -132,6 +155,7 @@ PER_UNIT: Mapping[str, Any] = {
     "GiB-hour": _l("per GiB-hour"),
     "GiB-month": _l("per GiB-month"),
     "GiB": _l("per GiB"),
+    "request": _l("per request"),
 }
 
 
@@ -141,6 +165,7 @@ UNITS: Mapping[str, Any] = {
     "ram_gib_hour": _l("GiB-hours"),
     "storage_gib_month": _l("GiB-months"),
     "egress_gib": _l("GiB"),
+    "requests": _l("requests"),
 }
 
 
@@ -164,14 +189,47 @@ ACTION_LABELS: Mapping[str, Any] = {
     "start": _l("Start"),
     "reboot": _l("Restart"),
     "terminate": _l("Delete"),
+    "resize": _l("Resize"),
+    "attach": _l("Attach"),
+    "detach": _l("Detach"),
+    "set_retention": _l("Extend the retention"),
+    "rotate_key": _l("Rotate the key"),
 }
 
 
-ACTION_DONE: Mapping[str, Any] = {
-    "stop": _l("The machine is stopping."),
-    "start": _l("The machine is starting."),
-    "reboot": _l("The machine is restarting."),
-    "terminate": _l("The machine is being deleted."),
+# What a person reads once an action is under way, by kind of resource and action.
+ACTION_DONE: Mapping[tuple[str, str], Any] = {
+    ("vm", "stop"): _l("The machine is stopping."),
+    ("vm", "start"): _l("The machine is starting."),
+    ("vm", "reboot"): _l("The machine is restarting."),
+    ("vm", "terminate"): _l("The machine is being deleted."),
+    ("volume", "resize"): _l("The volume is being resized."),
+    ("volume", "attach"): _l("The volume is being attached."),
+    ("volume", "detach"): _l("The volume is being detached."),
+    ("volume", "terminate"): _l("The volume is being deleted."),
+    ("object_storage", "set_retention"): _l("The retention is being extended."),
+    ("object_storage", "rotate_key"): _l(
+        "A new key is being issued: its secret can be shown once, here, when it is ready."
+    ),
+    ("object_storage", "terminate"): _l("The bucket is being deleted."),
+}
+
+
+# The kinds of thing the catalogue sells: one of them, and the filter's choices.
+KIND_LABELS: Mapping[str, Any] = {
+    "vm": _l("Machine"),
+    "volume": _l("Volume"),
+    "object_storage": _l("Object storage"),
+}
+KIND_CHOICES: Mapping[str, Any] = {
+    "vm": _l("Machines"),
+    "volume": _l("Volumes"),
+    "object_storage": _l("Object storage"),
+}
+# A volume's performance class, when it is one of the usual ones (else shown as written).
+PERFORMANCE_LABELS: Mapping[str, Any] = {
+    "standard": _l("Standard"),
+    "high-iops": _l("High IOPS"),
 }
 
 
@@ -212,6 +270,15 @@ def metric_label(metric: str) -> str:
     return str(METRIC_LABELS.get(metric, metric))
 
 
+def kind_label(kind: str) -> str:
+    return str(KIND_LABELS.get(kind, kind))
+
+
+def action_done(kind: str, action: str) -> str:
+    """The notice once `action` on a resource of `kind` is under way."""
+    return str(ACTION_DONE.get((kind, action), ACTION_LABELS.get(action, action)))
+
+
 # What templates read by these names, without each view passing them.
 TEMPLATE_GLOBALS: Mapping[str, Any] = {
     "metric_labels": METRIC_LABELS,
@@ -222,6 +289,10 @@ TEMPLATE_GLOBALS: Mapping[str, Any] = {
     "source_labels": SOURCE_LABELS,
     "format_labels": FORMAT_LABELS,
     "action_labels": ACTION_LABELS,
+    "kind_labels": KIND_LABELS,
+    "kind_choices": KIND_CHOICES,
+    "performance_labels": PERFORMANCE_LABELS,
+    "kind_label": kind_label,
     "role_label": role_label,
     "state_label": state_label,
     "metric_label": metric_label,
