@@ -52,6 +52,8 @@ def test_the_readme_has_curl_examples_for_each_part_of_the_api() -> None:
         "/oauth/token", "/v1/offers", "/v1/quotes", "/evidence", "/v1/trusted-issuers",
         "/v1/orders", "/v1/resources", "/v1/usage", "/v1/billing-runs", "/finalize",
         "/export", "/credit-notes", "/void", "/v1/settlements", "/sync", "/policy",
+        "kind=volume", "kind=object_storage", "/secret", '"resize"', '"attach"',
+        '"set_retention"',
     ):  # fmt: skip
         assert path in examples, path
 
