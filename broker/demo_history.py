@@ -6,9 +6,9 @@ On a new database the seed founds the demo consortium the day before last month 
 `JobContext(now=…)`) set to each moment in turn, through the services the API calls and the job
 handlers a worker runs:
 
-- the agencies' buyers order machines (`orders.place_order`); the order above the Québec
-  threshold waits for its approver (`orders.approve`); the provisioning jobs make them on the
-  simulated clouds, whose state files keep them, running, for the worker after the seed;
+- the agencies' buyers order machines and a volume (`orders.place_order`); the order above the
+  Québec threshold waits for its approver (`orders.approve`); the provisioning jobs make them on
+  the simulated clouds, whose state files keep them, running, for the worker after the seed;
 - a machine is stopped for a weekend and started again, another is terminated mid-month
   (`resources.request_action` and the action jobs);
 - each night the meter closes the day's instance hours, the usage poll records what the
@@ -112,6 +112,8 @@ PAST_ORDERS: tuple[PastOrder, ...] = (
         placed=_at(0, 8, 30),
         stopped=(_at(13, 19), _at(15, 7)),  # a maintenance weekend
     ),
+    # A volume for the warehouse's data, billed by the broker for its size (100 GiB).
+    PastOrder(HEALTH_AGENCY, "archives", "hc-bloc-ssd-par", 1, placed=_at(2, 10)),
     PastOrder(
         CITY, "portail-citoyen", "nn-m-qc", 2, placed=_at(0, 9), egress_gib_per_day=Decimal(35)
     ),

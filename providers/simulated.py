@@ -286,10 +286,12 @@ class SimulatedCloud:
         at: datetime | None = None,
         *,
         access_key_id: str | None = None,
+        size_bytes: int = 0,
     ) -> None:
-        """Write object `key` into the bucket at `at` (default: now), as its user would; with
-        `access_key_id`, only if that key is live and reaches the bucket. Writing a key again
-        makes a newer version: the object is then held from the later write."""
+        """Write object `key` (`size_bytes` long) into the bucket at `at` (default: now), as
+        its user would; with `access_key_id`, only if that key is live and reaches the bucket.
+        Writing a key again makes a newer version: the object is then held from the later
+        write, and the bucket stores both versions."""
         with self._locked() as state:
             bucket = state.buckets.get(bucket_ref)
             if bucket is None:
@@ -298,7 +300,9 @@ class SimulatedCloud:
                 access = state.keys.get(access_key_id)
                 if access is None or access["revoked"] or access["bucket"] != bucket_ref:
                     raise Permanent("Access denied.", code="unauthorized")
-            bucket["objects"][key] = _iso(at or self._clock())
+            written = _iso(at or self._clock())
+            bucket["objects"][key] = written
+            bucket.setdefault("stored", []).append([written, size_bytes])
 
 
 class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
@@ -904,7 +908,8 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     # Usage -------------------------------------------------------------------------------
 
     def usage(self, since: datetime, until: datetime) -> list[UsageSample]:
-        """One sample per instance, metric and clock hour of `[since, until)` it ran in."""
+        """One sample per instance, metric and clock hour of `[since, until)` it ran in, and
+        per bucket and clock hour it stored something in (`storage_gib_month`)."""
 
         def work(state: _State, fault: Fault | None) -> list[UsageSample]:
             self._fail_before(fault)
@@ -913,10 +918,40 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
                 for record in state.instances.values()
                 for sample in self._samples(record, since, until)
             ]
+            samples += [
+                sample
+                for name, bucket in state.buckets.items()
+                for sample in self._stored(name, bucket, since, until)
+            ]
             self._fail_after(fault)
             return samples
 
         return self.cloud.call(Operation.USAGE, work)
+
+    def _stored(
+        self, name: str, bucket: Mapping[str, Any], since: datetime, until: datetime
+    ) -> Iterator[UsageSample]:
+        """GiB-months the bucket held in each clock hour: every version written, from its
+        write on (a month is 730 hours), to 6 decimals as clouds report."""
+        writes = [(datetime.fromisoformat(at), size) for at, size in bucket.get("stored", [])]
+        hour = since.replace(minute=0, second=0, microsecond=0)
+        while hour < until and writes:
+            start, end = max(since, hour), min(until, hour + timedelta(hours=1))
+            byte_seconds = sum(
+                size * max(0.0, (end - max(start, at)).total_seconds()) for at, size in writes
+            )
+            if byte_seconds > 0:
+                gib_hours = Decimal(int(byte_seconds)) / Decimal(3600 * 2**30)
+                yield UsageSample(
+                    record_id=f"{name}:storage_gib_month:{_iso(start)}:{_iso(end)}",
+                    ref=name,
+                    metric="storage_gib_month",
+                    quantity=(gib_hours / 730).quantize(Decimal("0.000001")),
+                    start=start,
+                    end=end,
+                    token=bucket.get("token"),
+                )
+            hour += timedelta(hours=1)
 
     def _running_intervals(self, record: Mapping[str, Any]) -> list[tuple[datetime, datetime]]:
         events = [(datetime.fromisoformat(at), state) for at, state in record["history"]]

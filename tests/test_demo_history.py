@@ -144,8 +144,17 @@ def test_a_new_demo_has_last_month_issued_corrected_and_settled(
     assert end <= datetime.fromisoformat(issued["finalized_at"]) <= datetime.now(UTC)
     check_totals(db, issued, DEMO_BILLING[HEALTH_AGENCY][2])
     # Its machines ran from their order to the month's end: the meter billed exactly that.
-    machines = all_pages(client, health, "/v1/resources")
+    machines = all_pages(client, health, "/v1/resources?kind=vm")
     assert len(machines) == 3 and {m["state"] for m in machines} == {"active"}
+    # Its volume too, by the GiB-month for its 100 GiB from when it was made.
+    [volume] = all_pages(client, health, "/v1/resources?kind=volume")
+    made = datetime.fromisoformat(volume["activated_at"])
+    [stored] = [
+        Fraction(line["quantity"])
+        for line in issued["lines"]
+        if (line["resource_id"], line["metric"]) == (volume["id"], "storage_gib_month")
+    ]
+    assert stored == round(Decimal(100 * (end - made).total_seconds()) / 3600 / 730, 6)
     for machine in machines:
         activated = datetime.fromisoformat(machine["activated_at"])
         assert start < activated < end

@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from broker.db import Database
+from broker.jobs.queue import JobContext
 from broker.models import AuditEvent, BucketAccess, Job, JobState
+from broker.services import usage as usage_service
 from tests.billing_fixtures import START, Ledger, money
 from tests.catalogue_fixtures import make_provider, price, published_offer
 from tests.conftest import ApiUser, MakeUser
@@ -541,3 +543,21 @@ def _order_id(ledger: Ledger, offer_id: str) -> str:
     )
     assert response.status_code == 201, response.get_data(as_text=True)
     return str(response.json["id"])
+
+
+def test_what_a_bucket_stores_is_polled_from_its_cloud_and_billed(ledger: Ledger) -> None:
+    ledger.at(datetime(2030, 3, 5, 9, tzinfo=START.tzinfo))
+    vault = order(ledger, vault_offer(ledger), "registres")
+    ledger.market.cloud.put_object(
+        vault["provider_ref"], "scans.tar", at=ledger.clock.now, size_bytes=73 * 2**30
+    )
+    ledger.at(datetime(2030, 3, 5, 19, 10, tzinfo=START.tzinfo))
+    polled = usage_service.run_poll_job(
+        JobContext(ledger.db, ledger.app.config, ledger.clock), None
+    )
+    assert polled["records"] == 10, polled  # 73 GiB for each of ten hours
+    ledger.meter(datetime(2030, 4, 1, 1, tzinfo=START.tzinfo))
+    ledger.bill("2030-03")
+    stored = line(ledger.invoice_of("2030-03"), vault["id"], "storage_gib_month")
+    # 73 GiB × 10 h = 730 GiB-hours: one GiB-month, at 0.03.
+    assert (Decimal(stored["quantity"]), money(stored["amount"])) == (Decimal(1), Decimal("0.03"))
