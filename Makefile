@@ -36,21 +36,26 @@ $(AXE): tests/browser/package.json tests/browser/package-lock.json
 run: $(RUN_STAMP) $(CATALOGUES)
 	$(VENV)/bin/broker serve
 
+# The suites that mostly wait (for a browser, a server process, the demo's clouds, a fake
+# cloud's timeout): they run beside the two database runs rather than inside the SQLite one.
+WAITING := tests/browser tests/adapters tests/test_readme.py tests/test_serve.py
+
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, one
-## per core, each printed whole when done); beside them the browser tests, which mostly wait
-## (for a page, a machine), then lint
+## per core, each printed whole when done); beside them the suites that mostly wait (the
+## browser tests, the adapters against their fake clouds, the README and `broker serve`), then
+## lint
 test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
-	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and the browser tests then lint, in parallel =="; \
-	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite tests/browser > $$logs/browser.log 2>&1; \
+	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and the waiting suites then lint, in parallel =="; \
+	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite $(WAITING) > $$logs/browser.log 2>&1; \
 	  browser=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
 	  lint=$$?; test $$browser -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite --ignore=tests/browser > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql --ignore=tests/browser > $$logs/postgresql.log 2>&1; pg=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite $(addprefix --ignore=,$(WAITING)) > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql $(addprefix --ignore=,$(WAITING)) > $$logs/postgresql.log 2>&1; pg=$$?; \
 	wait $$lite_pid; lite=$$?; wait $$side_pid; side=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
-	echo "== the console in Chromium (tests/browser) =="; cat $$logs/browser.log; \
+	echo "== the waiting suites on SQLite: the console in Chromium, the adapters, the README, broker serve =="; cat $$logs/browser.log; \
 	echo "== lint (ruff, mypy), run once the browser tests were done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \
 	test $$lite -eq 0 && test $$pg -eq 0 && test $$side -eq 0

@@ -164,12 +164,22 @@ def check_growth(session: Session, resource: Resource, increase: Decimal) -> Non
     policy = _lock_policy(session, resource.organization_id)
     if policy.budget_currency not in (None, resource.currency):
         return  # the budget is in another currency: orders are refused before, by the policy
-    shown = _over_budget(
-        session, policy, resource.organization_id, increase, resource.currency, pending=True
-    )
+    _refuse_over_budget(session, policy, resource.organization_id, increase, resource.currency)
+
+
+def _refuse_over_budget(
+    session: Session,
+    policy: policies.PolicyView,
+    organization_id: uuid.UUID,
+    amount: Decimal,
+    currency: str,
+) -> None:
+    """422 `budget_exceeded`, with the figures, when `amount` more a month (orders awaiting
+    approval counted) takes the agency past its budget."""
+    shown = _over_budget(session, policy, organization_id, amount, currency, pending=True)
     if shown is not None:
         raise BudgetExceeded(
-            _budget_detail(shown, resource.currency, policy),
+            _budget_detail(shown, currency, policy),
             committed=shown["committed"],
             order_monthly_cost=shown["order_monthly_cost"],
             monthly_budget=shown["monthly_budget"],
@@ -247,16 +257,7 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
     if reasons:
         raise _violation(reasons)
     unit, total = order_monthly_cost(offer, data["quantity"])
-    shown = _over_budget(
-        session, policy, caller.organization_id, total, offer.currency, pending=True
-    )
-    if shown is not None:
-        raise BudgetExceeded(
-            _budget_detail(shown, offer.currency, policy),
-            committed=shown["committed"],
-            order_monthly_cost=shown["order_monthly_cost"],
-            monthly_budget=shown["monthly_budget"],
-        )
+    _refuse_over_budget(session, policy, caller.organization_id, total, offer.currency)
     waits = approval_reason(policy, total, offer.currency)
     order = Order(
         id=uuid.uuid4(),

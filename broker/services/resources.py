@@ -372,13 +372,11 @@ def _check_attach(
             code="not_a_machine",
             errors={"machine_id": ["Not a machine."]},
         )
-    if machine.provider_id != volume.provider_id or storage.region_of(
-        session, machine
-    ) != storage.region_of(session, volume):
+    here, there = storage.region_of(session, volume), storage.region_of(session, machine)
+    if machine.provider_id != volume.provider_id or here != there:
         raise ValidationFailed(
             "A volume attaches only to a machine of the same provider and region: this machine "
-            f"is in {storage.region_of(session, machine)}, the volume in "
-            f"{storage.region_of(session, volume)} (or at another provider).",
+            f"is in {there}, the volume in {here} (or at another provider).",
             code="machine_elsewhere",
             errors={"machine_id": ["A machine of the volume's provider and region."]},
         )

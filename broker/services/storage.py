@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -251,22 +251,25 @@ class Connection:
     access_key_id: str
     issued_at: datetime
     shown_at: datetime | None
-    secret_access_key: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, held: BucketAccess, secret: str | None = None) -> Connection:
+        return cls(
+            held.endpoint,
+            held.bucket,
+            held.region,
+            held.access_key_id,
+            held.issued_at,
+            held.shown_at,
+            secret,
+        )
 
 
 def connection(session: Session, resource: Resource) -> Connection | None:
     """The bucket's connection details, without the secret."""
     held = session.get(BucketAccess, resource.id) if resource.kind == Kind.OBJECT_STORAGE else None
-    if held is None:
-        return None
-    return Connection(
-        held.endpoint,
-        held.bucket,
-        held.region,
-        held.access_key_id,
-        held.issued_at,
-        held.shown_at,
-    )
+    return Connection.of(held) if held is not None else None
 
 
 def reveal_secret(
@@ -308,26 +311,9 @@ def reveal_secret(
         organization_id=resource.organization_id,
         after={"access_key_id": held.access_key_id},
     )
-    return Connection(
-        held.endpoint,
-        held.bucket,
-        held.region,
-        held.access_key_id,
-        held.issued_at,
-        held.shown_at,
-        secret,
-    )
+    return Connection.of(held, secret)
 
 
 def region_of(session: Session, resource: Resource) -> str:
     offer = session.get_one(Offer, resource.offer_id)
     return offer.region_code
-
-
-def action_payload(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters of an action kept in its job (sizes, machine ids: never a secret)."""
-    return {
-        key: str(value) if isinstance(value, uuid.UUID) else value
-        for key, value in values.items()
-        if value is not None
-    }

@@ -214,9 +214,10 @@ def test_a_buyer_filters_compares_orders_sees_the_machine_active_and_stops_it(
 ) -> None:
     sign_in(driver, live, BUYER)
     driver.get(live.base_url + "/catalogue")
+    Select(field(driver, "kind")).select_by_value("vm")
     Select(field(driver, "certification")).select_by_value("secnumcloud")
     submit(driver, button(driver, say(live, "show offers")))
-    assert "certification=secnumcloud" in driver.current_url
+    assert "certification=secnumcloud" in driver.current_url and "kind=vm" in driver.current_url
     offers = driver.find_elements(By.CSS_SELECTOR, "main input[type=checkbox][name=offer]")
     assert len(offers) >= 2, main_text(driver)
     names = []
