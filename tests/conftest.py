@@ -62,6 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="Database to run the suite on (postgresql starts a throwaway cluster).",
     )
+    parser.addoption(
+        "--share",
+        default=None,
+        metavar="K/N",
+        help="Run the K-th of N shares of the test files (K from 1), balanced by the tests "
+        "each file runs; `make test` runs the shares of each database side by side.",
+    )
 
 
 # Suites that never touch the database: the PostgreSQL run skips them (the SQLite run has them).
@@ -88,15 +95,46 @@ EMBEDDED_ONLY = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--db") != "postgresql":
-        return
-    skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
-    embedded = pytest.mark.skip(reason="run once, by the SQLite run (see EMBEDDED_ONLY)")
+    skipped: set[str] = set()
+    if config.getoption("--db") == "postgresql":
+        skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
+        embedded = pytest.mark.skip(reason="run once, by the SQLite run (see EMBEDDED_ONLY)")
+        for item in items:
+            if item.nodeid.startswith(DATABASE_FREE):
+                item.add_marker(skip)
+                skipped.add(item.nodeid)
+            elif item.nodeid.startswith(EMBEDDED_ONLY):
+                item.add_marker(embedded)
+                skipped.add(item.nodeid)
+    share = config.getoption("--share")
+    if share:
+        _keep_share(config, items, share, skipped)
+
+
+def _keep_share(
+    config: pytest.Config, items: list[pytest.Item], share: str, skipped: set[str]
+) -> None:
+    """Keep the items of the files in share K of N. Files are dealt out heaviest first to the
+    lightest share, a file weighing its tests (a slow one four times, a skipped one nothing):
+    the same files always land in the same share, and module fixtures stay in one process."""
+    try:
+        number, count = (int(part) for part in share.split("/"))
+        assert 1 <= number <= count
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"--share wants K/N with 1 ≤ K ≤ N, not {share!r}") from None
+    weights: dict[str, float] = {}
     for item in items:
-        if item.nodeid.startswith(DATABASE_FREE):
-            item.add_marker(skip)
-        elif item.nodeid.startswith(EMBEDDED_ONLY):
-            item.add_marker(embedded)
+        weight = 0.0 if item.nodeid in skipped else 4.0 if item.get_closest_marker("slow") else 1.0
+        path = item.nodeid.split("::")[0]
+        weights[path] = weights.get(path, 0.0) + weight
+    loads = [0.0] * count
+    owner: dict[str, int] = {}
+    for path in sorted(weights, key=lambda p: (-weights[p], p)):
+        lightest = loads.index(min(loads))
+        owner[path], loads[lightest] = lightest, loads[lightest] + weights[path]
+    mine = [owner[item.nodeid.split("::")[0]] == number - 1 for item in items]
+    config.hook.pytest_deselected(items=[item for item, kept in zip(items, mine) if not kept])
+    items[:] = [item for item, kept in zip(items, mine) if kept]
 
 
 def pytest_configure(config: pytest.Config) -> None:
