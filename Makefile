@@ -43,25 +43,25 @@ run: $(RUN_STAMP) $(CATALOGUES)
 # cloud's timeout): they run beside the two database runs rather than inside the SQLite one.
 WAITING := tests/browser tests/adapters tests/test_readme.py tests/test_serve.py
 
-## test: the whole suite on SQLite and on throwaway PostgreSQL clusters, each database's in
-## two shares of the test files, all at once (each printed whole when done); beside them the
-## suites that mostly wait (the browser tests, the adapters against their fake clouds, the
-## README and `broker serve`), then lint
+## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster, each database's run
+## spread over two processes (pytest-xdist, a test file to a process, each with a database of
+## its own), all at once, each printed whole when done; beside them the suites that mostly
+## wait (the browser tests, the adapters against their fake clouds, the README and
+## `broker serve`), then lint
 test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
-	echo "== running the suite on SQLite and on PostgreSQL (throwaway clusters), each in two shares, and the waiting suites then lint, in parallel =="; \
+	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), two processes each, and the waiting suites then lint, in parallel =="; \
 	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite $(WAITING) > $$logs/waiting.log 2>&1; \
 	  waiting=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
 	  lint=$$?; test $$waiting -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
 	pids=""; \
-	for db in sqlite postgresql; do for share in 1 2; do \
-	  $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=$$db --share=$$share/2 \
-	    $(addprefix --ignore=,$(WAITING)) > $$logs/$$db-$$share.log 2>&1 & pids="$$pids $$!"; \
-	done; done; \
+	for db in sqlite postgresql; do \
+	  $(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=$$db -n 2 --dist loadfile \
+	    $(addprefix --ignore=,$(WAITING)) > $$logs/$$db.log 2>&1 & pids="$$pids $$!"; \
+	done; \
 	failed=0; for pid in $$pids $$side_pid; do wait $$pid || failed=1; done; \
-	for db in sqlite postgresql; do for share in 1 2; do \
-	  echo "== test suite on $$db, share $$share of 2 =="; cat $$logs/$$db-$$share.log; \
-	done; done; \
+	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
+	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
 	echo "== the waiting suites on SQLite: the console in Chromium, the adapters, the README, broker serve =="; cat $$logs/waiting.log; \
 	echo "== lint (ruff, mypy), run once the waiting suites were done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \

@@ -62,13 +62,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="Database to run the suite on (postgresql starts a throwaway cluster).",
     )
-    parser.addoption(
-        "--share",
-        default=None,
-        metavar="K/N",
-        help="Run the K-th of N shares of the test files (K from 1), balanced by the tests "
-        "each file runs; `make test` runs the shares of each database side by side.",
-    )
 
 
 # Suites that never touch the database: the PostgreSQL run skips them (the SQLite run has them).
@@ -95,51 +88,24 @@ EMBEDDED_ONLY = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    skipped: set[str] = set()
-    if config.getoption("--db") == "postgresql":
-        skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
-        embedded = pytest.mark.skip(reason="run once, by the SQLite run (see EMBEDDED_ONLY)")
-        for item in items:
-            if item.nodeid.startswith(DATABASE_FREE):
-                item.add_marker(skip)
-                skipped.add(item.nodeid)
-            elif item.nodeid.startswith(EMBEDDED_ONLY):
-                item.add_marker(embedded)
-                skipped.add(item.nodeid)
-    share = config.getoption("--share")
-    if share:
-        _keep_share(config, items, share, skipped)
-
-
-def _keep_share(
-    config: pytest.Config, items: list[pytest.Item], share: str, skipped: set[str]
-) -> None:
-    """Keep the items of the files in share K of N. Files are dealt out heaviest first to the
-    lightest share, a file weighing its tests (a slow one four times, a skipped one nothing):
-    the same files always land in the same share, and module fixtures stay in one process."""
-    try:
-        number, count = (int(part) for part in share.split("/"))
-        assert 1 <= number <= count
-    except (ValueError, AssertionError):
-        raise pytest.UsageError(f"--share wants K/N with 1 ≤ K ≤ N, not {share!r}") from None
-    weights: dict[str, float] = {}
+    if config.getoption("--db") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="no database involved: run by the SQLite run")
+    embedded = pytest.mark.skip(reason="run once, by the SQLite run (see EMBEDDED_ONLY)")
     for item in items:
-        weight = 0.0 if item.nodeid in skipped else 4.0 if item.get_closest_marker("slow") else 1.0
-        path = item.nodeid.split("::")[0]
-        weights[path] = weights.get(path, 0.0) + weight
-    loads = [0.0] * count
-    owner: dict[str, int] = {}
-    for path in sorted(weights, key=lambda p: (-weights[p], p)):
-        lightest = loads.index(min(loads))
-        owner[path], loads[lightest] = lightest, loads[lightest] + weights[path]
-    mine = [owner[item.nodeid.split("::")[0]] == number - 1 for item in items]
-    config.hook.pytest_deselected(items=[item for item, kept in zip(items, mine) if not kept])
-    items[:] = [item for item, kept in zip(items, mine) if kept]
+        if item.nodeid.startswith(DATABASE_FREE):
+            item.add_marker(skip)
+        elif item.nodeid.startswith(EMBEDDED_ONLY):
+            item.add_marker(embedded)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _cluster
-    if config.getoption("--db") != "postgresql" or hasattr(config, "workerinput"):
+    if config.getoption("--db") != "postgresql":
+        return
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its own database
+        config.broker_pg_url = config.workerinput["broker_pg_url"]  # type: ignore[attr-defined]
+        config.broker_pg_note = config.workerinput["broker_pg_note"]  # type: ignore[attr-defined]
         return
     external = os.environ.get("BROKER_TEST_POSTGRES_URL")
     if external:
@@ -158,6 +124,22 @@ def pytest_configure(config: pytest.Config) -> None:
             f"throwaway PostgreSQL cluster started on 127.0.0.1:{_cluster.port}"
         )
     upgrade(config.broker_pg_url)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist (`-n N`): each worker empties its database after every test, so each has
+    its own, copied from the migrated one (a copy takes milliseconds, a migration seconds)."""
+    config = node.config
+    if config.getoption("--db") != "postgresql":
+        return
+    if _cluster is None:
+        raise pytest.UsageError(
+            "-n with --db=postgresql needs the throwaway cluster (not BROKER_TEST_POSTGRES_URL)."
+        )
+    name = f"broker_test_{node.gateway.id}"
+    node.workerinput["broker_pg_url"] = _cluster.create_database(name, template="broker_test")
+    node.workerinput["broker_pg_note"] = f"{config.broker_pg_note}, database {name}"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
