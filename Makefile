@@ -42,30 +42,31 @@ run: $(RUN_STAMP) $(CATALOGUES)
 # The suites that mostly wait (for a browser, a server process, the demo's clouds, a fake
 # cloud's timeout): they run beside the two database runs rather than inside the SQLite one.
 WAITING := tests/browser tests/adapters tests/test_readme.py tests/test_serve.py
+# Schemathesis fuzzes the API on PostgreSQL, the stricter database (lengths, integer ranges),
+# beside the two database runs.
+FUZZ := tests/test_schemathesis.py
 
-## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster, each database's run
-## spread over two processes (pytest-xdist, a test file to a process, each with a database of
-## its own), all at once, each printed whole when done; beside them the suites that mostly
-## wait (the browser tests, the adapters against their fake clouds, the README and
-## `broker serve`), then lint
+## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, each
+## printed whole when done); beside them the suites that mostly wait (the browser tests, the
+## adapters against their fake clouds, the README and `broker serve`), the API fuzzed on
+## PostgreSQL, then lint
 test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
-	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), two processes each, and the waiting suites then lint, in parallel =="; \
+	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and beside them the waiting suites, the fuzzing and lint, in parallel =="; \
 	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite $(WAITING) > $$logs/waiting.log 2>&1; \
-	  waiting=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
-	  lint=$$?; test $$waiting -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
-	pids=""; \
-	for db in sqlite postgresql; do \
-	  $(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=$$db -n 2 --dist loadfile \
-	    $(addprefix --ignore=,$(WAITING)) > $$logs/$$db.log 2>&1 & pids="$$pids $$!"; \
-	done; \
-	failed=0; for pid in $$pids $$side_pid; do wait $$pid || failed=1; done; \
+	  waiting=$$?; $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=postgresql $(FUZZ) > $$logs/fuzz.log 2>&1; \
+	  fuzz=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
+	  lint=$$?; test $$waiting -eq 0 && test $$fuzz -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite $(addprefix --ignore=,$(WAITING) $(FUZZ)) > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql $(addprefix --ignore=,$(WAITING) $(FUZZ)) > $$logs/postgresql.log 2>&1; pg=$$?; \
+	wait $$lite_pid; lite=$$?; wait $$side_pid; side=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
 	echo "== the waiting suites on SQLite: the console in Chromium, the adapters, the README, broker serve =="; cat $$logs/waiting.log; \
-	echo "== lint (ruff, mypy), run once the waiting suites were done =="; cat $$logs/lint.log; \
+	echo "== the API fuzzed by schemathesis, on PostgreSQL =="; cat $$logs/fuzz.log; \
+	echo "== lint (ruff, mypy), run once the others were done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \
-	test $$failed -eq 0
+	test $$lite -eq 0 && test $$pg -eq 0 && test $$side -eq 0
 
 ## system-packages: Debian packages the tests need (PostgreSQL 15, redis-server, chromium and
 ## its driver, npm), when missing

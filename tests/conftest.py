@@ -77,13 +77,18 @@ DATABASE_FREE = (
 
 
 # Run once, by the SQLite run: what a newcomer runs on `make run`'s embedded database (the
-# README, `broker serve`, the command line), and the console's pages, whose database work is
-# the services', which the API tests run on both databases.
+# README, `broker serve`, the command line, the demo), and the console's pages, whose database
+# work is the services', which the API tests run on both databases.
 EMBEDDED_ONLY = (
     "tests/test_readme.py",
     "tests/test_serve.py",
     "tests/test_cli.py",
     "tests/test_console",
+    # The demo consortium, its history and its catalogue: what `make run` seeds there.
+    "tests/test_demo_history.py",
+    "tests/test_seed_catalogue.py",
+    "tests/test_order_flow_demo.py",
+    "tests/test_demo_vault.py",
 )
 
 
@@ -101,11 +106,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     global _cluster
-    if config.getoption("--db") != "postgresql":
-        return
-    if hasattr(config, "workerinput"):  # a pytest-xdist worker: its own database
-        config.broker_pg_url = config.workerinput["broker_pg_url"]  # type: ignore[attr-defined]
-        config.broker_pg_note = config.workerinput["broker_pg_note"]  # type: ignore[attr-defined]
+    if config.getoption("--db") != "postgresql" or hasattr(config, "workerinput"):
         return
     external = os.environ.get("BROKER_TEST_POSTGRES_URL")
     if external:
@@ -124,22 +125,6 @@ def pytest_configure(config: pytest.Config) -> None:
             f"throwaway PostgreSQL cluster started on 127.0.0.1:{_cluster.port}"
         )
     upgrade(config.broker_pg_url)  # type: ignore[attr-defined]
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist (`-n N`): each worker empties its database after every test, so each has
-    its own, copied from the migrated one (a copy takes milliseconds, a migration seconds)."""
-    config = node.config
-    if config.getoption("--db") != "postgresql":
-        return
-    if _cluster is None:
-        raise pytest.UsageError(
-            "-n with --db=postgresql needs the throwaway cluster (not BROKER_TEST_POSTGRES_URL)."
-        )
-    name = f"broker_test_{node.gateway.id}"
-    node.workerinput["broker_pg_url"] = _cluster.create_database(name, template="broker_test")
-    node.workerinput["broker_pg_note"] = f"{config.broker_pg_note}, database {name}"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
