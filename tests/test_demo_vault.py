@@ -10,7 +10,6 @@ runs them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,13 @@ from sqlalchemy import select
 from broker import create_app
 from broker.db import Database
 from broker.models import Provider
-from broker.seed import seed_demo
 from broker.services import credentials as credentials_service
 from broker.services.adapters import ProviderRuntime
 from tests.adapters.fake_outscale import fake_outscale_cloud
 from tests.helpers import problem
-from tests.test_order_flow_demo import CITY, login, ok, run_jobs
+from tests.test_order_flow_demo import CITY, credentials, login, ok, run_jobs
+
+__all__ = ["credentials"]  # the seeded demo's clients: a fixture shared with the order flow
 
 NORDET = "Nordet Nuagique"
 VAULT = "Boréal Coffre-fort 365 jours — Montréal"
@@ -44,16 +44,12 @@ def app(app_config: dict[str, Any]) -> Any:
     application.extensions["broker.db"].dispose()
 
 
-@pytest.fixture
-def demo(db: Database, tmp_path: Path) -> list[dict[str, Any]]:
-    written = tmp_path / "demo-instance" / "demo-credentials.json"
-    seed_demo(db, written)
-    loaded: list[dict[str, Any]] = json.loads(written.read_text())
-    return loaded
-
-
 def test_the_city_orders_the_demo_vault_and_stores_a_record_no_one_can_delete(
-    app: Flask, db: Database, client: FlaskClient, demo: list[dict[str, Any]], tmp_path: Path
+    app: Flask,
+    db: Database,
+    client: FlaskClient,
+    credentials: list[dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
     with fake_outscale_cloud(tmp_path, region="ca-qc-1") as outscale:
         with db.transaction() as session:
@@ -64,7 +60,7 @@ def test_the_city_orders_the_demo_vault_and_stores_a_record_no_one_can_delete(
             credentials_service.set_credentials(
                 session, None, nordet, outscale["credentials"], keyring
             )
-        buyer = login(client, demo, CITY, "buyer")
+        buyer = login(client, credentials, CITY, "buyer")
 
         found = ok(
             client.get(
