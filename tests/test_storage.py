@@ -561,3 +561,16 @@ def test_what_a_bucket_stores_is_polled_from_its_cloud_and_billed(ledger: Ledger
     stored = line(ledger.invoice_of("2030-03"), vault["id"], "storage_gib_month")
     # 73 GiB × 10 h = 730 GiB-hours: one GiB-month, at 0.03.
     assert (Decimal(stored["quantity"]), money(stored["amount"])) == (Decimal(1), Decimal("0.03"))
+
+
+def test_a_volume_stays_when_the_machine_it_was_to_attach_to_is_gone(ledger: Ledger) -> None:
+    machine = ledger.start_machine(datetime(2030, 3, 5, tzinfo=START.tzinfo))
+    volume = order(ledger, volume_offer(ledger), "data")
+    response = act(ledger, volume["id"], "attach", machine_id=machine)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    ledger.market.cloud.delete(resource_of(ledger, machine)["provider_ref"])  # out of band
+    ledger.run_jobs()
+    after = resource_of(ledger, volume["id"])
+    assert (after["state"], after["attached_to_id"]) == ("active", None)
+    assert after["state_reason"] == "Not attached: the machine no longer exists at the provider."
+    assert ledger.market.cloud.volumes()[volume["provider_ref"]]["state"] != "deleted"

@@ -57,6 +57,7 @@ ACTION_JOB = "resource.action"
 RECONCILE_JOB = "resources.reconcile"
 
 GONE_REASON = "It no longer exists at the provider (deleted outside the broker)."
+MACHINE_GONE_REASON = "Not attached: the machine no longer exists at the provider."
 
 # action → (states it may start from, transitional state, state once done)
 _SETTLED_ACTIVE = frozenset({ResourceState.ACTIVE})
@@ -469,6 +470,9 @@ def run_action_job(context: JobContext, job: Job) -> dict[str, Any]:
             done, reason = ResourceState.ACTIVE, f"Not deleted: {error}"
         elif error.code != "not_found":
             raise
+        elif action == "attach" and ref is not None and storage.look(adapter, kind, ref):
+            # The machine is what is gone, not the volume.
+            done, reason = ResourceState.ACTIVE, MACHINE_GONE_REASON
         else:
             done, reason = ResourceState.TERMINATED, GONE_REASON
     if ref is None and action == "terminate":
