@@ -14,7 +14,8 @@ CATALOGUES := $(patsubst %.po,%.mo,$(wildcard broker/translations/*/LC_MESSAGES/
 # axe-core (accessibility checks run in the browser tests), from npm, pinned by its lock file.
 AXE := tests/browser/node_modules/axe-core/axe.min.js
 
-.PHONY: run test test-sqlite test-postgresql lint openapi bench clean system-packages \
+.PHONY: run test test-sqlite test-postgresql lint openapi bench bench-postgresql clean \
+	system-packages \
 	translations screenshots
 
 $(RUN_STAMP): pyproject.toml
@@ -102,7 +103,11 @@ openapi: $(RUN_STAMP)
 
 ## bench: benchmark scripts (they print figures; nothing asserts timings)
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	@for script in bench/[!_]*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+## bench-postgresql: the same scripts on a throwaway PostgreSQL cluster, a database each
+bench-postgresql: $(STAMP) system-packages
+	@$(PY) bench/_on_postgresql.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

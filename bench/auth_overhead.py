@@ -1,6 +1,7 @@
 """What authentication and the API conventions cost per request.
 
-Seeds an embedded SQLite database with 200 organizations, then measures, in-process through
+Seeds an embedded SQLite database (or `BENCH_DATABASE_URL` when set: an empty database,
+migrated here) with 200 organizations, then measures, in-process through
 the WSGI test client (no network), requests per second and p50/p99 latency for:
 
 - a bare Flask endpoint returning a small JSON document (the floor on this machine),
@@ -14,6 +15,7 @@ Prints figures only; nothing here is a test. Run: `.venv/bin/python bench/auth_o
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +33,7 @@ from broker.services import organizations  # noqa: E402
 
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
-    url = f"sqlite:///{workdir / 'broker.db'}"
+    url = os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{workdir / 'broker.db'}"
     upgrade(url)
     database = Database(url)
     with database.transaction() as session:
@@ -62,7 +64,8 @@ def main() -> None:
     token = client.post("/oauth/token", data=form, auth=(client_id, secret)).json["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
 
-    print(f"python {sys.version.split()[0]}, SQLite, in-process, {SECONDS:.0f} s per line")
+    kind = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
+    print(f"python {sys.version.split()[0]}, {kind}, in-process, {SECONDS:.0f} s per line")
     floor = measure("bare Flask JSON endpoint", lambda: bare_client.get("/ping").status_code)
     rows = [
         ("GET /healthz (broker app)", lambda: client.get("/healthz").status_code),
