@@ -141,6 +141,13 @@ def test_a_volume_is_attached_resized_and_billed_for_the_time_at_each_size(
     assert resized["events"][-1]["size_gib"] == 200
     assert cloud.volumes()[volume["provider_ref"]]["size_gib"] == 200
     assert money(resized["unit_monthly_cost"]) == Decimal("50.00")  # 200 GiB × 0.25
+    # Before the meter runs, its cost so far is estimated from its size over time: 26.5 h of
+    # 100 GiB = 3.630137 GiB-months at 0.25 = 0.9075… → 0.91.
+    [estimated] = resized["cost_this_period"]["lines"]
+    assert (estimated["metric"], money(estimated["amount"])) == (
+        "storage_gib_month",
+        Decimal("0.91"),
+    )
 
     ledger.meter(datetime(2030, 4, 2, 1, 0, tzinfo=START.tzinfo))
     ledger.bill("2030-03")

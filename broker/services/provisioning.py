@@ -96,6 +96,7 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             resource.provider_ref = made.ref
             resource.addresses = list(made.addresses)
             if key is not None:
+                assert made.endpoint is not None  # a bucket always says where it is reached
                 storage.keep_key(
                     session,
                     keyring,

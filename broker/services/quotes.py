@@ -62,12 +62,8 @@ def quote(
         raise ValidationFailed(
             errors={"stored_gib": ["Only an object storage offer is rated by GiB stored."]}
         )
-    cost = estimate(
-        offers.prices_of(offer),
-        offers.specs_of(offer, stored_gib),
-        quantity=quantity,
-        hours=hours,
-    )
+    specs = offers.specs_of(offer, stored_gib)
+    cost = estimate(offers.prices_of(offer), specs, quantity=quantity, hours=hours)
     policy = policies.policy_of(session, caller.organization_id)
     reasons = policies.evaluate(
         policy.sovereignty,
@@ -89,7 +85,5 @@ def quote(
         approval_required=orders.approval_reason(policy, monthly, offer.currency) is not None,
         budget_remaining=orders.budget_remaining(session, policy, caller.organization_id),
         budget_currency=policy.budget_currency,
-        stored_gib=offers.specs_of(offer, stored_gib).disk_gib
-        if offer.kind == "object_storage"
-        else None,
+        stored_gib=specs.disk_gib if offer.kind == "object_storage" else None,
     )

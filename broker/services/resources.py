@@ -24,14 +24,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from billing.metering import (
-    hour_slices,
-    period_bounds,
-    period_of,
-    running_intervals,
-    sized_intervals,
-)
-from billing.rating import HOURS_PER_MONTH, Price, Specs, monthly_price, rate, usage_for
+from billing.metering import hour_slices, period_bounds, period_of, running_intervals
+from billing.rating import Price, Specs, monthly_price, rate, usage_for
 from broker import access
 from broker.auth.identity import Caller
 from broker.errors import Conflict, NotFound, ValidationFailed
@@ -231,10 +225,9 @@ def _usage_by_day(
         arrived[metric] = max(arrived.get(metric, end), end)
     metered = max(usage.metered_until(session) or first, first)
     if resource.kind == Kind.VOLUME:  # its size for the time since the meter's last hour
-        sizes = ((e.at, e.to_state, e.size_gib) for e in resource.events)
-        for start, end, size in sized_intervals(sizes, now):
-            for piece in hour_slices([(start, end)], metered, now):
-                add(piece.hour, usage.STORAGE_GIB_MONTH, piece.hours * size / HOURS_PER_MONTH)
+        sizes = [(e.at, e.to_state, e.size_gib) for e in resource.events]
+        for hour, _, _, metric, quantity in usage.volume_hours(sizes, metered, now):
+            add(hour, metric, quantity)
     elif resource.kind == Kind.VM:
         arrived[usage.INSTANCE_HOUR] = metered
         spans = running_intervals(((event.at, event.to_state) for event in resource.events), now)
@@ -540,7 +533,7 @@ def _record_done(
     elif action == "set_retention":
         resource.retention_days = int(payload["retention_days"])
     elif action == "rotate_key" and key is not None:
-        storage.keep_key(session, keyring, resource, key, endpoint=None, region="", now=now)
+        storage.replace_key(session, keyring, resource, key, now)
     elif action == "resize":
         return int(payload["size_gib"])
     return None

@@ -212,33 +212,40 @@ def keep_key(
     resource: Resource,
     key: AccessKey,
     *,
-    endpoint: str | None,
+    endpoint: str,
     region: str,
     now: datetime,
-) -> str | None:
-    """Store the bucket's new key pair, its secret encrypted and not shown yet; returns the id
-    of the key it replaces (to revoke), if any."""
-    secret = keyring.encrypt(resource.id, {"secret_access_key": key.secret})
-    held = session.get(BucketAccess, resource.id)
-    if held is None:
-        assert endpoint is not None and resource.provider_ref is not None
-        session.add(
-            BucketAccess(
-                resource_id=resource.id,
-                endpoint=endpoint,
-                bucket=resource.provider_ref,
-                region=region,
-                access_key_id=key.key_id,
-                secret_ciphertext=secret,
-                issued_at=now,
-                shown_at=None,
-            )
+) -> None:
+    """Record how to reach a bucket just made, with the key pair issued for it: its secret
+    encrypted and not shown yet."""
+    assert resource.provider_ref is not None
+    session.add(
+        BucketAccess(
+            resource_id=resource.id,
+            endpoint=endpoint,
+            bucket=resource.provider_ref,
+            region=region,
+            access_key_id=key.key_id,
+            secret_ciphertext=_sealed(keyring, resource, key),
+            issued_at=now,
+            shown_at=None,
         )
-        return None
-    replaced = held.access_key_id if held.access_key_id != key.key_id else None
-    held.access_key_id, held.secret_ciphertext = key.key_id, secret
+    )
+
+
+def replace_key(
+    session: Session, keyring: Keyring, resource: Resource, key: AccessKey, now: datetime
+) -> None:
+    """A rotation's new key pair in place of the old one (revoked at the cloud already): its
+    secret encrypted and not shown yet."""
+    held = session.get_one(BucketAccess, resource.id)
+    held.access_key_id, held.secret_ciphertext = key.key_id, _sealed(keyring, resource, key)
     held.issued_at, held.shown_at = now, None
-    return replaced
+
+
+def _sealed(keyring: Keyring, resource: Resource, key: AccessKey) -> str:
+    """The secret, encrypted like provider credentials and bound to the bucket's resource."""
+    return keyring.encrypt(resource.id, {"secret_access_key": key.secret})
 
 
 @dataclass(frozen=True)

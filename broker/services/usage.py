@@ -585,7 +585,7 @@ def meter(session: Session, since: datetime, until: datetime, now: datetime) -> 
         for resource_id, provider_id, organization_id, kind in chunk:
             events = history.get(resource_id, [])
             pieces = (
-                _volume_hours(events, since, until)
+                volume_hours(events, since, until)
                 if kind == Kind.VOLUME
                 else _machine_hours(events, since, until)
             )
@@ -619,10 +619,11 @@ def _machine_hours(
         yield piece.hour, piece.start, piece.end, INSTANCE_HOUR, piece.hours
 
 
-def _volume_hours(
+def volume_hours(
     events: Sequence[tuple[datetime, str, int | None]], since: datetime, until: datetime
 ) -> Iterator[_Metered]:
-    """Per clock hour, the GiB-months a volume held: each size for the time it had it."""
+    """Per clock hour of `[since, until)`, the GiB-months a volume held: each size for the
+    time it had it (what the meter records, and what a resource's cost estimates after it)."""
     by_hour: dict[datetime, list[tuple[datetime, datetime, Fraction]]] = {}
     spans = sized_intervals(events, until)
     for size in sorted({size for _, _, size in spans}):

@@ -305,9 +305,10 @@ def _specs(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "volume":
         specs: dict[str, Any] = {
             "size_gib": whole_number(str(values["specs.size_gib"])),
-            "performance": str(values["specs.performance"]).strip() or "standard",
             "encrypted": bool(values["specs.encrypted"]),
         }
+        if str(values["specs.performance"]).strip():
+            specs["performance"] = str(values["specs.performance"]).strip()
         if str(values["specs.iops"]).strip():
             specs["iops"] = whole_number(str(values["specs.iops"]))
         return specs
