@@ -7,16 +7,16 @@ API hosts must share one key: configure it explicitly in production.
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
+
+from broker.instance_files import read_or_create
 
 
 class SigningKeys:
@@ -53,22 +53,15 @@ class SigningKeys:
     def _read_or_create_file(self) -> bytes:
         if self._path is None:
             raise RuntimeError("no signing key configured")
-        if self._path.exists():
-            return self._path.read_bytes()
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        # O_EXCL: when two processes start at once, one writes and the other reads its key.
-        try:
-            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self._path.read_bytes()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-        return pem
+        return read_or_create(self._path, _new_private_key_pem)
+
+
+def _new_private_key_pem() -> bytes:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def session_secret(configured: str | None, path: str) -> str:
@@ -76,18 +69,4 @@ def session_secret(configured: str | None, path: str) -> str:
     generated once into `path`, mode 0600, and shared by every worker)."""
     if configured:
         return configured
-    file = Path(path)
-    if not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(48))
-    for _ in range(50):  # another process may be writing it this instant
-        if text := file.read_text().strip():
-            return text
-        time.sleep(0.01)
-    raise RuntimeError(f"{file} is empty")
+    return read_or_create(Path(path), lambda: secrets.token_urlsafe(48).encode()).decode().strip()

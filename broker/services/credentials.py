@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from broker.auth.identity import Caller
 from broker.errors import NotFound
+from broker.instance_files import read_or_create
 from broker.models import Provider, ProviderCredentials
 from broker.models.base import utcnow
 from broker.services import audit
@@ -133,16 +134,8 @@ class Keyring:
 
 
 def _read_or_create(path: Path) -> list[str]:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: of two processes starting at once, one writes, the other reads
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(Fernet.generate_key().decode() + "\n")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = read_or_create(path, lambda: Fernet.generate_key() + b"\n").decode()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 # Stored credentials ----------------------------------------------------------------------
