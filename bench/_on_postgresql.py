@@ -4,7 +4,8 @@ Starts the throwaway cluster the tests use (`tests/pgcluster.py`: PostgreSQL 15'
 temporary directory, a free loopback port, durability off), gives each script a new empty
 database through `BENCH_DATABASE_URL`, and stops the cluster at the end. Each script prints its
 figures as `make bench` does for SQLite. The leading underscore keeps this file out of
-`make bench`'s loop.
+`make bench`'s loop. Names given as arguments run those scripts only
+(`.venv/bin/python bench/_on_postgresql.py orders billing`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from tests.pgcluster import PostgresCluster  # noqa: E402  (the project root is 
 BENCH = Path(__file__).resolve().parent
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
+    scripts = [BENCH / f"{name.removesuffix('.py')}.py" for name in names] or sorted(
+        BENCH.glob("[!_]*.py")
+    )
     cluster = PostgresCluster()
     cluster.start()
     try:
-        for script in sorted(BENCH.glob("[!_]*.py")):
+        for script in scripts:
             if script.name == "timing.py":  # shared helpers, not a bench
                 continue
             url = cluster.create_database(f"bench_{script.stem}")
@@ -41,4 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
