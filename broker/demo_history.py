@@ -8,7 +8,7 @@ handlers a worker runs:
 
 - the agencies' buyers order machines and a volume (`orders.place_order`); the order above the
   Québec threshold waits for its approver (`orders.approve`); the provisioning jobs make them on
-  the simulated clouds, whose state files keep them, running, for the worker after the seed;
+  the simulated clouds, whose databases keep them, running, for the worker after the seed;
 - a machine is stopped for a weekend and started again, another is terminated mid-month
   (`resources.request_action` and the action jobs);
 - each night the meter closes the day's instance hours, the usage poll records what the

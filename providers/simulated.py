@@ -3,13 +3,25 @@
 It behaves like a remote cloud where it matters to the broker: creates take time
 (`provision_delay_seconds`), instances carry the order token, quotas run out, and a fault plan
 makes calls time out (before or after doing the work), fail with 5xx or 429, or find their
-instance deleted out of band. Its state lives in a JSON file of its own under the adapter's
-state directory (one per provider), locked across processes, so the API and the worker see
-the same cloud and its VMs survive a restart. It is deterministic: ids come from a counter and
-random faults from the plan's seeded generator (only access key secrets are random).
+instance deleted out of band. Its state lives in a SQLite database of its own under the
+adapter's state directory (`simulated-<provider id>.sqlite3`), so the API process and every
+worker process see the same cloud and its VMs survive a restart. It is deterministic: ids come
+from a counter and random faults from the plan's seeded generator (only access key secrets are
+random).
+
+The store: a table per kind of record (instances, volumes, buckets, access keys), each record
+the JSON document the adapter reads and changes as a dict, beside copies of the fields it is
+found by (token, state, attachment, bucket) in indexed columns; one row holds the id counter and
+the fault plan's queued faults and call counts. Every call is one `BEGIN IMMEDIATE` transaction
+(calls of all processes are serialized, as they were under the JSON file's lock) that reads
+only the records it needs, so a call costs the same at 50 instances or 10,000 (a usage poll
+reads them all). It commits even when the call fails (a fault is consumed; a timeout after
+commit did its work), and a process killed mid-call commits nothing: the WAL journal keeps the
+database whole. A JSON state file of the store this one replaced (`simulated-<id>.json`, next
+to the database) is imported when the database is created.
 
 It also sells block volumes and buckets (the adapter is its own `VolumeDriver` and
-`ObjectStorageDriver`), kept in the same state file and failing with the same fault plan: a
+`ObjectStorageDriver`), kept in the same database and failing with the same fault plan: a
 volume or bucket create draws the `provision` faults, get `get`, find `find_by_token`, delete
 `deprovision`, and resize, attach, detach, set_retention, retained, issue_key and revoke_key
 draw the `action` faults. Volumes are `pending` for `provision_delay_seconds` like machines,
@@ -34,14 +46,16 @@ Settings (all optional):
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import secrets
+import sqlite3
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -141,60 +155,276 @@ def _volume_type(raw: Any, index: int) -> _VolumeType:
         ) from None
 
 
+# The store: one SQLite database per provider ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """A kind of record the cloud keeps: its table, the field naming a record, and the fields
+    the cloud finds records by (copied into indexed columns beside the record's JSON)."""
+
+    table: str
+    key: str
+    lookups: tuple[str, ...]
+
+
+_INSTANCES = _Kind("instances", "ref", ("token", "state"))
+_VOLUMES = _Kind("volumes", "ref", ("token", "state", "attached_to"))
+_BUCKETS = _Kind("buckets", "name", ("token",))
+_KEYS = _Kind("keys", "key_id", ("bucket", "token"))  # access keys
+_KINDS = (_INSTANCES, _VOLUMES, _BUCKETS, _KEYS)
+
+_SCHEMA = (
+    # One row: the id counter, and the fault plan's queued faults and call counts (JSON).
+    "CREATE TABLE IF NOT EXISTS cloud"
+    " (id INTEGER PRIMARY KEY CHECK (id = 1), counter INTEGER NOT NULL, plan TEXT NOT NULL)",
+    *(
+        f"CREATE TABLE IF NOT EXISTS {kind.table} (ref TEXT PRIMARY KEY, "
+        + "".join(f"{column} TEXT, " for column in kind.lookups)
+        + "record TEXT NOT NULL)"
+        for kind in _KINDS
+    ),
+    *(
+        f"CREATE INDEX IF NOT EXISTS {kind.table}_by_{column} ON {kind.table} ({column})"
+        for kind in _KINDS
+        for column in kind.lookups
+    ),
+)
+
+# How long a call waits for another process's call (a usage poll of a large fleet is the
+# longest); the JSON file's lock waited forever.
+BUSY_TIMEOUT_S = 60.0
+# Databases a thread keeps open (one per simulated provider it served lately).
+OPEN_PER_THREAD = 16
+
+
 @dataclass
+class _Entry:
+    record: dict[str, Any] | None  # None: no such record (any more)
+    stored: str | None  # its JSON as the database holds it (None: not there)
+
+
+class _Records:
+    """The records of one kind, within one call's transaction.
+
+    Records are the dicts the adapter reads and changes in place, as when the whole cloud was
+    one JSON document. A record the call reads is loaded once and kept here (two reads give
+    the same dict); `flush` writes back what changed, before every query (so that a query
+    sees the call's own changes) and at the end of the call.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, kind: _Kind) -> None:
+        self._db = connection
+        self._kind = kind
+        self._read: dict[str, _Entry] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self._read.get(key)
+        if entry is None:
+            row = self._db.execute(
+                f"SELECT record FROM {self._kind.table} WHERE ref = ?", (key,)
+            ).fetchone()
+            stored = None if row is None else str(row[0])
+            entry = self._read[key] = _Entry(None if stored is None else json.loads(stored), stored)
+        return entry.record
+
+    def __setitem__(self, key: str, record: dict[str, Any]) -> None:
+        self.get(key)
+        self._read[key].record = record
+
+    def pop(self, key: str) -> dict[str, Any] | None:
+        record = self.get(key)
+        self._read[key].record = None
+        return record
+
+    def where(self, **lookups: str) -> list[dict[str, Any]]:
+        """The records whose fields have these values (indexed fields only), oldest first."""
+        assert lookups and set(lookups) <= set(self._kind.lookups), lookups
+        condition = " AND ".join(f"{column} = ?" for column in lookups)
+        return [record for _, record in self._select(f"WHERE {condition}", tuple(lookups.values()))]
+
+    def values(self) -> list[dict[str, Any]]:
+        """Every record, oldest first."""
+        return list(self.all().values())
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every record by id, oldest first."""
+        return dict(self._select("", ()))
+
+    def count_live(self) -> int:
+        """How many records are not `deleted` (for the quotas)."""
+        self.flush()
+        row = self._db.execute(
+            f"SELECT count(*) FROM {self._kind.table} WHERE state != ?",
+            (InstanceState.DELETED.value,),
+        ).fetchone()
+        return int(row[0])
+
+    def _select(self, where: str, values: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+        self.flush()
+        rows = self._db.execute(
+            f"SELECT ref, record FROM {self._kind.table} {where} ORDER BY rowid", values
+        )
+        records = []
+        for key, stored in rows:
+            entry = self._read.get(key)
+            if entry is None:  # (after the flush, a record read before is what the row holds)
+                entry = self._read[key] = _Entry(json.loads(stored), stored)
+            assert entry.record is not None
+            records.append((key, entry.record))
+        return records
+
+    def flush(self) -> None:
+        """Write the records this call added, changed or removed."""
+        table, lookups = self._kind.table, self._kind.lookups
+        for key, entry in self._read.items():
+            text = None if entry.record is None else json.dumps(entry.record)
+            if text == entry.stored:
+                continue
+            if entry.record is None:
+                self._db.execute(f"DELETE FROM {table} WHERE ref = ?", (key,))
+            else:
+                # An upsert keeps the row's rowid, hence the records' order.
+                self._db.execute(
+                    f"INSERT INTO {table} (ref, {', '.join(lookups)}, record)"
+                    f" VALUES (?, {'?, ' * len(lookups)}?) ON CONFLICT (ref) DO UPDATE SET "
+                    + ", ".join(f"{column} = excluded.{column}" for column in (*lookups, "record")),
+                    (key, *(entry.record.get(field) for field in lookups), text),
+                )
+            entry.stored = text
+
+
 class _State:
-    """What the simulated cloud knows; saved as JSON after every call."""
+    """What the simulated cloud knows, as one call sees it (inside its transaction)."""
 
-    counter: int = 0
-    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
-    plan: dict[str, Any] = field(default_factory=dict)
-    volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    buckets: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
-    keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # access keys, by id
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+        counter, plan = connection.execute("SELECT counter, plan FROM cloud").fetchone()
+        self._stored: tuple[int, str] = (counter, plan)
+        self.counter: int = counter
+        self.plan: dict[str, Any] = json.loads(plan)
+        self.instances = _Records(connection, _INSTANCES)
+        self.volumes = _Records(connection, _VOLUMES)
+        self.buckets = _Records(connection, _BUCKETS)  # by name
+        self.keys = _Records(connection, _KEYS)  # by key id
 
-    @classmethod
-    def load(cls, path: Path) -> _State:
-        if not path.exists():
-            return cls()
-        data = json.loads(path.read_text())
-        # Files written before the cloud sold storage have no volumes, buckets or keys.
-        return cls(
-            data["counter"],
-            data["instances"],
-            data.get("plan", {}),
-            data.get("volumes", {}),
-            data.get("buckets", {}),
-            data.get("keys", {}),
-        )
-
-    def save(self, path: Path) -> None:
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(
-            json.dumps(
-                {
-                    "counter": self.counter,
-                    "instances": self.instances,
-                    "plan": self.plan,
-                    "volumes": self.volumes,
-                    "buckets": self.buckets,
-                    "keys": self.keys,
-                }
-            )
-        )
-        os.replace(temporary, path)
+    def save(self) -> None:
+        for records in (self.instances, self.volumes, self.buckets, self.keys):
+            records.flush()
+        if (self.counter, plan := json.dumps(self.plan)) != self._stored:
+            self._db.execute("UPDATE cloud SET counter = ?, plan = ?", (self.counter, plan))
+            self._stored = (self.counter, plan)
 
     def detach_from(self, instance_ref: str) -> None:
         """A machine that goes takes its attachments with it."""
-        for volume in self.volumes.values():
-            if volume.get("attached_to") == instance_ref:
-                volume["attached_to"] = None
+        for volume in self.volumes.where(attached_to=instance_ref):
+            volume["attached_to"] = None
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction, begun with the write lock taken (two calls never interleave),
+    committed even when the call fails: a fault is consumed, and a timeout after commit has
+    done its work (the caller just never hears of it). Only a failure of the store itself, or
+    the process dying, leaves nothing behind."""
+    connection.execute("BEGIN IMMEDIATE")
+    store_failed = False
+    try:
+        yield
+    except sqlite3.Error:
+        store_failed = True
+        raise
+    finally:
+        try:
+            if not store_failed:
+                connection.execute("COMMIT")
+        finally:
+            if connection.in_transaction:
+                connection.rollback()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection to the provider's database, created (or imported from its JSON state
+    file, next to it) if new."""
+    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    # WAL: a commit appends to the log and is durable once the log is synced at a checkpoint;
+    # a process killed mid-call leaves its transaction out, never a torn database.
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    with _transaction(connection):
+        for statement in _SCHEMA:
+            connection.execute(statement)
+        created = connection.execute(
+            "INSERT OR IGNORE INTO cloud (id, counter, plan) VALUES (1, 0, '{}')"
+        ).rowcount
+        legacy = path.with_suffix(".json")
+        if created and legacy.exists():
+            _import(connection, json.loads(legacy.read_text()))
+    return connection
+
+
+def _import(connection: sqlite3.Connection, data: Mapping[str, Any]) -> None:
+    """A state file of the JSON store this one replaced: `counter`, `plan` and records by id
+    (files from before the cloud sold storage have no volumes, buckets or keys)."""
+    state = _State(connection)
+    state.counter = data["counter"]
+    state.plan = data.get("plan", {})
+    for kind in _KINDS:
+        records: _Records = getattr(state, kind.table)
+        for key, record in data.get(kind.table, {}).items():
+            records[key] = record
+    state.save()
+
+
+class _Connections(threading.local):
+    """This thread's open databases, most recently used last.
+
+    Opening a database costs more than a call (and closing the last connection to it
+    checkpoints and syncs the log), so each thread keeps its connections. A connection is
+    never used in a process forked after it was opened (SQLite forbids it): the child opens
+    its own. A database file replaced or removed under its path is opened again."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.open: OrderedDict[Path, tuple[sqlite3.Connection, tuple[int, int]]] = OrderedDict()
+
+
+_connections = _Connections()
+# Connections inherited across a fork: kept, unused, so that the child never closes them.
+_inherited: list[object] = []
+
+
+def _connection(path: Path) -> sqlite3.Connection:
+    """This thread's connection to the database at `path`."""
+    cache = _connections
+    if cache.pid != os.getpid():
+        _inherited.append(cache.open)
+        cache.pid, cache.open = os.getpid(), OrderedDict()
+    try:
+        stat = path.stat()
+        file: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+    except FileNotFoundError:
+        file = None
+    found = cache.open.pop(path, None)
+    if found is not None and found[1] == file:
+        cache.open[path] = found
+        return found[0]
+    if found is not None:
+        found[0].close()
+    connection = _open(path)
+    stat = path.stat()
+    cache.open[path] = (connection, (stat.st_dev, stat.st_ino))
+    if len(cache.open) > OPEN_PER_THREAD:
+        cache.open.popitem(last=False)[1][0].close()
+    return connection
 
 
 class SimulatedCloud:
-    """The cloud side: the state file, its lock, and the fault plan kept in it.
+    """The cloud side: the provider's database and the fault plan kept in it.
 
     Tests hold one to inject faults or delete instances behind the adapter's back; the
-    adapter holds one to serve its calls.
+    adapter holds one to serve its calls. `path` names the database; its suffix is replaced
+    by `.sqlite3`, so the name of the JSON state file it replaced finds it as well.
     """
 
     def __init__(
@@ -205,7 +435,7 @@ class SimulatedCloud:
         faults: Mapping[str, Any] | None = None,
         clock: Callable[[], datetime] | None = None,
     ):
-        self.path = path
+        self.path = path.with_suffix(".sqlite3")
         self._plan_settings = dict(faults or {})
         self._seed = seed
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -215,18 +445,13 @@ class SimulatedCloud:
 
     @contextmanager
     def _locked(self) -> Iterator[_State]:
-        with open(self.path.with_suffix(".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        connection = _connection(self.path)
+        with _transaction(connection):
+            state = _State(connection)
             try:
-                state = _State.load(self.path)
-                try:
-                    yield state
-                finally:
-                    # Saved even when the call fails: a fault is consumed, and a timeout
-                    # after commit has done its work (the caller just never hears of it).
-                    state.save(self.path)
+                yield state
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                state.save()
 
     def _plan(self, state: _State) -> FaultPlan:
         """The configured rates, plus the queued faults and call counts kept as cloud state."""
@@ -252,32 +477,32 @@ class SimulatedCloud:
 
     def delete(self, ref: str) -> None:
         with self._locked() as state:
-            state.instances.pop(ref, None)
+            state.instances.pop(ref)
             state.detach_from(ref)
 
     def instances(self) -> dict[str, dict[str, Any]]:
         with self._locked() as state:
-            return dict(state.instances)
+            return state.instances.all()
 
     def delete_volume(self, ref: str) -> None:
         """Delete a volume behind the adapter's back (attached or not)."""
         with self._locked() as state:
-            state.volumes.pop(ref, None)
+            state.volumes.pop(ref)
 
     def volumes(self) -> dict[str, dict[str, Any]]:
         """Every volume by ref, deleted ones included (as `deleted`)."""
         with self._locked() as state:
-            return dict(state.volumes)
+            return state.volumes.all()
 
     def buckets(self) -> dict[str, dict[str, Any]]:
         """Every live bucket by name, with its `objects` ({key: written at, ISO 8601})."""
         with self._locked() as state:
-            return dict(state.buckets)
+            return state.buckets.all()
 
     def keys(self) -> dict[str, dict[str, Any]]:
         """Every access key by id (`bucket`, `token`, `secret`, `revoked`)."""
         with self._locked() as state:
-            return dict(state.keys)
+            return state.keys.all()
 
     def put_object(
         self,
@@ -368,7 +593,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cloud = SimulatedCloud(
-            self.context.state_dir / f"simulated-{self.context.provider_id}.json",
+            self.context.state_dir / f"simulated-{self.context.provider_id}.sqlite3",
             seed=int(self.settings.get("seed", 0)),
             faults=self.settings.get("faults"),
             clock=self.context.clock,
@@ -442,9 +667,10 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
 
         def work(state: _State, fault: Fault | None) -> Instance:
             self._fail_before(fault, create=True)
-            live = [r for r in state.instances.values() if r["state"] != InstanceState.DELETED]
             limit = self.settings.get("max_instances")
-            if fault is Fault.QUOTA_EXCEEDED or (limit is not None and len(live) >= limit):
+            if fault is Fault.QUOTA_EXCEEDED or (
+                limit is not None and state.instances.count_live() >= limit
+            ):
                 raise Permanent("Quota exceeded for instances.", code="quota_exceeded")
             now = self.context.clock()
             state.counter += 1
@@ -474,7 +700,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     ) -> T:
         def work(state: _State, fault: Fault | None) -> T:
             if fault is Fault.DELETED_OUT_OF_BAND:
-                state.instances.pop(ref, None)
+                state.instances.pop(ref)
                 state.detach_from(ref)
             self._fail_before(fault)
             result = act(state.instances.get(ref))
@@ -494,13 +720,11 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def find_by_token(self, token: str) -> Instance | None:
         def work(state: _State, fault: Fault | None) -> Instance | None:
             matches = [
-                r
-                for r in state.instances.values()
-                if r["token"] == token and r["state"] != InstanceState.DELETED
+                r for r in state.instances.where(token=token) if r["state"] != InstanceState.DELETED
             ]
             if fault is Fault.DELETED_OUT_OF_BAND:
                 for record in matches:
-                    state.instances.pop(record["ref"], None)
+                    state.instances.pop(record["ref"])
                     state.detach_from(record["ref"])
                 matches = []
             self._fail_before(fault)
@@ -529,7 +753,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def deprovision(self, ref: str) -> None:
         def work(state: _State, fault: Fault | None) -> None:
             if fault is Fault.DELETED_OUT_OF_BAND:
-                state.instances.pop(ref, None)
+                state.instances.pop(ref)
                 state.detach_from(ref)
             self._fail_before(fault)
             record = state.instances.get(ref)
@@ -573,10 +797,10 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def _forget(state: _State, kind: str, ref: str) -> None:
         """What deleting `ref` behind the broker's back leaves: nothing (a bucket's keys go
         with it)."""
-        getattr(state, kind).pop(ref, None)
+        getattr(state, kind).pop(ref)
         if kind == "buckets":
-            for key_id in [k for k, key in state.keys.items() if key["bucket"] == ref]:
-                del state.keys[key_id]
+            for key in state.keys.where(bucket=ref):
+                state.keys.pop(key["key_id"])
 
     # Volumes ------------------------------------------------------------------------------
 
@@ -626,9 +850,10 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
 
         def work(state: _State, fault: Fault | None) -> Volume:
             self._fail_before(fault, create=True)
-            live = [v for v in state.volumes.values() if v["state"] != InstanceState.DELETED]
             limit = self.settings.get("max_volumes")
-            if fault is Fault.QUOTA_EXCEEDED or (limit is not None and len(live) >= limit):
+            if fault is Fault.QUOTA_EXCEEDED or (
+                limit is not None and state.volumes.count_live() >= limit
+            ):
                 raise Permanent("Quota exceeded for volumes.", code="quota_exceeded")
             now = self.context.clock()
             state.counter += 1
@@ -662,13 +887,11 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def find_volume(self, token: str) -> Volume | None:
         def work(state: _State, fault: Fault | None) -> Volume | None:
             matches = [
-                v
-                for v in state.volumes.values()
-                if v["token"] == token and v["state"] != InstanceState.DELETED
+                v for v in state.volumes.where(token=token) if v["state"] != InstanceState.DELETED
             ]
             if fault is Fault.DELETED_OUT_OF_BAND:
                 for record in matches:
-                    state.volumes.pop(record["ref"], None)
+                    state.volumes.pop(record["ref"])
                 matches = []
             self._fail_before(fault)
             self._fail_after(fault)
@@ -823,7 +1046,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
 
     def find_bucket(self, token: str) -> Bucket | None:
         def work(state: _State, fault: Fault | None) -> Bucket | None:
-            matches = [b for b in state.buckets.values() if b["token"] == token]
+            matches = state.buckets.where(token=token)
             if fault is Fault.DELETED_OUT_OF_BAND:
                 for record in matches:
                     self._forget(state, "buckets", record["name"])
@@ -878,13 +1101,13 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
     def issue_key(self, ref: str, token: str) -> AccessKey:
         def act(state: _State, found: dict[str, Any] | None) -> AccessKey:
             self._bucket_or_refuse(ref, found)
-            for key in state.keys.values():
+            for key in state.keys.where(bucket=ref, token=token):
                 # A key issued for this token by a call whose answer was lost.
-                if key["bucket"] == ref and key["token"] == token and not key["revoked"]:
+                if not key["revoked"]:
                     return AccessKey(key["key_id"], key["secret"])
             state.counter += 1
             key_id = f"SIMK{state.counter:016d}"
-            state.keys[key_id] = {
+            key = state.keys[key_id] = {
                 "key_id": key_id,
                 "secret": secrets.token_urlsafe(30),
                 "bucket": ref,
@@ -892,7 +1115,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
                 "created_at": _iso(self.context.clock()),
                 "revoked": False,
             }
-            return AccessKey(key_id, state.keys[key_id]["secret"])
+            return AccessKey(key_id, key["secret"])
 
         return self._with_record(Operation.ACTION, "buckets", ref, act)
 
@@ -920,7 +1143,7 @@ class SimulatedAdapter(ProviderAdapter, VolumeDriver, ObjectStorageDriver):
             ]
             samples += [
                 sample
-                for name, bucket in state.buckets.items()
+                for name, bucket in state.buckets.all().items()
                 for sample in self._stored(name, bucket, since, until)
             ]
             self._fail_after(fault)

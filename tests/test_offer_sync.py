@@ -4,7 +4,7 @@ types as draft offers (broker/services/offer_sync.py).
 The provider under test uses the `simulated` adapter, whose machine types are its
 `adapter_config.flavors`; changing that list is how a test changes "the cloud". Jobs are run
 in-process with `run_pending`, sometimes with a fixed clock so that `run_after` is exact.
-Faults come from the simulated cloud's state file (`SimulatedCloud.inject`); broken
+Faults come from the simulated cloud's database (`SimulatedCloud.inject`); broken
 providers are made by editing the database directly, as the API refuses to store them. The
 last tests sync through the OpenStack adapter against the fake Keystone + Nova server.
 """
@@ -566,7 +566,7 @@ def test_a_job_is_read_by_admins_and_its_organization_only(
 
 def _cloud(app: Flask, setup: ProviderSetup) -> SimulatedCloud:
     """The simulated cloud behind the provider, as the adapter finds it."""
-    return SimulatedCloud(Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{setup.id}.json")
+    return SimulatedCloud(Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{setup.id}.sqlite3")
 
 
 def test_a_throttled_sync_waits_retry_after_and_writes_nothing(

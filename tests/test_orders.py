@@ -3,7 +3,7 @@ idempotency, end to end through the API.
 
 Providers are made through the API (`tests/catalogue_fixtures.py`) with the `simulated`
 adapter, whose cloud sells the offer's SKU and boots machines at once, so the provisioning job
-really makes machines; what the cloud holds is read from its state file. Policies are set by
+really makes machines; what the cloud holds is read from its database. Policies are set by
 the agency's approver. Every amount is worked out by hand in the test, never by the code under
 test; stored state (orders, resources, jobs, idempotency keys) is read from the database.
 """
@@ -230,7 +230,9 @@ def run_jobs(app: Flask, db: Database) -> int:
 
 def cloud(app: Flask, provider_id: str) -> SimulatedCloud:
     """The simulated cloud of a provider, as its adapter keeps it."""
-    return SimulatedCloud(Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{provider_id}.json")
+    return SimulatedCloud(
+        Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{provider_id}.sqlite3"
+    )
 
 
 def tokens(order_id: str, quantity: int) -> list[str]:

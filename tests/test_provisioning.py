@@ -4,7 +4,7 @@ Orders are placed through the API (`POST /v1/orders` with an `Idempotency-Key`, 
 an agency) on an offer of a provider whose adapter is `simulated`, with flavors matching the
 offer and no boot delay unless a test needs one. Jobs run in-process with `run_pending` and a
 clock the test moves by hand: a retry or a backoff is reached by moving the clock to the
-job's `run_after`, never by sleeping. The simulated cloud's state file is read back
+job's `run_after`, never by sleeping. The simulated cloud's database is read back
 (`SimulatedCloud.instances()`) to count what really exists at the provider.
 
 Done when (3): with 30 % of the calls to `provision`, `find_by_token` and `get` failing
@@ -116,7 +116,7 @@ def make_market(
         client, admin, make_user, adapter="simulated", adapter_config=adapter_config
     )
     offer, _ = published_offer(client, setup.operator, setup.id, sku=SKU, region=REGION)
-    state_file = Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{setup.id}.json"
+    state_file = Path(app.config["PROVIDER_STATE_DIR"]) / f"simulated-{setup.id}.sqlite3"
     return Market(
         setup.id,
         setup.etag,

@@ -3,7 +3,7 @@
 Each test runs the market of `tests/billing_fixtures.py` (a simulated provider, a buyer of an
 agency, the provider's operator, finance, a clock that moves only when the test says) with a
 volume offer (100 GiB, 0.25 EUR a GiB-month) and a vault offer (object storage with a 30-day
-retention) published beside the machine offer. The simulated cloud's state file is read back to
+retention) published beside the machine offer. The simulated cloud's database is read back to
 see what really exists at the provider.
 """
 

@@ -26,7 +26,7 @@ HANG_SECONDS = 1.0
 
 
 class FaultInjector(Protocol):
-    """A `FaultPlan`, or a handle on one kept elsewhere (the simulated cloud's state file)."""
+    """A `FaultPlan`, or a handle on one kept elsewhere (the simulated cloud's database)."""
 
     retry_after_seconds: int
 

@@ -1,4 +1,4 @@
-"""Contract harness of the `simulated` adapter: its cloud is a state file, held directly."""
+"""Contract harness of the `simulated` adapter: its cloud is a SQLite database, held directly."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ last section holds the simulated cloud's own rules beyond the contract.
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -614,23 +613,6 @@ def test_simulated_retention_follows_the_clock(tmp_path: Path) -> None:
     with pytest.raises(Permanent) as refused:
         adapter.ensure_bucket(BucketRequest(uuid.uuid4(), "standard", "sim-1", "Not_A_Bucket"))
     assert refused.value.code == "invalid_request"
-
-
-def test_simulated_state_files_from_before_storage_still_load(tmp_path: Path) -> None:
-    adapter = _simulated_adapter(tmp_path)
-    machine = adapter.ensure_provisioned(
-        ProvisionRequest(order_id=uuid.uuid4(), sku="sim-small", region="sim-1", name="old")
-    )
-    data = json.loads(adapter.cloud.path.read_text())
-    for name in ("volumes", "buckets", "keys"):
-        del data[name]
-    adapter.cloud.path.write_text(json.dumps(data))
-
-    again = SimulatedAdapter({}, {}, adapter.context)
-    assert (kept := again.get(machine.ref)) is not None and kept.ref == machine.ref
-    assert again.find_volume("anything") is None
-    again.ensure_volume(_volume_request_for("sim-ssd"))
-    assert len(again.cloud.volumes()) == 1
 
 
 @pytest.mark.parametrize(
