@@ -19,21 +19,37 @@ snapshot only, so the same snapshot always gives the same bytes.
   (`_wrap` breaks lines where `multi_cell` would, from character widths measured once per
   font) and its lines are placed with `text()` where `table()` placed them. A row that does
   not fit goes to the next page, under the headings again.
-- Most of the time of a short document is the fonts: `add_font` parses each TTF and `output`
-  subsets it. Both stay per document: fpdf2 subsets the parsed font in place, so a parsed font
-  cannot be shared between documents.
+- Fonts (most of the time of a short document went there: fpdf2's `add_font` parses each TTF,
+  about 25 ms, and `output` subsets the whole 6,000-glyph font, about 20 ms). Each style is
+  parsed once per process (`_Face`) and every document gets its own copy of the parse
+  (`_Face.font_for`): what fpdf2 only reads (character map, glyph ids, metrics) is shared,
+  what it changes per document (the glyphs used, the widths looked up, the font descriptor) is
+  fresh. The fontTools font is never shared, since `output` subsets it in place: each document
+  opens its own from bytes at output time (`_Embedding`), from a "working font" when it has
+  every glyph the document used — the face subset once to the scripts invoices are written
+  in, with fpdf2's options and the glyph names kept — else from the whole file. Subsetting
+  either gives the same bytes: a subset keeps the glyphs chosen, in the font's order, and the
+  working font's only other changes are the ones fpdf2's own subsetting makes. The first PDF
+  of a process pays for the parse and the working font (about 130 ms).
+  `tests/billing/test_pdf_fast_path.py` pins the output to that of fpdf2's `add_font` and
+  `output` per document, byte for byte.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping, Sequence
+from io import BytesIO
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from fontTools import subset
 from fontTools.ttLib import TTFont
 from fpdf import FPDF
+from fpdf.fonts import SubsetMap, TTFFont
 from fpdf.line_break import BREAKING_SPACE_SYMBOLS_STR, NBSP, SOFT_HYPHEN
+from fpdf.output import OutputProducer
 
 from billing.cii import (
     CREDIT_NOTE,
@@ -85,11 +101,96 @@ TOLERANCE = 1e-9  # fpdf2's, when it compares a line's width with the room for i
 BREAKING_SPACES = frozenset(BREAKING_SPACE_SYMBOLS_STR)
 
 
+FACES = {"": "DejaVuSans.ttf", "B": "DejaVuSans-Bold.ttf"}  # style: file
+# What invoices are written in: Latin with every accent, IPA, Greek and Cyrillic, their
+# extended blocks, punctuation, currency and letterlike symbols (first and last code point).
+WORKING_RANGES = ((0x0000, 0x052F), (0x1E00, 0x214F))
+# fpdf2's subsetting options (`OutputProducer._add_fonts`): the working font is subset with
+# them too, so that fpdf2's subsetting of it finds nothing more to drop or to change.
+SUBSET_DROPPED_TABLES = (
+    *("FFTM", "GDEF", "GPOS", "GSUB", "MATH", "hdmx", "meta", "sbix"),
+    *("CBDT", "CBLC", "EBDT", "EBLC", "EBSC", "SVG ", "CPAL", "COLR"),
+)
+
+
+class _Face:
+    """A style of the font, parsed once per process by fpdf2's own `add_font`; documents get
+    copies of the parse (`font_for`) and their glyphs from `source` at output time."""
+
+    def __init__(self, style: str, file: Path) -> None:
+        scratch = FPDF()
+        scratch.add_font(FONT, style, file)
+        (parsed,) = scratch.fonts.values()
+        # A colour font would be drawn from its fontTools font, which is not copied here.
+        assert isinstance(parsed, TTFFont) and parsed.color_font is None
+        self.parsed = parsed
+        self.data = file.read_bytes()
+        self.working, self.working_glyphs = self._subset_to_working_ranges(parsed.ttfont)
+        parsed.close()  # its fontTools font is subset now, and never given to a document
+
+    def font_for(self, pdf: FPDF) -> TTFFont:
+        """A copy of the parse for `pdf`, as `add_font` would have made it. Shared, read only:
+        the character map, glyph ids, names and metrics. Fresh: the font's number in `pdf`, the
+        widths (a `defaultdict`, which grows when a character it lacks is measured), the
+        descriptor (`output` names it and gives it its object id and the font stream), the map
+        of glyphs used, the missing glyphs, and the fontTools font (`output` subsets it). As
+        fpdf2 2.8's `TTFFont` has them; `test_pdf_fast_path.py` tells if that changes."""
+        font = copy.copy(self.parsed)
+        font.i = len(pdf.fonts) + 1
+        font.cw = self.parsed.cw.copy()
+        font.desc = copy.copy(self.parsed.desc)
+        font.subset = SubsetMap(font)
+        font.missing_glyphs = []
+        font.biggest_size_pt = 0
+        font.ttfont = self._open(self.data)  # until `_Embedding` puts the one to subset
+        return font
+
+    def source(self, glyph_names: Sequence[str]) -> TTFont:
+        """A fresh font for `output` to subset to `glyph_names`: the working font when it has
+        them all (a third of the glyphs: it takes half the time), else the whole file."""
+        if self.working_glyphs.issuperset(glyph_names):
+            return self._open(self.working)
+        return self._open(self.data)
+
+    @staticmethod
+    def _open(data: bytes) -> TTFont:
+        """Opened as `TTFFont` opens a font file (the timestamp is the file's, as written)."""
+        return TTFont(BytesIO(data), recalcTimestamp=False, lazy=True)
+
+    @staticmethod
+    def _subset_to_working_ranges(font: TTFont) -> tuple[bytes, frozenset[str]]:
+        """`font` (fpdf2's parse of the file, whose tables are read already) subset in place to
+        `WORKING_RANGES` with fpdf2's options, glyph names kept (fpdf2 subsets by glyph name),
+        and saved with its glyphs and bounds as the file has them: `output` recompiles the
+        glyphs it keeps and recomputes the bounds, as it does from the file. Returns the bytes
+        and the names of the glyphs kept."""
+        options = subset.Options(notdef_outline=True, recommended_glyphs=True, glyph_names=True)
+        options.drop_tables += SUBSET_DROPPED_TABLES
+        subsetter = subset.Subsetter(options)
+        subsetter.populate(
+            unicodes=[
+                code
+                for code in font.getBestCmap()
+                if any(first <= code <= last for first, last in WORKING_RANGES)
+            ]
+        )
+        subsetter.subset(font)
+        font.recalcBBoxes = False
+        working = BytesIO()
+        font.save(working)
+        return working.getvalue(), frozenset(font.getGlyphOrder())
+
+
+@functools.cache
+def _faces() -> dict[str, _Face]:
+    """Each style of the font (fpdf2's key for it: the family and the style) and its face."""
+    return {f"{FONT}{style}": _Face(style, FONTS / file) for style, file in FACES.items()}
+
+
 @functools.cache
 def _glyphs() -> frozenset[int]:
     """The code points the font can draw."""
-    with TTFont(FONTS / "DejaVuSans.ttf", lazy=True) as font:
-        return frozenset(font.getBestCmap())
+    return frozenset(_faces()[FONT].parsed.cmap)
 
 
 def printable(text: str) -> str:
@@ -100,16 +201,38 @@ def printable(text: str) -> str:
     return "".join(c if c == "\n" or ord(c) in glyphs else MISSING for c in text)
 
 
+class _Embedding(OutputProducer):
+    """fpdf2's output, each of our fonts subset from the `source` its face picks for the glyphs
+    the document used: they are all known here, the last page's footer and the page count
+    included, which `FPDF.output` writes just before."""
+
+    def bufferize(self) -> bytearray:
+        faces = _faces()
+        for key, font in self.fpdf.fonts.items():
+            if key in faces and isinstance(font, TTFFont):
+                font.ttfont = faces[key].source(font.subset.get_all_glyph_names())
+        return super().bufferize()
+
+
 class _Document(FPDF):
     """An A4 page with the document's number and the page count in the footer."""
 
     def __init__(self, reference: str) -> None:
         super().__init__(orientation="portrait", unit="mm", format="A4")
         self.reference = reference
-        self.add_font(FONT, "", FONTS / "DejaVuSans.ttf")
-        self.add_font(FONT, "B", FONTS / "DejaVuSans-Bold.ttf")
+        self.add_fonts()
         self.set_margins(MARGIN, MARGIN, MARGIN)
         self.set_auto_page_break(auto=True, margin=MARGIN + 5)
+
+    def add_fonts(self) -> None:
+        """The regular and bold faces, copies of the parse of each (what `add_font` does for
+        a file, without parsing it again)."""
+        for key, face in _faces().items():
+            self.fonts[key] = face.font_for(self)
+
+    def to_bytes(self) -> bytes:
+        """The PDF, its fonts subset as `_Embedding` does."""
+        return bytes(self.output(output_producer_class=_Embedding))
 
     def footer(self) -> None:
         self.set_y(-MARGIN)
@@ -380,4 +503,4 @@ def to_pdf(snapshot: Mapping[str, Any]) -> bytes:
     _heading(pdf, "VAT breakdown")
     _table(pdf, TAX_COLUMNS, [_tax_row(tax) for tax in snapshot["taxes"]], currency)
     _totals(pdf, snapshot)
-    return bytes(pdf.output())
+    return pdf.to_bytes()
