@@ -169,12 +169,16 @@ def test_a_worker_killed_at_a_crash_point_leaves_exactly_one_machine(
     assert (resource.state.value, resource.provider_ref) == ("provisioning", None)
 
     b = workers("b")
+    # The order is settled a moment before the job records its outcome: wait for both.
     _wait(
         lambda: (
-            order_row(db, order_id).state in (OrderState.COMPLETED, OrderState.FAILED)
+            (
+                order_row(db, order_id).state in (OrderState.COMPLETED, OrderState.FAILED)
+                and getattr(_job_of(db, order_id), "state", None) is not JobState.RUNNING
+            )
             or b.process.poll() is not None
         ),
-        "worker B to finish the order",
+        "worker B to finish the order and its job",
     )
     assert b.process.poll() is None, f"worker B exited:\n{b.output()}"
 

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Any
 
 from broker.db import Database
-from broker.jobs import queue
+from broker.jobs import queue, wakeup
 from broker.jobs.handlers import HANDLERS, ON_DEAD, PERIODIC
 from broker.jobs.lanes import LaneSchedule, lane_of
 from broker.services import idempotency
@@ -58,7 +58,9 @@ def run_worker(
     lanes: Sequence[str] | None = None,
 ) -> None:
     """Run until `stop` is set, claiming jobs of `lanes` (default: every lane). A failing task
-    is logged and retried at its next period."""
+    is logged and retried at its next period. Idle, it waits for a job to be announced
+    (PostgreSQL) or looks again soon, then less and less often (SQLite), at most every
+    `poll_seconds` (broker/jobs/wakeup.py)."""
     tasks = default_tasks() if tasks is None else tasks
     name = f"{socket.gethostname()}:{os.getpid()}"
     context = queue.JobContext(
@@ -78,30 +80,37 @@ def run_worker(
             "tasks": [task.name for task in tasks],
         },
     )
-    while not stop.is_set():
-        try:
-            queue.schedule_periodic(db, own_periodic, context.now())
-        except Exception:
-            log.exception("periodic scheduling failed")
+    waiter = wakeup.waiter_for(db, poll_seconds, frozenset(schedule.lanes))
+    seen_slots: dict[str, str] = {}
+    try:
         while not stop.is_set():
             try:
-                if queue.run_next(context, HANDLERS, name, schedule, on_dead=ON_DEAD) is None:
-                    break
-            except Exception:  # the database went away, say: retry at the next poll
-                log.exception("job queue unavailable")
-                break
-        now = time.monotonic()
-        for task in tasks:
-            if stop.is_set() or now < task.next_run:
-                continue
-            task.next_run = now + task.every_seconds
-            try:
-                done = task.run(db)
-                if done:
-                    log.info("periodic task ran", extra={"task": task.name, "count": done})
+                queue.schedule_periodic(db, own_periodic, context.now(), seen_slots)
             except Exception:
-                log.exception("periodic task failed", extra={"task": task.name})
-        stop.wait(poll_seconds)
+                log.exception("periodic scheduling failed")
+            found_work = False
+            while not stop.is_set():
+                try:
+                    if queue.run_next(context, HANDLERS, name, schedule, on_dead=ON_DEAD) is None:
+                        break
+                except Exception:  # the database went away, say: retry at the next poll
+                    log.exception("job queue unavailable")
+                    break
+                found_work = True
+            now = time.monotonic()
+            for task in tasks:
+                if stop.is_set() or now < task.next_run:
+                    continue
+                task.next_run = now + task.every_seconds
+                try:
+                    done = task.run(db)
+                    if done:
+                        log.info("periodic task ran", extra={"task": task.name, "count": done})
+                except Exception:
+                    log.exception("periodic task failed", extra={"task": task.name})
+            waiter.wait(stop, found_work=found_work)
+    finally:
+        waiter.close()
     log.info("worker stopped")
 
 

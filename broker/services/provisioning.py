@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, lazyload
 
 from broker.jobs import crashpoints
 from broker.jobs.queue import JobContext, Reschedule
@@ -56,7 +56,13 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
             return {"skipped": f"the order is {order.state if order else 'gone'}"}
         if order.state is OrderState.APPROVED:
             orders.mark_provisioning(session, order)
-        offer = session.get(Offer, order.offer_id)
+        # The offer and its provider in one statement: making machines needs neither the
+        # offer's certifications nor the provider's evidence (the order was checked already).
+        offer = session.get(
+            Offer,
+            order.offer_id,
+            options=[lazyload(Offer.compliance), joinedload(Offer.provider).lazyload("*")],
+        )
         assert offer is not None
         adapter = adapters.adapter_for_job(session, order.provider_id, context.config)
         keyring = adapters.ProviderRuntime.from_config(context.config).keyring
@@ -69,8 +75,8 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         todo = [(r.id, r.index, r.name, r.token, r.retention_days) for r in waiting]
         since = min((r.created_at for r in waiting), default=context.now())
 
-    booting = 0
-    for resource_id, index, name, token, retention_days in todo:
+    booting, outcome = 0, None
+    for position, (resource_id, index, name, token, retention_days) in enumerate(todo, 1):
         try:
             made = storage.make(
                 adapter,
@@ -118,6 +124,10 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
                 return {"order": OrderState.FAILED.value}
             else:
                 booting += 1
+            if position == len(todo) and not booting:
+                # The last machine is up: the order completes in the same transaction (one
+                # fewer per order; a crash before the commit redoes both, by the tokens).
+                outcome = _complete(session, order_id, context.now())
             crashpoints.reach("before_commit")
     if booting and context.now() - since > BOOT_TIMEOUT:
         with context.db.transaction() as session:
@@ -130,12 +140,20 @@ def run_provision_job(context: JobContext, job: Job) -> dict[str, Any]:
         return {"order": OrderState.FAILED.value}
     if booting:
         raise Reschedule(BOOT_POLL_SECONDS, f"{booting} machine(s) still booting")
-    with context.db.transaction() as session:
-        order = session.get(Order, order_id)
-        assert order is not None
-        if order.state is OrderState.PROVISIONING:
-            orders.finish(session, order, OrderState.COMPLETED, None, context.now())
-        return {"order": order.state.value, "machines": len(todo)}
+    if outcome is None:  # nothing was left to make (a retry after a crash, say)
+        with context.db.transaction() as session:
+            outcome = _complete(session, order_id, context.now())
+    return {"order": outcome.value, "machines": len(todo)}
+
+
+def _complete(session: Session, order_id: uuid.UUID, now: datetime) -> OrderState:
+    """Every machine is made: the order is completed, unless it was settled meanwhile. Its
+    state after."""
+    order = session.get(Order, order_id)
+    assert order is not None
+    if order.state is OrderState.PROVISIONING:
+        orders.finish(session, order, OrderState.COMPLETED, None, now)
+    return order.state
 
 
 def provision_job_dead(session: Session, job: Job, now: datetime) -> None:
