@@ -8,11 +8,21 @@ the start instead of colliding at commit. Read-only sessions (`read_only=True`) 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+import psycopg
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,6 +82,48 @@ def insert(session: Session, entity: Any) -> Any:
     `on_conflict_do_nothing` / `on_conflict_do_update` are available on both."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return dialect.insert(entity)
+
+
+def bulk_insert(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (dicts with the same keys, naming every column written) in one go, or
+    raise the integrity error of one that cannot go in: PostgreSQL's `COPY`, SQLite's
+    prepared INSERT run for every row (its executemany loop, in C).
+
+    Both take the values as the columns' own types make them for the driver
+    (`bind_processor`: a quantity's count of quanta, an enum's value, SQLite's text for a
+    UUID or a time), as a Core INSERT would send them; doing it here, once per column rather
+    than through the statement's per-row parameter handling, halves the cost of the insert."""
+    if not rows:
+        return
+    dialect = connection.dialect
+    columns = list(rows[0])
+    processors = [
+        (name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in columns
+    ]
+    values = [
+        tuple(row[name] if process is None else process(row[name]) for name, process in processors)
+        for row in rows
+    ]
+    quote = dialect.identifier_preparer.quote
+    target = f"{quote(table.name)} ({', '.join(quote(name) for name in columns)})"
+    if dialect.name != "postgresql":
+        placeholders = ", ".join("?" for _ in columns)
+        connection.exec_driver_sql(f"INSERT INTO {target} VALUES ({placeholders})", values)
+        return
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    with driver.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        for value in values:
+            copy.write_row(value)
+
+
+def any_of(session: Session, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`; on PostgreSQL as `= ANY` of one array parameter, since psycopg
+    reads a statement's placeholders one by one (a thousand cost milliseconds)."""
+    if session.get_bind().dialect.name == "postgresql":
+        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        return cast(ColumnElement[bool], column == any_(array))
+    return cast(ColumnElement[bool], column.in_(values))
 
 
 def is_sqlite(engine: Engine) -> bool:

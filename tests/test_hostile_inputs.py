@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from broker.api.base import _SURROGATE_ESCAPE, check_json_document
+from broker.errors import BrokerError
 from tests.billing_fixtures import Ledger
 from tests.conftest import ApiUser
 from tests.helpers import all_pages, problem
@@ -32,9 +36,7 @@ def test_deeply_nested_json_is_refused(client: FlaskClient, admin: ApiUser, dept
     raw = '{"name": "Deep", "kind": "agency", "x": ' + "[" * depth + "]" * depth + "}"
     refused = problem(_post(client, admin, "/v1/organizations", raw), 400, "bad_request")
     assert "nested" in refused["detail"]
-    assert [o["name"] for o in all_pages(client, admin, "/v1/organizations")] == [
-        "Test Consortium"
-    ]
+    assert [o["name"] for o in all_pages(client, admin, "/v1/organizations")] == ["Test Consortium"]
 
 
 def test_nesting_within_the_limit_is_parsed(client: FlaskClient, admin: ApiUser) -> None:
@@ -95,3 +97,34 @@ def test_usage_with_a_surrogate_record_id_or_a_huge_quantity_is_refused(ledger: 
         )
         assert field in refused["errors"], refused
     assert all_pages(ledger.client, ledger.operator, "/v1/usage") == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(document=_JSON, wrap=st.integers(min_value=0, max_value=40))
+def test_the_depth_only_walk_refuses_what_the_full_walk_refuses(document: Any, wrap: int) -> None:
+    """A body whose source has no surrogate escape skips the strings (`texts=False`): it is
+    refused exactly when the full walk refuses it, and its source is seen to hold none."""
+    for _ in range(wrap):
+        document = [document]
+    raw = json.dumps(document).encode()  # \\uXXXX escapes for every surrogate, as a client's
+
+    def outcome(texts: bool) -> str:
+        try:
+            check_json_document(document, texts=texts)
+        except BrokerError as error:
+            return type(error).__name__ + str(error)
+        return "ok"
+
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(document, ensure_ascii=False)):
+        assert _SURROGATE_ESCAPE.search(raw) is not None  # so the strings are walked
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        assert outcome(False) == outcome(True)

@@ -12,12 +12,14 @@ from broker.models.billing import (
     Invoice,
     InvoiceLine,
     InvoiceState,
+    LedgerSweep,
     MeterCursor,
     PaymentState,
     StripeCustomer,
     StripeEvent,
     UsageRecord,
     UsageSource,
+    UsageTake,
 )
 from broker.models.catalogue import (
     Evidence,
@@ -80,6 +82,8 @@ __all__ = [
     "InvoiceState",
     "MeterCursor",
     "UsageRecord",
+    "UsageTake",
+    "LedgerSweep",
     "UsageSource",
     "AgencyPolicy",
     "ApiClient",

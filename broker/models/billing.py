@@ -14,13 +14,14 @@ from sqlalchemy import (
     BigInteger,
     ForeignKey,
     Index,
+    Integer,
     String,
     TypeDecorator,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, query_expression, relationship
 
 from billing.metering import from_quanta, to_quanta
 from broker.models.base import Base, IdMixin, TimestampMixin, enum_column, utcnow
@@ -50,24 +51,32 @@ class UsageSource(enum.StrEnum):
     POLL = "poll"  # read from the provider's adapter by the polling job
 
 
-class UsageRecord(IdMixin, Base):
+class UsageRecord(Base):
     """One append-only entry of the usage ledger: a quantity of one metric used by one
     resource over `[start, end)`, which never spans two periods.
 
-    `invoice_id` is the invoice that bills it: set when a draft takes it in (a rebuilt draft
-    keeps what it took and takes what is new), frozen when that invoice is finalized.
+    `seq` numbers the ledger in the order records were written (never reused), so what an
+    invoice billed is a few ranges of it (`UsageTake`) instead of a mark on every record.
+    `invoice_id` is not stored: `with_expression(UsageRecord.invoice_id, billed_by())` loads
+    the invoice whose take covers the record.
     """
 
     __tablename__ = "usage_records"
     __table_args__ = (
         UniqueConstraint("provider_id", "source", "record_id"),
-        # What a draft takes (the agency's unbilled records) and what it bills.
-        Index("ix_usage_records_billing", "organization_id", "invoice_id", "period"),
+        # What a billing run looks at (an agency's records past what it has already covered)
+        # and the ranges an invoice took.
+        Index("ix_usage_records_ledger", "organization_id", "seq"),
         Index("ix_usage_records_listing", "organization_id", "start", "id"),
         Index("ix_usage_records_provider_listing", "provider_id", "start", "id"),
         Index("ix_usage_records_resource", "resource_id", "period", "metric"),
+        {"sqlite_autoincrement": True},
     )
 
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[uuid.UUID] = mapped_column(unique=True, default=uuid.uuid4)
     provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"))
     source: Mapped[UsageSource] = mapped_column(enum_column(UsageSource, length=10))
     record_id: Mapped[str] = mapped_column(String(200))
@@ -84,9 +93,48 @@ class UsageRecord(IdMixin, Base):
     # the same id must say the same.
     payload_hash: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    invoice_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("invoices.id", ondelete="RESTRICT")
+    invoice_id: Mapped[uuid.UUID | None] = query_expression()
+
+
+class UsageTake(Base):
+    """What an invoice billed of one agency's ledger: its records of `period` in `currency`
+    (their resource's) numbered `(from_seq, through_seq]`.
+
+    The takes of one agency, period and currency by invoices that are not void never overlap,
+    and together cover every such record up to the highest `through_seq` but for the ranges of
+    voided invoices that no other invoice took again: a draft takes what lies above, and those
+    gaps, exactly once (`broker.services.billing`).
+    """
+
+    __tablename__ = "usage_takes"
+    __table_args__ = (Index("ix_usage_takes_ledger", "organization_id", "period", "currency"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
+    invoice_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("invoices.id", ondelete="RESTRICT"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    period: Mapped[str] = mapped_column(String(7))
+    currency: Mapped[str] = mapped_column(String(3))
+    from_seq: Mapped[int] = mapped_column(BigInteger)
+    through_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class LedgerSweep(Base):
+    """How far an agency's ledger is wholly billed: every record with `seq <=
+    covered_through` is in a take of an invoice that is not void. A billing run starts
+    looking above it."""
+
+    __tablename__ = "ledger_sweeps"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    covered_through: Mapped[int] = mapped_column(BigInteger)
 
 
 class MeterCursor(Base):

@@ -3,7 +3,7 @@
 A billing run (finance, for one period) queues a job that first closes the meter's finished
 hours, then builds, per agency and currency, a draft invoice from the usage ledger: a line per
 resource and metric at the prices its order pinned, VAT per tax category, totals that add up.
-A draft takes the ledger records it bills (`usage_records.invoice_id`), so a rebuilt draft
+A draft takes the ranges of the ledger it bills (`broker.services.ledger`), so a rebuilt draft
 bills exactly what it shows and nothing is billed twice. Usage of an earlier, already
 invoiced period that arrives late is billed on the next draft as adjustment lines.
 
@@ -23,7 +23,7 @@ from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from billing import exports, invoicing
@@ -47,9 +47,8 @@ from broker.models import (
     Organization,
     OrganizationKind,
     Resource,
-    UsageRecord,
 )
-from broker.services import audit, offers, payments, usage
+from broker.services import audit, ledger, offers, payments, usage
 from broker.services.pagination import Page, paginate
 from broker.services.preconditions import IfMatch
 
@@ -65,8 +64,6 @@ def _agency(session: Session, organization_id: uuid.UUID) -> Organization:
     if organization is None or organization.kind is not OrganizationKind.AGENCY:
         raise NotFound("No such agency.")
     return organization
-
-
 
 
 def profile_view(
@@ -197,6 +194,8 @@ def run_billing_job(context: JobContext, job: Any) -> dict[str, Any]:
         run.state = BillingRunState.RUNNING
         period = run.period
     usage.meter_closed_hours(context)  # the period's last hours are in the ledger
+    with context.db.transaction() as session:
+        through_seq = ledger.watermark(session)
     _, period_end = period_bounds(period)
     with context.db.session(read_only=True) as session:
         agencies = list(
@@ -211,7 +210,7 @@ def run_billing_job(context: JobContext, job: Any) -> dict[str, Any]:
     for organization_id in agencies:
         with context.db.transaction() as session:
             built, kept = build_drafts(
-                session, organization_id, period, run_id, context.now(), context.config
+                session, organization_id, period, run_id, context.now(), context.config, through_seq
             )
         drafts, finalized = drafts + built, finalized + kept
     with context.db.transaction() as session:
@@ -238,9 +237,11 @@ def build_drafts(
     run_id: uuid.UUID | None,
     now: datetime,
     config: Mapping[str, Any],
+    through_seq: int,
 ) -> tuple[int, int]:
     """(Re)build the agency's draft for `period` in each currency it has usage in (a zero
-    invoice when it has none); returns (drafts built, currencies already finalized)."""
+    invoice when it has none), billing the ledger up to `through_seq` (a `ledger.watermark`);
+    returns (drafts built, currencies already finalized)."""
     live = {
         invoice.currency: invoice
         for invoice in session.scalars(
@@ -254,18 +255,10 @@ def build_drafts(
         )
     }
     drafts = [invoice for invoice in live.values() if invoice.state is InvoiceState.DRAFT]
-    currencies = set(
-        session.scalars(
-            select(Resource.currency)
-            .join(UsageRecord, UsageRecord.resource_id == Resource.id)
-            .where(
-                UsageRecord.organization_id == organization_id,
-                UsageRecord.invoice_id.is_(None),
-                UsageRecord.period <= period,
-            )
-            .distinct()
-        )
-    ) | {invoice.currency for invoice in drafts}
+    unbilled = ledger.unbilled(session, organization_id, through_seq)
+    currencies = {currency for billed, currency in unbilled.ranges if billed <= period} | {
+        invoice.currency for invoice in drafts
+    }
     if not live and not currencies:
         policy = session.get(AgencyPolicy, organization_id)
         currencies = {policy.currency if policy else DEFAULT_CURRENCY}
@@ -273,6 +266,7 @@ def build_drafts(
     profile = profile_view(session, organization, config)
     tax = invoicing.TaxProfile(profile["country"], profile["vat_rate"])
     built = 0
+    taken: set[tuple[str, str]] = set()
     for currency in sorted(currencies):
         invoice = live.get(currency)
         if invoice is not None and invoice.state is not InvoiceState.DRAFT:
@@ -291,58 +285,43 @@ def build_drafts(
             )
             session.add(invoice)
             session.flush()
-        _take_usage(session, invoice)
+        taken |= _take_usage(session, invoice, unbilled)
         _fill(session, invoice, _consumption(session, invoice), tax)
         invoice.billing_run_id, invoice.built_at = run_id, now
         built += 1
+    ledger.sweep(session, organization_id, unbilled, taken)
     return built, len(live) - len(drafts)
 
 
-def _take_usage(session: Session, invoice: Invoice) -> None:
+def _take_usage(
+    session: Session, invoice: Invoice, unbilled: ledger.Unbilled
+) -> set[tuple[str, str]]:
     """Give the draft the agency's unbilled usage in its currency: its period's, and earlier
     periods' that arrived after they were invoiced (not those of a period still in draft).
-    What a rebuilt draft took before stays its own: only new usage is written to."""
-    other_drafts = select(Invoice.period).where(
-        Invoice.organization_id == invoice.organization_id,
-        Invoice.currency == invoice.currency,
-        Invoice.state == InvoiceState.DRAFT,
-        Invoice.id != invoice.id,
-    )
-    in_currency = select(Resource.id).where(
-        Resource.organization_id == invoice.organization_id,
-        Resource.currency == invoice.currency,
-    )
-    session.execute(
-        update(UsageRecord)
-        .where(
-            UsageRecord.organization_id == invoice.organization_id,
-            UsageRecord.invoice_id.is_(None),
-            UsageRecord.period <= invoice.period,
-            UsageRecord.period.not_in(other_drafts),
-            UsageRecord.resource_id.in_(in_currency),
+    What a rebuilt draft took before stays its own: only new usage is added. Returns the
+    (period, currency) pairs taken."""
+    other_drafts = set(
+        session.scalars(
+            select(Invoice.period).where(
+                Invoice.organization_id == invoice.organization_id,
+                Invoice.currency == invoice.currency,
+                Invoice.state == InvoiceState.DRAFT,
+                Invoice.id != invoice.id,
+            )
         )
-        .values(invoice_id=invoice.id)
-        .execution_options(synchronize_session=False)
     )
+    pairs = {
+        (period, currency)
+        for period, currency in unbilled.ranges
+        if currency == invoice.currency and period <= invoice.period and period not in other_drafts
+    }
+    ledger.take(session, invoice, [r for pair in sorted(pairs) for r in unbilled.ranges[pair]])
+    return pairs
 
 
 def _consumption(session: Session, invoice: Invoice) -> list[invoicing.Consumption]:
     """What the draft's usage amounts to, per resource, metric and period, with prices."""
-    groups = session.execute(
-        select(
-            UsageRecord.resource_id,
-            UsageRecord.metric,
-            UsageRecord.period,
-            func.sum(UsageRecord.quantity),
-            func.min(UsageRecord.start),
-            func.max(UsageRecord.end),
-        )
-        .where(
-            UsageRecord.organization_id == invoice.organization_id,
-            UsageRecord.invoice_id == invoice.id,
-        )
-        .group_by(UsageRecord.resource_id, UsageRecord.metric, UsageRecord.period)
-    ).all()
+    groups = ledger.consumption(session, invoice.id)
     resource_ids = {row[0] for row in groups}
     placed = {
         resource_id: (provider_id, order_id)
@@ -355,7 +334,7 @@ def _consumption(session: Session, invoice: Invoice) -> list[invoicing.Consumpti
     prices = _prices(session, {order_id for _, order_id in placed.values()})
     late = [(resource_id, metric, period) for resource_id, metric, period, *_ in groups]
     late = [key for key in late if key[2] < invoice.period]
-    billed_before = _billed_before(session, late, invoice.id)
+    billed_before = ledger.billed_elsewhere(session, late, invoice.id)
     items = []
     for resource_id, metric, period, quantity, start, end in groups:
         provider_id, order_id = placed[resource_id]
@@ -386,34 +365,6 @@ def _prices(session: Session, order_ids: set[uuid.UUID]) -> dict[uuid.UUID, dict
         for order_id, raw in session.execute(
             select(Order.id, Order.prices).where(Order.id.in_(order_ids))
         )
-    }
-
-
-def _billed_before(
-    session: Session, keys: list[tuple[uuid.UUID, str, str]], invoice_id: uuid.UUID
-) -> dict[tuple[uuid.UUID, str, str], Fraction]:
-    """How much of each (resource, metric, period) other invoices billed already."""
-    if not keys:
-        return {}
-    rows = session.execute(
-        select(
-            UsageRecord.resource_id,
-            UsageRecord.metric,
-            UsageRecord.period,
-            func.sum(UsageRecord.quantity),
-        )
-        .where(
-            UsageRecord.resource_id.in_({resource_id for resource_id, _, _ in keys}),
-            UsageRecord.invoice_id.is_not(None),
-            UsageRecord.invoice_id != invoice_id,
-        )
-        .group_by(UsageRecord.resource_id, UsageRecord.metric, UsageRecord.period)
-    )
-    wanted = set(keys)
-    return {
-        (resource_id, metric, period): total
-        for resource_id, metric, period, total in rows
-        if (resource_id, metric, period) in wanted
     }
 
 

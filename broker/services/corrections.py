@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing import exports, invoicing
@@ -34,9 +34,8 @@ from broker.models import (
     CreditNoteLine,
     Invoice,
     InvoiceState,
-    UsageRecord,
 )
-from broker.services import audit, billing, payments
+from broker.services import audit, billing, ledger, payments
 from broker.services.pagination import Page, paginate
 
 ISSUED = (InvoiceState.FINALIZED, InvoiceState.PAID)
@@ -64,9 +63,7 @@ def void(
     invoice.state = InvoiceState.VOID
     invoice.voided_at, invoice.voided_by, invoice.void_reason = now, caller.client_id, reason
     # Its usage is billable again: the period's next run drafts the replacement.
-    session.execute(
-        update(UsageRecord).where(UsageRecord.invoice_id == invoice.id).values(invoice_id=None)
-    )
+    ledger.release(session, invoice)
     payments.queue_void(session, invoice)
     session.flush()
     audit.record(
