@@ -6,6 +6,8 @@ the WSGI test client (no network), requests per second and p50/p99 latency for:
 
 - a bare Flask endpoint returning a small JSON document (the floor on this machine),
 - `GET /healthz` through the full broker app (logging, metrics, request ids),
+- `GET /v1/me` with a bearer token: the fixed cost of an authenticated request (JWT
+  verification, the client's standing, rate limits) and little else,
 - `GET /v1/organizations?limit=50` with a bearer token (JWT verification, a keyset query,
   serialization of 50 items),
 - `POST /oauth/token` (client lookup, secret check, RS256 signing).
@@ -69,6 +71,8 @@ def main() -> None:
     floor = measure("bare Flask JSON endpoint", lambda: bare_client.get("/ping").status_code)
     rows = [
         ("GET /healthz (broker app)", lambda: client.get("/healthz").status_code),
+        # The fixed cost of an authenticated request: token, client standing, rate limits.
+        ("GET /v1/me (token)", lambda: client.get("/v1/me", headers=headers).status_code),
         (
             "GET /v1/organizations?limit=50 (token)",
             lambda: client.get("/v1/organizations?limit=50", headers=headers).status_code,

@@ -57,7 +57,7 @@ from broker.models import (  # noqa: E402
 from broker.models.base import utcnow  # noqa: E402
 from broker.names import name_key  # noqa: E402
 from broker.services import organizations  # noqa: E402
-from broker.services.offers import price_documents  # noqa: E402
+from broker.services.offers import price_documents, refresh_search_text  # noqa: E402
 
 PROVIDERS = 40
 OFFERS = 10_000
@@ -275,7 +275,9 @@ def seed(session: Session, rng: random.Random) -> int:
     session.execute(
         insert(Evidence), [{key: row.get(key) for key in columns} for row in evidence_rows]
     )
-    session.execute(insert(Offer), offer_rows)
+    # Bulk inserts skip the ORM, which writes an offer's search text: one UPDATE writes them.
+    session.execute(insert(Offer), [{**row, "search_text": ""} for row in offer_rows])
+    refresh_search_text(session)
     session.execute(insert(OfferCompliance), claim_rows)
     return len(offer_rows)
 

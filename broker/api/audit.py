@@ -37,7 +37,7 @@ class AuditListArgs(ListArgs):
 
 @blp.route("", methods=["GET"])
 @blp.auth()
-@blp.arguments(AuditListArgs, location="query")
+@blp.arguments(AuditListArgs(), location="query")
 @blp.response(200, page_of(AuditEventSchema))
 def list_audit_events(args: dict[str, Any]) -> Any:
     """Audit events in chain order: all for admins, your organization's for everyone else."""

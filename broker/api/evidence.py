@@ -219,7 +219,7 @@ class EvidenceRejectSchema(StrictSchema):
 
 @blp.route("/providers/<uuid:provider_id>/evidence", methods=["POST"])
 @blp.auth(Role.PROVIDER, Role.ASSESSOR, Role.ADMIN)
-@blp.arguments(EvidenceClaimSchema)
+@blp.arguments(EvidenceClaimSchema())
 @blp.response(201, EvidenceSchema)
 @blp.doc(
     requestBody={
@@ -248,7 +248,7 @@ def _evidence_response(item: Evidence) -> Response:
 
 @blp.route("/providers/<uuid:provider_id>/evidence", methods=["GET"])
 @blp.auth()
-@blp.arguments(EvidenceListArgs, location="query")
+@blp.arguments(EvidenceListArgs(), location="query")
 @blp.response(200, page_of(EvidenceSchema))
 def list_provider_evidence(args: dict[str, Any], provider_id: uuid.UUID) -> Any:
     """A provider's evidence: everyone sees what was verified (and who vouched); its
@@ -277,7 +277,7 @@ def verify_evidence(provider_id: uuid.UUID, evidence_id: uuid.UUID) -> Any:
 
 @blp.route("/providers/<uuid:provider_id>/evidence/<uuid:evidence_id>/reject", methods=["POST"])
 @blp.auth(Role.ASSESSOR, Role.ADMIN)
-@blp.arguments(EvidenceRejectSchema)
+@blp.arguments(EvidenceRejectSchema())
 @blp.response(200, EvidenceSchema)
 def reject_evidence(data: dict[str, Any], provider_id: uuid.UUID, evidence_id: uuid.UUID) -> Any:
     """Refuse a pending claim, or revoke a verified certification, saying why."""
@@ -296,7 +296,7 @@ def withdraw_evidence(provider_id: uuid.UUID, evidence_id: uuid.UUID) -> Any:
 
 @blp.route("/evidence", methods=["GET"])
 @blp.auth(Role.ASSESSOR, Role.ADMIN)
-@blp.arguments(EvidenceQueueArgs, location="query")
+@blp.arguments(EvidenceQueueArgs(), location="query")
 @blp.response(200, page_of(EvidenceSchema))
 def evidence_queue(args: dict[str, Any]) -> Any:
     """The assessors' queue: every provider's evidence, oldest first (`?state=pending`)."""

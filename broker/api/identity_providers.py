@@ -166,7 +166,7 @@ def _response(row: IdentityProvider) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(IdentityProviderSchema))
 def list_identity_providers(args: dict[str, Any]) -> Any:
     """The OpenID Connect providers people may sign in with (never their client secrets)."""
@@ -175,7 +175,7 @@ def list_identity_providers(args: dict[str, Any]) -> Any:
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(IdentityProviderCreateSchema)
+@blp.arguments(IdentityProviderCreateSchema())
 @blp.response(201, IdentityProviderSchema, headers=_ETAG)
 def create_identity_provider(data: dict[str, Any]) -> Response:
     """Let people sign in through an OpenID Connect provider.
@@ -199,7 +199,7 @@ def get_identity_provider(provider_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:provider_id>", methods=["PATCH"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(IdentityProviderPatchSchema)
+@blp.arguments(IdentityProviderPatchSchema())
 @blp.response(200, IdentityProviderSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def update_identity_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:

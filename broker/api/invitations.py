@@ -87,7 +87,7 @@ class IssuedInvitationSchema(InvitationSchema):
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.APPROVER, Role.ADMIN)
-@blp.arguments(InvitationCreateSchema)
+@blp.arguments(InvitationCreateSchema())
 @blp.response(201, IssuedInvitationSchema, headers=_NO_STORE)
 def create_invitation(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
     """Invite a person by e-mail, with roles (admins: any organization; approvers: their own).
@@ -119,7 +119,7 @@ def create_invitation(data: dict[str, Any], organization_id: uuid.UUID) -> Respo
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.APPROVER, Role.ADMIN)
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(InvitationSchema))
 def list_invitations(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """List the organization's invitations in every state (never their links)."""

@@ -101,7 +101,7 @@ class UserSchema(ma.Schema):
 
 @blp.route("/<uuid:organization_id>/identifiers", methods=["GET"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(IdentifierSchema))
 def list_identifiers(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """The identifiers the organization's people are recognised by at sign-in."""
@@ -110,7 +110,7 @@ def list_identifiers(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
 
 @blp.route("/<uuid:organization_id>/identifiers", methods=["POST"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(IdentifierCreateSchema)
+@blp.arguments(IdentifierCreateSchema())
 @blp.response(201, IdentifierSchema)
 def add_identifier(data: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """Recognise the organization's people at sign-in by an identifier: the value of an
@@ -132,7 +132,7 @@ def remove_identifier(organization_id: uuid.UUID, identifier_id: uuid.UUID) -> N
 
 @blp.route("/<uuid:organization_id>/members", methods=["GET"])
 @blp.auth(Role.ADMIN, Role.APPROVER)
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(MemberSchema))
 def list_members(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """The organization's people and their roles (approvers: their own agency's)."""
@@ -141,7 +141,7 @@ def list_members(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
 
 @blp.route("/<uuid:organization_id>/members/<uuid:user_id>", methods=["PUT"])
 @blp.auth(Role.ADMIN, Role.APPROVER)
-@blp.arguments(RolesSchema)
+@blp.arguments(RolesSchema())
 @blp.response(200, MemberSchema)
 def set_member_roles(data: dict[str, Any], organization_id: uuid.UUID, user_id: uuid.UUID) -> Any:
     """Set a member's roles. An approver grants `buyer` and `approver` in their own agency;

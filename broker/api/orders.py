@@ -94,7 +94,7 @@ def _order_response(order: Order, status: int = 200) -> Response:
 @blp.route("", methods=["POST"])
 @blp.auth(Role.BUYER)
 @idempotent(required=True)
-@blp.arguments(OrderCreateSchema)
+@blp.arguments(OrderCreateSchema())
 @blp.response(201, OrderSchema)
 def place_order(data: dict[str, Any]) -> Response:
     """Order machines of an offer. Needs an `Idempotency-Key`. Checked against your agency's
@@ -107,7 +107,7 @@ def place_order(data: dict[str, Any]) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
-@blp.arguments(OrderListArgs, location="query")
+@blp.arguments(OrderListArgs(), location="query")
 @blp.response(200, page_of(OrderSchema))
 def list_orders(args: dict[str, Any]) -> Any:
     """Your agency's orders, newest first (admins: every agency's)."""
@@ -131,7 +131,7 @@ def approve_order(order_id: uuid.UUID) -> Any:
 
 @blp.route("/<uuid:order_id>/reject", methods=["POST"])
 @blp.auth(Role.APPROVER)
-@blp.arguments(RejectSchema)
+@blp.arguments(RejectSchema())
 @blp.response(200, OrderSchema)
 def reject_order(data: dict[str, Any], order_id: uuid.UUID) -> Any:
     """Reject an order awaiting approval, saying why (approvers of its agency)."""

@@ -112,7 +112,7 @@ def _secret_response(issued: service.IssuedClient, status: int) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth()
-@blp.arguments(OrganizationListArgs, location="query")
+@blp.arguments(OrganizationListArgs(), location="query")
 @blp.response(200, page_of(OrganizationSchema))
 def list_organizations(args: dict[str, Any]) -> Any:
     """List organizations (admins see all; others see their own)."""
@@ -122,7 +122,7 @@ def list_organizations(args: dict[str, Any]) -> Any:
 @blp.route("", methods=["POST"])
 @blp.auth(Role.ADMIN)
 @idempotent(required=False)
-@blp.arguments(OrganizationCreateSchema)
+@blp.arguments(OrganizationCreateSchema())
 @blp.response(201, OrganizationSchema, headers={"ETag": {"schema": {"type": "string"}}})
 def create_organization(data: dict[str, Any]) -> Response:
     """Register an organization."""
@@ -146,7 +146,7 @@ def get_organization(organization_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:organization_id>", methods=["PATCH"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(OrganizationPatchSchema)
+@blp.arguments(OrganizationPatchSchema())
 @blp.response(200, OrganizationSchema, headers={"ETag": {"schema": {"type": "string"}}})
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def update_organization(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
@@ -163,7 +163,7 @@ def update_organization(data: dict[str, Any], organization_id: uuid.UUID) -> Res
 
 @blp.route("/<uuid:organization_id>/clients", methods=["POST"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(ClientCreateSchema)
+@blp.arguments(ClientCreateSchema())
 @blp.response(201, IssuedClientSchema, headers=_NO_STORE)
 def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
     """Issue an API client with roles; its secret is returned once and never again."""
@@ -173,7 +173,7 @@ def create_client(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:organization_id>/clients", methods=["GET"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(ClientSchema))
 def list_clients(args: dict[str, Any], organization_id: uuid.UUID) -> Any:
     """List an organization's API clients (never their secrets)."""

@@ -82,7 +82,7 @@ def get_policy(organization_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:organization_id>/policy", methods=["PUT"])
 @blp.auth(Role.APPROVER, Role.ADMIN)
-@blp.arguments(PolicySchema)
+@blp.arguments(PolicySchema())
 @blp.response(200, PolicyOutSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def put_policy(data: dict[str, Any], organization_id: uuid.UUID) -> Response:

@@ -222,7 +222,7 @@ def _provider_response(provider: Provider) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth()
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(ProviderSchema))
 def list_providers(args: dict[str, Any]) -> Any:
     """List the consortium's providers."""
@@ -231,7 +231,7 @@ def list_providers(args: dict[str, Any]) -> Any:
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(ProviderCreateSchema)
+@blp.arguments(ProviderCreateSchema())
 @blp.response(201, ProviderSchema, headers=_ETAG)
 def create_provider(data: dict[str, Any]) -> Response:
     """Register a provider (operated by an organization of kind provider)."""
@@ -251,7 +251,7 @@ def get_provider(provider_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:provider_id>", methods=["PATCH"])
 @blp.auth(Role.ADMIN, Role.ASSESSOR, Role.PROVIDER)
-@blp.arguments(ProviderPatchSchema)
+@blp.arguments(ProviderPatchSchema())
 @blp.response(200, ProviderSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
@@ -282,7 +282,7 @@ def update_provider(data: dict[str, Any], provider_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:provider_id>/credentials", methods=["PUT"])
 @blp.auth(Role.ADMIN, Role.PROVIDER)
-@blp.arguments(CredentialsSchema)
+@blp.arguments(CredentialsSchema())
 @blp.response(200, CredentialsOutSchema)
 def set_credentials(data: dict[str, Any], provider_id: uuid.UUID) -> Any:
     """Set the credentials its adapter uses (admins; the provider's operators). Write-only."""

@@ -80,7 +80,7 @@ class QuoteSchema(ma.Schema):
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.BUYER, Role.APPROVER)
-@blp.arguments(QuoteRequestSchema)
+@blp.arguments(QuoteRequestSchema())
 @blp.response(200, QuoteSchema)
 def create_quote(data: dict[str, Any]) -> service.Quote:
     """Price `quantity` machines of an offer for `hours`, per metric, against your policy."""

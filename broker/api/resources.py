@@ -147,7 +147,7 @@ class ActionSchema(StrictSchema):
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.BUYER, Role.APPROVER, Role.ADMIN)
-@blp.arguments(ResourceListArgs, location="query")
+@blp.arguments(ResourceListArgs(), location="query")
 @blp.response(200, page_of(ResourceSchema))
 def list_resources(args: dict[str, Any]) -> Any:
     """Your agency's machines, volumes and buckets, newest first (admins: every agency's)."""
@@ -170,7 +170,7 @@ def get_resource(resource_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:resource_id>/actions", methods=["POST"])
 @blp.auth(Role.BUYER, Role.APPROVER)
-@blp.arguments(ActionSchema)
+@blp.arguments(ActionSchema())
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 def act(data: dict[str, Any], resource_id: uuid.UUID) -> Any:
     """An action, carried out in the background (202 and the job). 422 when the resource's

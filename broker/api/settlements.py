@@ -53,7 +53,7 @@ class SettlementReportSchema(ma.Schema):
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.FINANCE, Role.ADMIN, Role.PROVIDER)
-@blp.arguments(SettlementArgs, location="query")
+@blp.arguments(SettlementArgs(), location="query")
 @blp.response(200, SettlementReportSchema)
 def get_settlements(args: dict[str, Any]) -> Any:
     """Per provider and currency, from the period's issued invoices and the credit notes that

@@ -72,7 +72,7 @@ def _response(row: TrustedIssuer) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth()
-@blp.arguments(ListArgs, location="query")
+@blp.arguments(ListArgs(), location="query")
 @blp.response(200, page_of(TrustedIssuerSchema))
 def list_trusted_issuers(args: dict[str, Any]) -> Any:
     """The issuers whose signed statements the consortium trusts, with their public keys."""
@@ -81,7 +81,7 @@ def list_trusted_issuers(args: dict[str, Any]) -> Any:
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(TrustedIssuerCreateSchema)
+@blp.arguments(TrustedIssuerCreateSchema())
 @blp.response(201, TrustedIssuerSchema, headers=_ETAG)
 def create_trusted_issuer(data: dict[str, Any]) -> Response:
     """Trust an issuer: statements signed by one of its keys verify themselves."""
@@ -99,7 +99,7 @@ def get_trusted_issuer(issuer_id: uuid.UUID) -> Response:
 
 @blp.route("/<uuid:issuer_id>", methods=["PATCH"])
 @blp.auth(Role.ADMIN)
-@blp.arguments(TrustedIssuerPatchSchema)
+@blp.arguments(TrustedIssuerPatchSchema())
 @blp.response(200, TrustedIssuerSchema, headers=_ETAG)
 @blp.doc(parameters=[IF_MATCH_PARAMETER])
 def update_trusted_issuer(data: dict[str, Any], issuer_id: uuid.UUID) -> Response:

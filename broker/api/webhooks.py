@@ -109,7 +109,7 @@ class WebhookCreatedSchema(WebhookSchema):
 
 @blp.route("", methods=["POST"])
 @blp.auth(Role.APPROVER, Role.ADMIN)
-@blp.arguments(WebhookCreateSchema)
+@blp.arguments(WebhookCreateSchema())
 @blp.response(201, WebhookCreatedSchema)
 def create_webhook(data: dict[str, Any]) -> Response:
     """Register an endpoint for your organization's order and resource state changes.
@@ -134,7 +134,7 @@ def create_webhook(data: dict[str, Any]) -> Response:
 
 @blp.route("", methods=["GET"])
 @blp.auth(Role.APPROVER, Role.ADMIN)
-@blp.arguments(WebhookListArgs, location="query")
+@blp.arguments(WebhookListArgs(), location="query")
 @blp.response(200, page_of(WebhookSchema))
 def list_webhooks(args: dict[str, Any]) -> Any:
     """List your organization's endpoints (admins: every organization's)."""

@@ -33,6 +33,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from broker import access
 from broker.auth.identity import Caller, missing_role_message
@@ -278,25 +279,45 @@ class BrokerTokenValidator(JWTBearerTokenValidator):
         return JWTAccessTokenClaims(token.claims, token.header, options)
 
     def validate_token(
-        self, token: JWTAccessTokenClaims, scopes: Any, request: Any, **kwargs: Any
+        self,
+        token: JWTAccessTokenClaims,
+        scopes: Any,
+        request: Any,
+        session: Session | None = None,
+        **kwargs: Any,
     ) -> None:
-        # Claims first (expired, wrong audience: no query), then the client's standing (a
-        # revoked client is told 401 before any 403 for a missing role), then the scopes.
+        """Claims first (expired, wrong audience: no query), then the client's standing (a
+        revoked client is told 401 before any 403 for a missing role), then the scopes.
+
+        `session` (passed through `acquire_token(session=…)`): a read-only session to read
+        the standing in, the request's own (see `check_client_standing`)."""
         try:
             token.validate()
         except JoseError as exc:
             raise InvalidTokenError(realm=self.realm) from exc
-        self.check_client_standing(token)
+        self.check_client_standing(token, session)
         super().validate_token(token, scopes, request, **kwargs)
 
-    def check_client_standing(self, token: JWTAccessTokenClaims) -> None:
-        """Refuse the token if its client is revoked (or gone) or its secret was rotated."""
-        with self.db.session(read_only=True) as session:
-            standing = session.execute(
-                select(ApiClient.revoked_at, ApiClient.credential_version).where(
-                    ApiClient.client_id == str(token["client_id"])
-                )
-            ).first()
+    def check_client_standing(
+        self, token: JWTAccessTokenClaims, session: Session | None = None
+    ) -> None:
+        """Refuse the token if its client is revoked (or gone) or its secret was rotated.
+
+        Read in `session` when given: a read-only request reads its standing in its own
+        transaction, rather than in one more before it (a transaction's begin, a pool
+        checkout and a session were a tenth of a small request's time), and then sees the
+        client as the rest of the request does. Without one, in a short read-only session:
+        a change must not begin its write transaction (on SQLite, take the write lock)
+        before its caller is known."""
+        if session is None:
+            with self.db.session(read_only=True) as own:
+                self.check_client_standing(token, own)
+            return
+        standing = session.execute(
+            select(ApiClient.revoked_at, ApiClient.credential_version).where(
+                ApiClient.client_id == str(token["client_id"])
+            )
+        ).first()
         if (
             standing is None
             or standing.revoked_at is not None

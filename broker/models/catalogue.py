@@ -225,6 +225,15 @@ class Offer(IdMixin, TimestampMixin, Base):
         Index("ix_offers_search_name", "state", "name", "id"),
         Index("ix_offers_region_country", "region_country"),
         Index("ix_offers_search_kind", "state", "kind", "monthly_price", "id"),
+        # A search's `q` is `search_text LIKE '%…%'`: on PostgreSQL a trigram index finds the
+        # matching rows without reading the others. SQLite has no such index: there it is a
+        # plain one (a `LIKE '%…%'` cannot seek in it), so one schema describes both databases.
+        Index(
+            "ix_offers_search_text",
+            "search_text",
+            postgresql_using="gin",
+            postgresql_ops={"search_text": "gin_trgm_ops"},
+        ),
     )
 
     provider_id: Mapped[uuid.UUID] = mapped_column(
@@ -262,6 +271,10 @@ class Offer(IdMixin, TimestampMixin, Base):
     # Optimistic-concurrency counter of edits (the ETag), not the offer's version number.
     # Bumped by the service (claims live in child rows); the UPDATE checks the one read.
     revision: Mapped[int] = mapped_column(default=1)
+    # What a search's `q` looks in: the name, SKU and provider's name, lower-cased, one line
+    # each. Derived, and kept by `broker/services/offers.py` (`search_text`) on every write
+    # of an offer and every rename of its provider; never loaded with the offer.
+    search_text: Mapped[str] = mapped_column(Text, deferred=True)
 
     provider: Mapped[Provider] = relationship(lazy="joined", innerjoin=True)
     # The compliance schemes this offer claims: a subset of its provider's evidence.

@@ -23,11 +23,11 @@ needs nobody's word.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, Result, Row, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from broker import access
@@ -69,7 +69,24 @@ LIVE = (EvidenceState.PENDING, EvidenceState.VERIFIED)
 # --- what counts ------------------------------------------------------------------------------
 
 
-def counts(item: Evidence, now: datetime) -> bool:
+C = TypeVar("C", bound="Certification")
+
+
+class Certification(Protocol):
+    """What `counts` and `best_of` read of evidence: an `Evidence`, or a row of its columns
+    (`live_certifications`), so a catalogue page can rank claims without loading providers."""
+
+    @property
+    def state(self) -> EvidenceState: ...
+    @property
+    def scheme(self) -> str | None: ...
+    @property
+    def valid_from(self) -> datetime | None: ...
+    @property
+    def valid_until(self) -> datetime | None: ...
+
+
+def counts(item: Certification, now: datetime) -> bool:
     """Verified, and (for a certification) within its validity at `now`."""
     if item.state is not EvidenceState.VERIFIED:
         return False
@@ -122,7 +139,12 @@ def claimable_schemes(provider: Provider) -> frozenset[str]:
 def best_certification(provider: Provider, scheme: str, now: datetime) -> Evidence | None:
     """The evidence to show for a scheme: counting (longest-lived) first, then the latest
     verified, then a pending claim."""
-    candidates = _of(provider, EvidenceKind.CERTIFICATION, *LIVE)
+    return best_of(_of(provider, EvidenceKind.CERTIFICATION, *LIVE), scheme, now)
+
+
+def best_of(candidates: Iterable[C], scheme: str, now: datetime) -> C | None:
+    """`best_certification` among `candidates` (a provider's live certifications, in the
+    order they were submitted: of equals, the latest submitted wins)."""
     ranked = sorted(
         (e for e in candidates if e.scheme == scheme),
         key=lambda e: (
@@ -132,6 +154,47 @@ def best_certification(provider: Provider, scheme: str, now: datetime) -> Eviden
         ),
     )
     return ranked[-1] if ranked else None
+
+
+# The columns of a certification a catalogue shows (`broker/api/offers.py`, `_claim`).
+SHOWN_CERTIFICATION_COLUMNS = (
+    Evidence.id,
+    Evidence.provider_id,
+    Evidence.state,
+    Evidence.scheme,
+    Evidence.level,
+    Evidence.valid_from,
+    Evidence.valid_until,
+    Evidence.issuer,
+    Evidence.evidence_url,
+    Evidence.document_sha256,
+    Evidence.statement,
+    Evidence.decided_by,
+    Evidence.decided_at,
+)
+
+
+def live_certifications(
+    session: Session, provider_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, list[Row[Any]]]:
+    """The live (pending or verified) certifications of each of `provider_ids`, as rows of
+    `SHOWN_CERTIFICATION_COLUMNS` in the order `Provider.evidence` holds them: what
+    `best_of` ranks for a page of offers, in one statement and without loading providers."""
+    found: dict[uuid.UUID, list[Row[Any]]] = {provider_id: [] for provider_id in provider_ids}
+    if not found:
+        return found
+    rows: Result[Any] = session.execute(
+        select(*SHOWN_CERTIFICATION_COLUMNS)
+        .where(
+            Evidence.provider_id.in_(found),
+            Evidence.kind == EvidenceKind.CERTIFICATION,
+            Evidence.state.in_(LIVE),
+        )
+        .order_by(Evidence.submitted_at)
+    )
+    for row in rows:
+        found[row.provider_id].append(row)
+    return found
 
 
 def verified_jurisdiction(provider: Provider) -> Evidence | None:

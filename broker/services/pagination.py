@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, literal, tuple_
+from sqlalchemy import Row, Select, literal, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from broker.errors import ValidationFailed
@@ -118,6 +118,39 @@ def paginate(
     `scope` names the query (its filters and order): a cursor from another query is refused
     rather than silently continuing somewhere meaningless.
     """
+    page = _keyset(statement, keys, limit, cursor, descending, scope)
+    return _page(list(session.scalars(page)), keys, limit, scope)
+
+
+def paginate_rows(
+    session: Session,
+    statement: Select[Any],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    *,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    descending: bool = False,
+    scope: str | None = None,
+) -> Page[Row[Any]]:
+    """`paginate` for a statement of columns rather than of one entity: a page of rows.
+
+    For a list read often and shown as is (the catalogue): rows skip the ORM's identity map
+    and attribute instrumentation. Every key must be among the columns selected, under its
+    own name, since the cursor is read from the last row. The cursors are the same as
+    `paginate`'s for the same keys and scope."""
+    page = _keyset(statement, keys, limit, cursor, descending, scope)
+    return _page(list(session.execute(page)), keys, limit, scope)
+
+
+def _keyset(
+    statement: Select[Any],
+    keys: Sequence[InstrumentedAttribute[Any]],
+    limit: int,
+    cursor: str | None,
+    descending: bool,
+    scope: str | None,
+) -> Select[Any]:
+    """`statement` from after `cursor`, in the order of `keys`, one more row than a page."""
     if cursor:
         after = tuple_(
             *[
@@ -127,7 +160,13 @@ def paginate(
         )
         statement = statement.where(tuple_(*keys) < after if descending else tuple_(*keys) > after)
     order = [key.desc() for key in keys] if descending else list(keys)
-    rows = list(session.scalars(statement.order_by(*order).limit(limit + 1)))
+    return statement.order_by(*order).limit(limit + 1)
+
+
+def _page(
+    rows: list[Any], keys: Sequence[InstrumentedAttribute[Any]], limit: int, scope: str | None
+) -> Page[Any]:
+    """A page of `rows` (one more than `limit` when there is a next page) and its cursor."""
     if len(rows) <= limit:
         return Page(rows, None)
     rows = rows[:limit]

@@ -14,8 +14,8 @@ from broker import access
 from broker.auth.identity import Caller
 from broker.db import Database
 from broker.errors import NotFound, ValidationFailed
-from broker.models import Organization, OrganizationKind, Provider
-from broker.services import adapters, audit, evidence
+from broker.models import Offer, Organization, OrganizationKind, Provider
+from broker.services import adapters, audit, evidence, offers
 from broker.services.naming import unique_name_key
 from broker.services.pagination import Page, paginate
 from broker.services.preconditions import IfMatch
@@ -187,6 +187,8 @@ def update_provider(
     evidence.record_claims(session, caller, provider, changes, now)
     provider.version += 1
     session.flush()
+    if "name" in changes:  # its offers are found by its name too
+        offers.refresh_search_text(session, Offer.provider_id == provider.id)
     audit.record(
         session,
         caller,
