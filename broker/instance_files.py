@@ -18,7 +18,7 @@ def read_or_create(path: Path, generate: Callable[[], bytes]) -> bytes:
     """The file's bytes; when it does not exist, `generate()`'s, written there once."""
     if path.exists():
         return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new directory: private
     secret = generate()
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
