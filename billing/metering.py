@@ -74,7 +74,7 @@ def parse_period(text: str) -> str:
 
 def period_of(at: datetime) -> str:
     at = at.astimezone(UTC)
-    return f"{at.year:04d}-{at.month:02d}"  # as `strftime("%Y-%m")`, in a third of its time
+    return f"{at.year}-{at.month:02d}"  # as `strftime("%Y-%m")` here, in a third of its time
 
 
 def period_bounds(period: str) -> tuple[datetime, datetime]:

@@ -3,7 +3,7 @@ tax once per category, totals that add up; running time cut at hours and months.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
@@ -17,6 +17,7 @@ from billing.metering import (
     from_quanta,
     hour_slices,
     period_bounds,
+    period_of,
     running_intervals,
     to_quanta,
 )
@@ -152,3 +153,16 @@ def test_running_time_is_cut_at_every_hour_and_month() -> None:
             Fraction(45 * 60 + 30, 3600) + Fraction(500, 3_600_000_000),
         )
     ]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12))]
+        ),
+    )
+)
+def test_a_period_is_the_utc_month_as_strftime_writes_it(at: datetime) -> None:
+    assert period_of(at) == at.astimezone(UTC).strftime("%Y-%m")
