@@ -13,14 +13,18 @@ invoice takes nothing more; a void one gives its records back.
 from __future__ import annotations
 
 import random
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from billing.metering import period_of
+from broker.models import LedgerSweep, UsageRecord
+from broker.services import ledger as ledger_service
 from tests.billing_fixtures import Ledger
 
 
@@ -192,3 +196,23 @@ def test_a_voided_invoice_is_replaced_by_what_it_billed_not_what_others_billed_s
     assert [(line["metric"], line["quantity"]) for line in replacement["lines"]] == [
         (line["metric"], line["quantity"]) for line in march["lines"]
     ]
+
+
+def test_a_run_leaves_the_sweep_just_below_the_oldest_record_it_did_not_bill(
+    ledger: Ledger,
+) -> None:
+    """Billing March in April bills March and leaves April's records (its period is later): the
+    next run starts reading the ledger at April's first record, not at its beginning."""
+    ledger.start_machine(datetime(2030, 3, 31, 20, tzinfo=UTC))
+    ledger.bill("2030-03", when=datetime(2030, 4, 1, 6, tzinfo=UTC))  # meters 4 h of April too
+    (march,) = ledger.invoices("2030-03")
+    with ledger.db.session(read_only=True) as session:
+        april = session.scalars(
+            select(UsageRecord.seq).where(UsageRecord.period == "2030-04")
+        ).all()
+        march_seqs = session.scalars(
+            select(UsageRecord.seq).where(ledger_service.billed_by() == uuid.UUID(march["id"]))
+        ).all()
+        sweep = session.get(LedgerSweep, uuid.UUID(ledger.market.buyer.organization_id))
+    assert april and march_seqs
+    assert sweep is not None and sweep.covered_through == min(april) - 1

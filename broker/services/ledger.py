@@ -65,7 +65,6 @@ class Unbilled:
     ranges: dict[tuple[str, str], list[Range]]
     # For each (period, currency), a number below which it has nothing left to bill.
     floors: dict[tuple[str, str], int]
-    covered_through: int
     through_seq: int
 
 
@@ -118,12 +117,16 @@ def unbilled(session: Session, organization_id: uuid.UUID, through_seq: int) -> 
             - live
         )
         found = [Range(period, currency, low, high) for low, high in gaps if high <= top]
+        floor = [r.from_seq for r in found]  # a gap holds records from just above its start
         if highest > top:
             found.append(Range(period, currency, top, through_seq))
+            # Above `top`, the pair's records seen start at `lowest` (none lie unbilled below
+            # the sweep), so nothing is left at or below `max(top, lowest - 1)`.
+            floor.append(max(top, lowest - 1))
         if found:
             ranges[pair] = found
-            floors[pair] = min(max(top, lowest - 1), *(r.from_seq for r in found))
-    return Unbilled(ranges, floors, covered, through_seq)
+            floors[pair] = min(floor)
+    return Unbilled(ranges, floors, through_seq)
 
 
 def take(session: Session, invoice: Invoice, ranges: list[Range]) -> None:
