@@ -37,7 +37,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.db import Database, insert
@@ -102,30 +101,37 @@ def enqueue(
     (this runs in every order's `POST`). When another transaction queued the same key
     meanwhile, PostgreSQL makes this insert wait for it, then do nothing: its job is read
     and answered."""
-    lane = lane_of(kind)
-    inserted = session.scalars(
-        insert(session, Job)
-        .values(
-            id=uuid.uuid4(),
-            kind=kind,
-            lane=lane,
-            payload=payload,
-            organization_id=organization_id,
-            dedupe_key=dedupe_key,
-            max_attempts=max_attempts,
-            state=JobState.QUEUED,
-            attempts=0,
-            run_after=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=[Job.dedupe_key])
-        .returning(Job)
-    ).one_or_none()
+    inserted = _insert_job(
+        session,
+        Job.dedupe_key,
+        kind=kind,
+        payload=payload,
+        organization_id=organization_id,
+        dedupe_key=dedupe_key,
+        max_attempts=max_attempts,
+        run_after=utcnow(),
+    )
     if inserted is not None:
-        announce(session, lane)
         return inserted
     existing = session.scalar(select(Job).where(Job.dedupe_key == dedupe_key))
     assert existing is not None, "only a taken dedupe key makes the insert do nothing"
     return existing
+
+
+def _insert_job(session: Session, unique_key: Any, *, kind: str, **values: Any) -> Job | None:
+    """A new queued job of `kind`, announced to its lane's workers when `session` commits; or
+    None, inserting nothing, when another job holds the same value of `unique_key` (its
+    dedupe or schedule key): `INSERT … ON CONFLICT DO NOTHING RETURNING`, one statement."""
+    lane = lane_of(kind)
+    job = session.scalars(
+        insert(session, Job)
+        .values(id=uuid.uuid4(), kind=kind, lane=lane, state=JobState.QUEUED, attempts=0, **values)
+        .on_conflict_do_nothing(index_elements=[unique_key])
+        .returning(Job)
+    ).one_or_none()
+    if job is not None:
+        announce(session, lane)
+    return job
 
 
 def _ready(now: datetime) -> ColumnElement[bool]:
@@ -302,27 +308,17 @@ def schedule_periodic(
         if seen is not None and seen.get(item.kind) == key:
             continue
         with db.transaction() as session:
-            if session.scalar(select(Job.id).where(Job.schedule_key == key)) is None:
-                try:
-                    with session.begin_nested():
-                        session.add(
-                            Job(
-                                id=uuid.uuid4(),
-                                kind=item.kind,
-                                lane=lane_of(item.kind),
-                                payload={"slot": slot},
-                                schedule_key=key,
-                                state=JobState.QUEUED,
-                                attempts=0,
-                                max_attempts=3,
-                                run_after=now,
-                            )
-                        )
-                        session.flush()
-                    announce(session, lane_of(item.kind))
-                    queued += 1
-                except IntegrityError:
-                    pass  # another worker queued this slot at the same moment
+            made = _insert_job(
+                session,
+                Job.schedule_key,  # another worker may queue this slot at the same moment
+                kind=item.kind,
+                payload={"slot": slot},
+                schedule_key=key,
+                max_attempts=3,
+                run_after=now,
+            )
+            if made is not None:
+                queued += 1
         if seen is not None:
             seen[item.kind] = key
     return queued
