@@ -30,7 +30,7 @@ METRICS = ("instance_hour", "vcpu_hour", "ram_gib_hour", "egress_gib", "storage_
 
 
 def _line(position: int) -> dict[str, Any]:
-    amount = Decimal(position * 137 % 5000) / 100 + 1
+    amount = (Decimal(position * 137 % 5000) / 100 + 1).quantize(Decimal("0.01"))  # as issued
     return {
         "position": position,
         "kind": "usage",
