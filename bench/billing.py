@@ -40,6 +40,7 @@ Run: `.venv/bin/python bench/billing.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -65,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from timing import COUNTED_NOT_LIMITED  # noqa: E402
 
 from billing import exports  # noqa: E402
+from billing.document import Document  # noqa: E402
 from billing.metering import floor_hour, period_bounds, period_of, to_quanta  # noqa: E402
 from billing.rating import Specs, monthly_price  # noqa: E402
 from broker import create_app  # noqa: E402
@@ -705,18 +707,19 @@ def issuing(client: FlaskClient, database: Database, finance_credentials: tuple[
         per = (time.perf_counter() - started) / 5
         print(f"  export {fmt:<4} ({lines} lines)         {1000 * per:7.1f} ms   {size:8d} bytes")
     # A large invoice: the same lines a hundred times over (pure functions, no HTTP).
-    big = {
-        **snapshot,
-        "lines": [
-            {**line, "position": index}
-            for index, line in enumerate(snapshot["lines"] * 100, start=1)
-        ],
-    }
+    issued = Document.from_snapshot(snapshot)
+    big = dataclasses.replace(
+        issued,
+        lines=tuple(
+            dataclasses.replace(line, position=index)
+            for index, line in enumerate(issued.lines * 100, start=1)
+        ),
+    )
     for fmt in ("pdf", "cii"):
         started = time.perf_counter()
         content, _ = exports.render(big, fmt)
         print(
-            f"  {fmt} of {len(big['lines'])} lines              "
+            f"  {fmt} of {len(big.lines)} lines              "
             f"{1000 * (time.perf_counter() - started):7.0f} ms   {len(content):8d} bytes"
         )
 

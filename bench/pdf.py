@@ -1,12 +1,14 @@
-"""How long the PDF of an issued invoice takes (`billing.pdf.to_pdf`, what
-`GET /v1/invoices/{id}/export?format=pdf` returns), for 10 and 1000 lines.
+"""How long the PDF of an issued invoice takes, for 10 and 1000 lines: the readable PDF/A
+(`billing.pdf.to_pdf`) and the Factur-X that `GET /v1/invoices/{id}/export?format=pdf` returns
+(`billing.exports.to_factur_x`: that PDF with the CII made and attached by factur-x).
 
-The snapshot is shaped as finalization freezes it (seller, buyer with an accented name, lines
-of a month's usage of machines, a VAT breakdown, totals); no database, no HTTP, so the figures
-are those of the PDF alone (`bench/billing.py` times the download through the API). The first
-PDF of the process is timed apart: it parses the fonts, which later PDFs reuse. Then each size
-is rendered for a few seconds (10 lines) or a few times (1000 lines), and the p50 and p99 are
-printed in milliseconds. `BENCH_DATABASE_URL` plays no part.
+The document is shaped as finalization builds it (seller and buyer with addresses and legal
+ids, French, lines of a month's usage of named machines, a VAT breakdown, totals, legal
+mentions); no database, no HTTP, so the figures are those of the PDF alone (`bench/billing.py`
+times the download through the API). The first PDF of the process is timed apart: it parses
+the fonts, which later PDFs reuse. Then each size is rendered for a few seconds (10 lines) or a
+few times (1000 lines), and the p50 and p99 are printed in milliseconds. `BENCH_DATABASE_URL`
+plays no part.
 
 Prints figures only; nothing here is a test. Run: `.venv/bin/python bench/pdf.py`.
 """
@@ -16,74 +18,92 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from timing import SECONDS  # noqa: E402
 
+from billing.document import (  # noqa: E402
+    USAGE,
+    Address,
+    Document,
+    LegalId,
+    Line,
+    Party,
+    TaxRow,
+)
+from billing.exports import to_factur_x  # noqa: E402
 from billing.pdf import to_pdf  # noqa: E402
 
 METRICS = ("instance_hour", "vcpu_hour", "ram_gib_hour", "egress_gib", "storage_gib_month")
+MARCH, APRIL = datetime(2030, 3, 1, tzinfo=UTC), datetime(2030, 4, 1, tzinfo=UTC)
 
 
-def _line(position: int) -> dict[str, Any]:
+def _line(position: int) -> Line:
     amount = (Decimal(position * 137 % 5000) / 100 + 1).quantize(Decimal("0.01"))  # as issued
-    return {
-        "position": position,
-        "kind": "usage",
-        "period": "2030-03",
-        "resource_id": f"5c1e0000-0000-4000-8000-{position:012d}",
-        "provider_id": "a3f04b2c-6d1e-4f7a-8b9c-0d1e2f3a4b5c",
-        "metric": METRICS[position % len(METRICS)],
-        "quantity": "720",
-        "unit_price": "0.042",
-        "amount": str(amount),
-        "tax_category": "S",
-        "tax_rate": "20",
-        "service_start": "2030-03-01T00:00:00Z",
-        "service_end": "2030-04-01T00:00:00Z",
-    }
+    return Line(
+        position=position,
+        kind=USAGE,
+        period="2030-03",
+        resource_id=f"5c1e0000-0000-4000-8000-{position:012d}",
+        provider_id="a3f04b2c-6d1e-4f7a-8b9c-0d1e2f3a4b5c",
+        metric=METRICS[position % len(METRICS)],
+        quantity=Decimal("720"),
+        unit_price=Decimal("0.042"),
+        amount=amount,
+        tax_category="S",
+        tax_rate=Decimal("20"),
+        service_start=MARCH,
+        service_end=APRIL,
+        resource_name=f"web-{position}",
+        offer_name="Small 2 vCPU",
+        provider_name="Hexagone Cloud",
+        region="fr-par-1",
+    )
 
 
-def invoice(lines: int) -> dict[str, Any]:
-    """An issued invoice of `lines` lines, all at 20 % VAT."""
-    items = [_line(position) for position in range(1, lines + 1)]
-    subtotal = sum((Decimal(item["amount"]) for item in items), Decimal(0))
+def invoice(lines: int) -> Document:
+    """An issued invoice of `lines` lines, all at 20 % VAT, in French."""
+    items = tuple(_line(position) for position in range(1, lines + 1))
+    subtotal = sum((item.amount for item in items), Decimal("0.00"))
     tax = (subtotal * Decimal("0.2")).quantize(Decimal("0.01"))
-    return {
-        "document_type": "invoice",
-        "id": "7b0c2f3e-0f7e-4a8e-9a57-2d0f3a1b9c11",
-        "number": "2030-000042",
-        "issued_at": "2030-04-01T00:05:00Z",
-        "period": "2030-03",
-        "period_start": "2030-03-01T00:00:00Z",
-        "period_end": "2030-04-01T00:00:00Z",
-        "due_date": "2030-05-01",
-        "payment_terms": "30 days",
-        "currency": "EUR",
-        "seller": {
-            "name": "Sovereign Cloud Consortium",
-            "address": "12 rue de l'Arsenal, 75004 Paris",
-            "country": "FR",
-            "vat_id": "FR32123456789",
-        },
-        "buyer": {
-            "organization_id": "0d5b7c1e-8a44-4f2e-9d6a-3c1f0e2b7a90",
-            "name": "ANDS",
-            "legal_name": "Agence nationale des données souveraines",
-            "address": "1 avenue de Ségur, 75007 Paris",
-            "country": "FR",
-            "vat_id": "FR90987654321",
-        },
-        "lines": items,
-        "taxes": [{"category": "S", "rate": "20", "base": str(subtotal), "amount": str(tax)}],
-        "subtotal": str(subtotal),
-        "tax": str(tax),
-        "total": str(subtotal + tax),
-    }
+    return Document(
+        document_type="invoice",
+        id="7b0c2f3e-0f7e-4a8e-9a57-2d0f3a1b9c11",
+        number="2030-000042",
+        issued_at=APRIL.replace(minute=5),
+        period="2030-03",
+        period_start=MARCH,
+        period_end=APRIL,
+        currency="EUR",
+        seller=Party(
+            name="Consortium du cloud souverain",
+            address=Address("FR", ("12 rue de l'Arsenal",), "75004", "Paris"),
+            vat_id="FR32123456789",
+            legal_id=LegalId("12345678900017"),
+        ),
+        buyer=Party(
+            name="Agence nationale des données souveraines",
+            trading_name="ANDS",
+            address=Address("FR", ("1 avenue de Ségur",), "75007", "Paris"),
+            vat_id="FR90987654321",
+            legal_id=LegalId("18002002600019"),
+        ),
+        lines=items,
+        taxes=(TaxRow("S", Decimal("20"), subtotal, tax),),
+        subtotal=subtotal,
+        tax=tax,
+        total=subtotal + tax,
+        language="fr",
+        due_date=date(2030, 5, 1),
+        payment_terms="Paiement à 30 jours",
+        buyer_reference="DSI-CLOUD",
+        purchase_order_reference="EJ-2030-42",
+        legal_mentions=("Indemnité forfaitaire pour frais de recouvrement : 40 €.",),
+    )
 
 
 def _report(label: str, latencies: list[float], size: int) -> None:
@@ -101,17 +121,18 @@ def main() -> None:
     started = time.perf_counter()
     size = len(to_pdf(short))
     print(f"{'first PDF (parses the fonts)':<32} {1000 * (time.perf_counter() - started):7.1f} ms")
-    for label, document, seconds, at_least in (
-        ("PDF of a 10-line invoice", short, SECONDS, 10),
-        ("PDF of a 1000-line invoice", long, 0.0, 5),
-    ):
-        latencies: list[float] = []
-        deadline = time.perf_counter() + seconds
-        while len(latencies) < at_least or time.perf_counter() < deadline:
-            started = time.perf_counter()
-            size = len(to_pdf(document))
-            latencies.append(time.perf_counter() - started)
-        _report(label, latencies, size)
+    for render, kind in ((to_pdf, "PDF"), (to_factur_x, "Factur-X")):
+        for label, document, seconds, at_least in (
+            (f"{kind} of a 10-line invoice", short, SECONDS, 10),
+            (f"{kind} of a 1000-line invoice", long, 0.0, 5),
+        ):
+            latencies: list[float] = []
+            deadline = time.perf_counter() + seconds
+            while len(latencies) < at_least or time.perf_counter() < deadline:
+                started = time.perf_counter()
+                size = len(render(document))
+                latencies.append(time.perf_counter() - started)
+            _report(label, latencies, size)
 
 
 if __name__ == "__main__":

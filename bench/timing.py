@@ -1,13 +1,21 @@
-"""Timing shared by the bench scripts: requests per second and p50/p99 of one call."""
+"""Timing shared by the bench scripts: requests per second and p50/p99 of one call. The
+benches' brokers (and the workers they start) invoice as the demo consortium: the seller's
+identity is required configuration."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
+
+from broker.demo import DEMO_SELLER_ENV
+
+for _variable, _value in DEMO_SELLER_ENV.items():
+    os.environ.setdefault(_variable, _value)
 
 SECONDS = 3.0
 

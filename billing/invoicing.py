@@ -17,6 +17,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from billing.document import USAGE
 from billing.money import UNIT_PRICE_QUANTUM, round_amount, to_decimal
 from billing.rating import Price, raw_amount
 
@@ -30,7 +31,6 @@ TAX_CATEGORIES: dict[str, str] = {
     "AE": "reverse charge",
 }
 
-USAGE, ADJUSTMENT = "usage", "adjustment"
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class TaxProfile:
 
     country: str
     vat_rate: Decimal
+
+    def category(self, category: str) -> str:
+        """The category a line of `category` is charged in: a standard rate of 0 % is zero
+        rating (EN 16931 wants a standard rate above zero, BR-S-05)."""
+        return "Z" if category == STANDARD and self.vat_rate == 0 else category
 
     def rate(self, category: str) -> Decimal:
         if category not in TAX_CATEGORIES:
@@ -65,6 +70,8 @@ class Consumption:
     service_end: datetime
     tax_category: str = STANDARD
     already_billed: Fraction = Fraction(0)
+    buyer_reference: str | None = None
+    purchase_order_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Line:
     tax_rate: Decimal
     service_start: datetime
     service_end: datetime
+    buyer_reference: str | None = None
+    purchase_order_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,15 +129,27 @@ def rate_line(item: Consumption, currency: str, profile: TaxProfile) -> Line:
         quantity=item.quantity,
         unit_price=unit,
         amount=round_amount(exact, currency),
-        tax_category=item.tax_category,
+        tax_category=profile.category(item.tax_category),
         tax_rate=profile.rate(item.tax_category),
         service_start=item.service_start,
         service_end=item.service_end,
+        buyer_reference=item.buyer_reference,
+        purchase_order_reference=item.purchase_order_reference,
     )
 
 
 def _line_order(line: Line) -> tuple[Any, ...]:
-    return (line.kind != USAGE, line.period, line.provider_id, line.resource_id, line.metric)
+    """Lines grouped by the buyer's references (its service, its commitment), then usage
+    before adjustments, by period, provider, resource and metric."""
+    return (
+        line.buyer_reference or "",
+        line.purchase_order_reference or "",
+        line.kind != USAGE,
+        line.period,
+        line.provider_id,
+        line.resource_id,
+        line.metric,
+    )
 
 
 def build(currency: str, items: Iterable[Consumption], profile: TaxProfile) -> Totals:

@@ -1,11 +1,12 @@
 """The payments side of billing: issued invoices mirrored in Stripe, and Stripe's webhooks read.
 
-Our frozen snapshot is the invoice; Stripe gets a copy of it to collect the money. A sync is
-safe to run again after a crash at any point: every POST carries a deterministic idempotency
-key, and what exists is looked up before anything is added (Stripe forgets idempotency keys
-after about a day, and job retries can be that far apart): the customer's invoice carrying
-`metadata[broker_invoice_id]`, then that invoice's items, each carrying `metadata[broker_item]`
-(`line:<position>`, `tax:<category>:<rate>`).
+The issued document (`billing.document.Document`, as frozen at finalization) is the invoice;
+Stripe gets a copy of it to collect the money. A sync is safe to run again after a crash at any
+point: every POST carries a deterministic idempotency key, and what exists is looked up before
+anything is added (Stripe forgets idempotency keys after about a day, and job retries can be
+that far apart): the customer's invoice carrying `metadata[broker_invoice_id]`, then that
+invoice's items, each carrying `metadata[broker_item]` (`line:<position>`,
+`tax:<category>:<rate>`).
 
 Tax rows are items of their own, not Stripe tax rates: Stripe computes and rounds tax per
 item, EN 16931 once per category on the summed nets, and only our rows make Stripe's total
@@ -14,7 +15,8 @@ can still be fixed) and after.
 
 Errors: `GatewayRetryable` (network, 409, 429, 5xx: the job queue tries again, with the same
 keys) and `GatewayPermanent` (any other refusal: bad request, bad key, idempotency key reused
-with other parameters, a total that does not match). No Flask, no database: the caller stores
+with other parameters, a total that does not match, an amount Stripe's integer minor units
+cannot hold). No Flask, no database: the caller reads the document from the database and stores
 the ids this module returns.
 """
 
@@ -24,8 +26,8 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -33,6 +35,7 @@ import stripe
 from stripe import StripeClient
 from stripe.params import CreditNoteCreateParams, CustomerCreateParams, InvoiceItemCreateParams
 
+from billing.document import ADJUSTMENT, Document, Line, Party, TaxRow
 from billing.money import MINOR_UNITS, MoneyError, round_amount
 
 P = ParamSpec("P")
@@ -137,16 +140,16 @@ def make_client(api_key: str, api_base: str | None = None, timeout: float = 10) 
     )
 
 
-def ensure_customer(client: StripeClient, organization_id: str, buyer: Mapping[str, Any]) -> str:
-    """Create the organization's Stripe customer and return its id.
+def ensure_customer(client: StripeClient, organization_id: str, buyer: Party) -> str:
+    """Create the organization's Stripe customer, under the buyer's legal name, and return its id.
 
     Call it only when no id is stored yet: the key makes a retry within Stripe's key lifetime
     answer the same customer, not find one made earlier.
     """
-    params: CustomerCreateParams = {"metadata": {"broker_organization_id": organization_id}}
-    name = buyer.get("legal_name") or buyer.get("name")
-    if name:
-        params["name"] = str(name)
+    params: CustomerCreateParams = {
+        "name": buyer.name,
+        "metadata": {"broker_organization_id": organization_id},
+    }
     customer = _call(
         client.v1.customers.create,
         params,
@@ -155,22 +158,22 @@ def ensure_customer(client: StripeClient, organization_id: str, buyer: Mapping[s
     return customer.id
 
 
-def sync_invoice(client: StripeClient, snapshot: Mapping[str, Any], customer_id: str) -> SyncResult:
-    """Make Stripe hold the issued invoice `snapshot`, finalized, with our total; idempotent.
+def sync_invoice(client: StripeClient, document: Document, customer_id: str) -> SyncResult:
+    """Make Stripe hold the issued invoice `document`, finalized, with our total; idempotent.
 
     Raises `StripeTotalMismatch` (before finalizing a draft when it can), `GatewayRetryable`,
-    `GatewayPermanent` (also for a snapshot that cannot be expressed in Stripe's units).
+    `GatewayPermanent` (also, before any call, for an amount Stripe's units cannot express).
     """
-    broker_id = str(snapshot["id"])
-    currency = str(snapshot["currency"]).upper()
-    planned = _planned_items(snapshot, currency)
-    ours = _minor_or_refuse(snapshot["total"], currency)
+    broker_id = document.id
+    currency = document.currency.upper()
+    planned = _planned_items(document, currency)
+    ours = _minor_or_refuse(document.total, currency)
     key = f"invoice:{broker_id}"
 
     # Found first, then created with a key: the key covers two runs at once, the lookup a
     # run after Stripe forgot the key (job retries can be a day apart).
     stripe_id = _call(_find_invoice, client, customer_id, broker_id) or _create_invoice(
-        client, snapshot, customer_id, currency
+        client, document, customer_id, currency
     )
 
     present = _call(_broker_items, client, stripe_id)
@@ -212,18 +215,18 @@ def sync_invoice(client: StripeClient, snapshot: Mapping[str, Any], customer_id:
 
 
 def credit_invoice(
-    client: StripeClient, snapshot: Mapping[str, Any], stripe_invoice_id: str
+    client: StripeClient, document: Document, stripe_invoice_id: str
 ) -> CreditResult:
-    """Make Stripe hold the credit note `snapshot` against the invoice it corrects; idempotent.
+    """Make Stripe hold the credit note `document` against the invoice it corrects; idempotent.
 
     On an open invoice the credit lowers what is left to pay; on a paid one it is recorded as
     settled outside Stripe (`out_of_band_amount`: the consortium refunds by transfer). A
     Stripe invoice still in draft (its sync has not finished) is retried later.
     """
-    broker_id = str(snapshot["id"])
-    currency = str(snapshot["currency"]).upper()
-    planned = _planned_items(snapshot, currency)
-    ours = _minor_or_refuse(snapshot["total"], currency)
+    broker_id = document.id
+    currency = document.currency.upper()
+    planned = _planned_items(document, currency)
+    ours = _minor_or_refuse(document.total, currency)
     found = _call(_find_credit_note, client, stripe_invoice_id, broker_id)
     if found is None:
         invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
@@ -240,10 +243,10 @@ def credit_invoice(
                 }
                 for item in planned
             ],
-            "memo": str(snapshot.get("reason") or "")[:500],
+            "memo": (document.reason or "")[:500],
             "metadata": {
                 "broker_credit_note_id": broker_id,
-                "broker_credit_note_number": str(snapshot["number"]),
+                "broker_credit_note_number": document.number,
             },
         }
         if invoice.status == "paid":
@@ -347,103 +350,93 @@ def parse_event(payload: bytes, signature_header: str, secret: str, tolerance: i
     )
 
 
-def to_stripe_amount(amount: str | Decimal, currency: str) -> int:
-    """`amount` in Stripe's integer units (`"11.73"` EUR → 1173), exactly, or `MoneyError`."""
-    try:
-        value = Decimal(amount)
-    except (InvalidOperation, TypeError, ValueError) as exc:
-        raise MoneyError(f"not a decimal amount: {amount!r}") from exc
+def to_stripe_amount(amount: Decimal, currency: str) -> int:
+    """`amount` in Stripe's integer units (11.73 EUR → 1173), exactly, or `MoneyError` (finer
+    than the currency's minor unit, not finite, or a currency we do not bill in)."""
     currency = currency.upper()
-    if not value.is_finite() or round_amount(value, currency) != value:
+    if not amount.is_finite() or round_amount(amount, currency) != amount:
         raise MoneyError(f"{amount} is not a whole number of {currency} minor units")
-    scaled = value.scaleb(_STRIPE_EXPONENT.get(currency, MINOR_UNITS[currency]))
+    scaled = amount.scaleb(_STRIPE_EXPONENT.get(currency, MINOR_UNITS[currency]))
     return int(scaled)  # exact: `scaled` is integral (checked above), and never a float
 
 
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _planned_items(snapshot: Mapping[str, Any], currency: str) -> list[_PlannedItem]:
-    """The items Stripe must hold: one per line, then one per non-zero tax row."""
+def _planned_items(document: Document, currency: str) -> list[_PlannedItem]:
+    """The items Stripe must hold: one per line, then one per non-zero tax row.
+
+    Refuses (`GatewayPermanent`) what Stripe cannot hold as we issued it: an amount finer than
+    its integer minor units, or two items under one `broker_item` (the lookup that makes a
+    run again idempotent would take the second for the first)."""
     try:
         items = [
             _PlannedItem(
-                broker_item=f"line:{line['position']}",
-                amount=to_stripe_amount(line["amount"], currency),
+                broker_item=f"line:{line.position}",
+                amount=to_stripe_amount(line.amount, currency),
                 description=_line_description(line, currency),
                 period=_service_period(line),
             )
-            for line in snapshot["lines"]
+            for line in document.lines
         ]
-        for tax in snapshot["taxes"]:
-            amount = to_stripe_amount(tax["amount"], currency)
+        for tax in document.taxes:
+            amount = to_stripe_amount(tax.amount, currency)
             if amount == 0:
                 continue
             items.append(
                 _PlannedItem(
-                    broker_item=f"tax:{tax['category']}:{tax['rate']}",
+                    broker_item=f"tax:{tax.category}:{tax.rate}",
                     amount=amount,
                     description=_tax_description(tax, currency),
                     period=None,
                 )
             )
-    except (KeyError, TypeError, ValueError) as exc:  # MoneyError is a ValueError
-        raise GatewayPermanent(f"invoice snapshot unusable: {exc}", "invalid_snapshot") from exc
+    except MoneyError as exc:
+        raise _unusable(str(exc)) from exc
     names = [item.broker_item for item in items]
     if len(set(names)) != len(names):
-        raise GatewayPermanent("invoice snapshot repeats a line or a tax row", "invalid_snapshot")
+        raise _unusable("it repeats a line or a tax row")
     return items
 
 
-def _line_description(line: Mapping[str, Any], currency: str) -> str:
+def _line_description(line: Line, currency: str) -> str:
     """`Instance hours: 234.633333 × 0.05 EUR, resource 5c1e…, 2030-03-10 13:37 – … UTC`."""
-    metric = _METRICS.get(str(line["metric"]), str(line["metric"]))
+    metric = _METRICS.get(line.metric, line.metric)
     text = (
-        f"{metric}: {line['quantity']} × {line['unit_price']} {currency}, "
-        f"resource {line['resource_id']}, "
-        f"{_minute(line['service_start'])} – {_minute(line['service_end'])} UTC"
+        f"{metric}: {line.quantity} × {line.unit_price} {currency}, "
+        f"resource {line.resource_id}, "
+        f"{_minute(line.service_start)} – {_minute(line.service_end)} UTC"
     )
-    if line.get("kind") == "adjustment":
-        text = f"Adjustment for {line['period']}: {text}"
+    if line.kind == ADJUSTMENT:
+        text = f"Adjustment for {line.period}: {text}"
     return text
 
 
-def _tax_description(tax: Mapping[str, Any], currency: str) -> str:
+def _tax_description(tax: TaxRow, currency: str) -> str:
     """`VAT S 20 % on 11.73 EUR`."""
-    return f"VAT {tax['category']} {tax['rate']} % on {tax['base']} {currency}"
+    return f"VAT {tax.category} {tax.rate} % on {tax.base} {currency}"
 
 
-def _service_period(line: Mapping[str, Any]) -> tuple[int, int] | None:
-    start, end = _timestamp(line.get("service_start")), _timestamp(line.get("service_end"))
-    if start is None or end is None or end < start:
-        return None
-    return start, end
+def _service_period(line: Line) -> tuple[int, int] | None:
+    """The line's service period in Unix seconds; none when it would end before it starts
+    (Stripe refuses such a period)."""
+    start, end = int(line.service_start.timestamp()), int(line.service_end.timestamp())
+    return (start, end) if end >= start else None
 
 
-def _timestamp(value: object) -> int | None:
-    if not isinstance(value, str):
-        return None
+def _minute(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _minor_or_refuse(amount: Decimal, currency: str) -> int:
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp())
-
-
-def _minute(value: object) -> str:
-    stamp = _timestamp(value)
-    if stamp is None:
-        return str(value)
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _minor_or_refuse(amount: object, currency: str) -> int:
-    try:
-        return to_stripe_amount(str(amount), currency)
+        return to_stripe_amount(amount, currency)
     except MoneyError as exc:
-        raise GatewayPermanent(f"invoice snapshot unusable: {exc}", "invalid_snapshot") from exc
+        raise _unusable(str(exc)) from exc
+
+
+def _unusable(reason: str) -> GatewayPermanent:
+    return GatewayPermanent(f"the document cannot go to Stripe: {reason}", "invalid_document")
 
 
 def _check_total(ours: int, theirs: int) -> None:
@@ -451,34 +444,32 @@ def _check_total(ours: int, theirs: int) -> None:
         raise StripeTotalMismatch(ours, theirs)
 
 
-def _days_until_due(snapshot: Mapping[str, Any]) -> int:
-    """The snapshot's payment terms (its due date after its issue date), else the default."""
-    if not snapshot.get("due_date"):
+def _days_until_due(document: Document) -> int:
+    """The document's payment terms (its due date after its issue date), else the default."""
+    if document.due_date is None:
         return DAYS_UNTIL_DUE
-    issued = datetime.fromisoformat(snapshot["issued_at"]).date()
-    return max(0, (date.fromisoformat(snapshot["due_date"]) - issued).days)
+    return max(0, (document.due_date - document.issued_at.date()).days)
 
 
 def _create_invoice(
-    client: StripeClient, snapshot: Mapping[str, Any], customer_id: str, currency: str
+    client: StripeClient, document: Document, customer_id: str, currency: str
 ) -> str:
-    broker_id = str(snapshot["id"])
     created = _call(
         client.v1.invoices.create,
         {
             "customer": customer_id,
             "currency": currency.lower(),
             "collection_method": "send_invoice",
-            "days_until_due": _days_until_due(snapshot),
+            "days_until_due": _days_until_due(document),
             "auto_advance": False,
             "pending_invoice_items_behavior": "exclude",
-            "number": str(snapshot["number"]),
+            "number": document.number,
             "metadata": {
-                "broker_invoice_id": broker_id,
-                "broker_invoice_number": str(snapshot["number"]),
+                "broker_invoice_id": document.id,
+                "broker_invoice_number": document.number,
             },
         },
-        options={"idempotency_key": f"invoice:{broker_id}:create"},
+        options={"idempotency_key": f"invoice:{document.id}:create"},
     )
     # The answer may be a replay from an earlier run: its id is right, its state stale.
     return created.id

@@ -18,7 +18,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from broker.config import PROJECT_ROOT, load_config
+from broker.config import PROJECT_ROOT, load_config, require_seller
 from broker.db import Database
 from broker.models import (
     ApiClient,
@@ -579,11 +579,15 @@ STOP_TIMEOUT = 9.0
 def serve(demo: bool) -> None:
     """Migrate, seed the demo consortium, then run gunicorn and a worker until stopped."""
     from broker.auth.keys import SigningKeys
-    from broker.demo import seed_people
+    from broker.demo import DEMO_SELLER_ENV, seed_people
     from broker.migrate import upgrade
     from broker.seed import seed_demo
 
+    if demo:  # the demo consortium's identity, where the environment gives none
+        for variable, value in DEMO_SELLER_ENV.items():
+            os.environ.setdefault(variable, value)
     config = load_config()
+    require_seller(config)
     upgrade(config["DATABASE_URL"])
     # Create the signing key once, before several processes would race to create it.
     _ = SigningKeys(config["SIGNING_KEY"], config["SIGNING_KEY_FILE"]).private_key

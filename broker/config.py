@@ -8,6 +8,7 @@ is how the tests point an app at their own database.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,65 @@ def _bool(name: str, default: bool) -> bool:
     if raw in (None, ""):
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(name: str, default: Sequence[str]) -> tuple[str, ...]:
+    """A "|"-separated list of texts from the environment (blank items dropped)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return tuple(default)
+    return tuple(item.strip() for item in raw.split("|") if item.strip())
+
+
+# Articles L441-10 and D441-5 of the French Code de commerce: every invoice states the payment
+# terms, the penalties for late payment and the 40 EUR fixed indemnity for recovery costs.
+FRENCH_LEGAL_MENTIONS: dict[str, tuple[str, ...]] = {
+    "fr": (
+        "Pas d'escompte pour paiement anticipé.",
+        "En cas de retard de paiement, des pénalités au taux de trois fois le taux d'intérêt "
+        "légal sont exigibles, ainsi qu'une indemnité forfaitaire pour frais de recouvrement "
+        "de 40 € (articles L441-10 et D441-5 du Code de commerce).",
+    ),
+    "en": (
+        "No discount for early payment.",
+        "Late payment incurs penalties at three times the French legal interest rate and a "
+        "fixed indemnity of EUR 40 for recovery costs (articles L441-10 and D441-5 of the "
+        "French Commercial Code).",
+    ),
+}
+
+# What EN 16931 needs of the seller (BR-S-02, BR-CO-26, BR-08 and the French CTC rules).
+SELLER_REQUIRED = {
+    "vat_id": "BROKER_SELLER_VAT_ID",
+    "legal_id": "BROKER_SELLER_LEGAL_ID",
+    "address": "BROKER_SELLER_ADDRESS",
+    "post_code": "BROKER_SELLER_POST_CODE",
+    "city": "BROKER_SELLER_CITY",
+}
+
+
+def _legal_mentions() -> dict[str, tuple[str, ...]]:
+    french = os.environ.get("BROKER_SELLER_COUNTRY", "FR") == "FR"
+    return {
+        language: _list(f"BROKER_LEGAL_MENTIONS_{language.upper()}", default if french else ())
+        for language, default in FRENCH_LEGAL_MENTIONS.items()
+    }
+
+
+def require_seller(config: Mapping[str, Any]) -> None:
+    """Refuse to serve without the seller's identity: every invoice would break EN 16931
+    (BR-S-02, BR-CO-26, BR-08). Called by what serves (gunicorn's app, `broker serve`), not by
+    tools such as `flask openapi write`; the workers issue no invoice."""
+    seller = config["SELLER"]
+    gaps = [
+        variable
+        for key, variable in SELLER_REQUIRED.items()
+        if not str(seller.get(key) or "").strip()
+    ]
+    if gaps:
+        raise SystemExit(
+            "The seller's identity on invoices is incomplete: set " + ", ".join(gaps) + "."
+        )
 
 
 def instance_path() -> Path:
@@ -150,14 +210,24 @@ def load_config() -> dict[str, Any]:
         # invoice's currency); finance still decides whether to finalize.
         "BILLING_OUTLIER_SHARE": _decimal("BROKER_BILLING_OUTLIER_SHARE", "50"),
         "BILLING_OUTLIER_MIN_SUBTOTAL": _decimal("BROKER_BILLING_OUTLIER_MIN_SUBTOTAL", "1000"),
-        # The seller on every invoice (the consortium), and how an agency without a billing
-        # profile is taxed.
+        # The seller on every invoice (the consortium): EN 16931 wants its VAT id, legal
+        # identifier and postal address on each, so the broker refuses to start without them
+        # (`seller_gaps`); the demo sets its own. The address is its street lines, separated
+        # by "|" (up to three).
         "SELLER": {
             "name": os.environ.get("BROKER_SELLER_NAME", "Sovereign Cloud Consortium"),
-            "address": os.environ.get("BROKER_SELLER_ADDRESS", ""),
-            "country": os.environ.get("BROKER_SELLER_COUNTRY", "FR"),
+            "legal_id": os.environ.get("BROKER_SELLER_LEGAL_ID", ""),
+            "legal_id_scheme": os.environ.get("BROKER_SELLER_LEGAL_ID_SCHEME", "0002"),
             "vat_id": os.environ.get("BROKER_SELLER_VAT_ID", ""),
+            "address": os.environ.get("BROKER_SELLER_ADDRESS", ""),
+            "post_code": os.environ.get("BROKER_SELLER_POST_CODE", ""),
+            "city": os.environ.get("BROKER_SELLER_CITY", ""),
+            "country": os.environ.get("BROKER_SELLER_COUNTRY", "FR"),
         },
+        # What the seller's country requires every invoice to say (payment terms, penalties for
+        # late payment, the fixed recovery indemnity), per invoice language, "|" between
+        # sentences; French law's by default when the seller is in France.
+        "LEGAL_MENTIONS": _legal_mentions(),
         "DEFAULT_VAT_RATE": os.environ.get("BROKER_DEFAULT_VAT_RATE", "20"),
         # Invoices are due this many days after they are issued.
         "PAYMENT_TERMS_DAYS": _int("BROKER_PAYMENT_TERMS_DAYS", 30),

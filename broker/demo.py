@@ -33,6 +33,18 @@ from broker.services.invitations import email_key
 
 log = logging.getLogger(__name__)
 
+# The demo consortium as its invoices name it (a production broker sets its own: the seller's
+# identity is required configuration).
+DEMO_SELLER_ENV = {
+    "BROKER_SELLER_NAME": "Consortium du cloud souverain (démonstration)",
+    "BROKER_SELLER_LEGAL_ID": "12345678900017",
+    "BROKER_SELLER_VAT_ID": "FR32123456789",
+    "BROKER_SELLER_ADDRESS": "12 rue de l'Arsenal",
+    "BROKER_SELLER_POST_CODE": "75004",
+    "BROKER_SELLER_CITY": "Paris",
+    "BROKER_SELLER_COUNTRY": "FR",
+}
+
 CLIENT_ID = "broker-console"
 PROVIDER_NAME = "Démo (fournisseur d'identité de démonstration)"
 

@@ -67,7 +67,7 @@ from broker.models import (
     Role,
 )
 from broker.models.base import use_clock
-from broker.services import billing, corrections, orders, resources, usage
+from broker.services import billing_runs, corrections, invoices, orders, resources, usage
 
 log = logging.getLogger("broker.seed")
 
@@ -382,7 +382,7 @@ class _History:
 
     def _bill(self) -> None:
         with self.db.transaction() as session:
-            billing.start_run(session, self._finance(), self.period, self.clock())
+            billing_runs.start_run(session, self._finance(), self.period, self.clock())
         run_pending(self._context(), HANDLERS, worker="seed", on_dead=ON_DEAD)
 
     def _invoice(self, session: Session, agency: str) -> Invoice:
@@ -400,7 +400,7 @@ class _History:
             for agency in (HEALTH_AGENCY, CITY):
                 invoice = self._invoice(session, agency)
                 if invoice.state is InvoiceState.DRAFT:
-                    billing.finalize(
+                    invoices.finalize(
                         session, self._finance(), invoice.id, self.clock(), self.config
                     )
 

@@ -39,6 +39,7 @@ from joserfc.jwk import ECKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from billing.document import SIRENE
 from broker.auth.identity import Caller
 from broker.auth.secrets import verify_secret
 from broker.config import load_config
@@ -57,7 +58,7 @@ from broker.models import (
 )
 from broker.models.base import use_clock, utcnow
 from broker.services import (
-    billing,
+    billing_profiles,
     evidence,
     offers,
     organizations,
@@ -74,15 +75,33 @@ DEMO_POLICIES: dict[str, tuple[str, str, str]] = {
     "Ville de Québec": ("CAD", "8000", "400"),
 }
 
-# Each demo agency's billing profile: (legal name, country, standard VAT rate in percent). Québec
-# charges GST and QST on the same base: 5 % + 9.975 %, shown as one rate.
-DEMO_BILLING: dict[str, tuple[str, str, str]] = {
-    "Agence nationale des données de santé": (
-        "Agence nationale des données de santé (établissement public)",
-        "FR",
-        "20",
-    ),
-    "Ville de Québec": ("Ville de Québec", "CA", "14.975"),
+# How the demo agencies are invoiced: a French public body on Chorus Pro (its SIRET, service
+# code and commitment number, invoices in French) and a Québec city (French too, no SIRET).
+# Québec charges GST and QST on the same base: 5 % + 9.975 %, shown as one rate.
+DEMO_BILLING: dict[str, dict[str, Any]] = {
+    "Agence nationale des données de santé": {
+        "legal_name": "Agence nationale des données de santé (établissement public)",
+        "address": "9 rue Georges Pitard",
+        "post_code": "75015",
+        "city": "Paris",
+        "country": "FR",
+        "vat_rate": Decimal("20"),
+        "legal_id": "18002002600019",
+        "language": "fr",
+        "buyer_reference": "DSI-CLOUD",
+        "purchase_order_reference": "EJ-2026-000142",
+        "requires_buyer_reference": True,
+        "requires_purchase_order_reference": True,
+    },
+    "Ville de Québec": {
+        "legal_name": "Ville de Québec",
+        "address": "2, rue des Jardins",
+        "post_code": "G1R 4S9",
+        "city": "Québec",
+        "country": "CA",
+        "vat_rate": Decimal("14.975"),
+        "language": "fr",
+    },
 }
 
 DEMO_ORGANIZATIONS: list[tuple[str, OrganizationKind, list[list[Role]]]] = [
@@ -595,14 +614,14 @@ def storage_payload(
 def _seed_policies(session: Session) -> None:
     """Give each demo agency its billing profile and policy, unless it has them already."""
     consortium = SEED_CONSORTIUM
-    for name, (legal_name, country, vat_rate) in DEMO_BILLING.items():
+    for name, profile in DEMO_BILLING.items():
         agency = session.scalars(select(Organization).where(Organization.name == name)).one()
         if session.get(BillingProfile, agency.id) is None:
-            billing.put_profile(
+            billing_profiles.put_profile(
                 session,
                 consortium,
                 agency.id,
-                {"legal_name": legal_name, "country": country, "vat_rate": Decimal(vat_rate)},
+                {"legal_id_scheme": SIRENE if "legal_id" in profile else None, **profile},
                 if_match=IfMatch.of(0),
                 config={},
             )

@@ -277,6 +277,19 @@ def database_url(
         yield f"sqlite:///{path}"
 
 
+# The consortium as the tests' invoices name it (its identity is required configuration).
+TEST_SELLER = {
+    "name": "Sovereign Cloud Consortium",
+    "legal_id": "12345678900017",
+    "legal_id_scheme": "0002",
+    "vat_id": "FR32123456789",
+    "address": "12 rue de l'Arsenal",
+    "post_code": "75004",
+    "city": "Paris",
+    "country": "FR",
+}
+
+
 @pytest.fixture
 def app_config(
     database_url: str, tmp_path: Path, signing_key_pem: str, credential_key: str
@@ -290,6 +303,7 @@ def app_config(
         "PROVIDER_STATE_DIR": str(tmp_path / "providers"),
         "PROVIDER_TIMEOUT": 2.0,
         "TESTING": True,
+        "SELLER": TEST_SELLER,
         "JSON_LOGS": False,
         "LOG_LEVEL": "WARNING",
         "IDEMPOTENCY_WAIT_SECONDS": 30.0,

@@ -36,6 +36,7 @@ from broker.models.base import utcnow
 from broker.seed import seed_demo
 from broker.services import people
 from broker.services.invitations import email_key
+from tests.conftest import TEST_SELLER
 
 # The demo people (broker/demo.py), by what they do.
 BUYER = "acheteur@ands.example.fr"
@@ -72,6 +73,7 @@ def demo_template(
         "SECRET_KEY": "the tests' cookie key",
         "PROVIDER_TIMEOUT": 2.0,
         "TESTING": True,
+        "SELLER": TEST_SELLER,
         "JSON_LOGS": False,
         "LOG_LEVEL": "WARNING",
         # People are signed in here by opening their sessions (`sign_in`): the demo's identity

@@ -43,7 +43,7 @@ from broker.models import Base, Membership, Organization, OrganizationKind, Role
 from broker.models.organizations import ROLES_BY_KIND
 from broker.services import organizations, people
 from tests.billing_fixtures import Ledger, make_ledger
-from tests.conftest import ApiUser, MakeUser, fetch_token
+from tests.conftest import TEST_SELLER, ApiUser, MakeUser, fetch_token
 from tests.helpers import PROBLEM, all_pages, problem
 from tests.test_provisioning import Market, make_market, place_order
 
@@ -215,6 +215,7 @@ def matrix_app(
             "PROVIDER_STATE_DIR": str(root / "providers"),
             "PROVIDER_TIMEOUT": 2.0,
             "TESTING": True,
+            "SELLER": TEST_SELLER,
             "JSON_LOGS": False,
             "LOG_LEVEL": "WARNING",
             "IDEMPOTENCY_WAIT_SECONDS": 30.0,

@@ -15,8 +15,24 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.jobs.handlers import HANDLERS, ON_DEAD
 from broker.jobs.queue import JobContext, run_pending
-from broker.models import Offer, OfferState, Order, OrderState, Resource, ResourceState
-from tests.console_support import BUYER, OPERATOR, QC_BUYER, Browser, sign_in, text_of
+from broker.models import (
+    BillingProfile,
+    Offer,
+    OfferState,
+    Order,
+    OrderState,
+    Resource,
+    ResourceState,
+)
+from tests.console_support import (
+    BUYER,
+    OPERATOR,
+    QC_BUYER,
+    Browser,
+    organization_id,
+    sign_in,
+    text_of,
+)
 
 
 def _offer(app: Flask, sku: str) -> Offer:
@@ -230,3 +246,60 @@ def test_a_vaults_secret_key_is_shown_once_and_its_retention_never_shortened(
     assert shorter.status_code == 422
     assert 'id="error-retention_days"' in shorter.get_data(as_text=True)
     assert _machine(demo_app, "registres").retention_days == 365
+
+
+def _form_key(page: str) -> str:
+    key = re.search(r'name="idempotency_key" value="([^"]+)"', page)
+    assert key is not None
+    return key[1]
+
+
+def test_an_order_carries_the_references_its_invoices_need(demo_app: Flask) -> None:
+    """The order form fills in the agency's service code and commitment number (its billing
+    profile requires both), keeps the ones typed, and says by its field a required one that
+    neither the form nor the profile gives — ordering nothing."""
+    browser = sign_in(demo_app, BUYER, "en")
+    offer = _offer(demo_app, "hc-std-s-par")
+    path = f"/catalogue/{offer.id}/order"
+    form = browser.get(path).get_data(as_text=True)
+    assert '<label for="field-buyer_reference">Service code (buyer reference)</label>' in form
+    assert (
+        'id="field-purchase_order_reference" name="purchase_order_reference" type="text" '
+        'value="EJ-2026-000142" required aria-describedby="hint-purchase_order_reference"'
+    ) in form
+    assert (
+        "Service code (buyer reference) Required by your agency. Printed on the invoice. "
+        "Left empty, your agency's default applies: DSI-CLOUD."
+    ) in text_of(browser.get(path))
+
+    database: Database = demo_app.extensions["broker.db"]
+    with database.transaction() as session:
+        agency = organization_id(demo_app, "Agence nationale des données de santé")
+        session.get_one(BillingProfile, agency).purchase_order_reference = None
+    empty = {"action": "place", "name": "dossiers", "quantity": "1"}
+    checked = browser.post(path, {**empty, "action": "check", "idempotency_key": "k"})
+    assert checked.status_code == 422 and "What your agency's policy says" in text_of(checked)
+    assert 'id="error-purchase_order_reference"' in checked.get_data(as_text=True)
+    refused = browser.post(path, {**empty, "idempotency_key": _form_key(form)})
+    assert refused.status_code == 422
+    body = refused.get_data(as_text=True)
+    assert (
+        'id="error-purchase_order_reference"' in body and 'id="error-buyer_reference"' not in body
+    )
+    assert (
+        "Commitment number (purchase order reference): Your agency requires a commitment number "
+        "on every order: enter one."
+    ) in text_of(refused)
+    assert not [o for o in _orders(demo_app) if o.name == "dossiers"]
+
+    typed = {"buyer_reference": " DSI-SANTE ", "purchase_order_reference": "EJ-2030-000777"}
+    placed = browser.post(path, {**empty, **typed, "idempotency_key": _form_key(body)})
+    assert placed.status_code == 303, text_of(placed)
+    [order] = [o for o in _orders(demo_app) if o.name == "dossiers"]
+    assert (order.buyer_reference, order.purchase_order_reference) == (
+        "DSI-SANTE",
+        "EJ-2030-000777",
+    )
+    words = text_of(browser.get(placed.location))
+    assert "Service code (buyer reference) DSI-SANTE" in words
+    assert "Commitment number (purchase order reference) EJ-2030-000777" in words

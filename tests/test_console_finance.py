@@ -211,3 +211,47 @@ def test_a_change_without_the_csrf_token_is_refused(demo_app: Flask) -> None:
         next(i for i in invoices(demo_app, CITY) if i.id == invoice.id).state
         is InvoiceState.FINALIZED
     )
+
+
+def test_finance_records_bank_transfers_until_the_invoice_is_paid(demo_app: Flask) -> None:
+    browser = sign_in(demo_app, FINANCE, "en")
+    [invoice] = invoices(demo_app, HEALTH_AGENCY)
+    client, headers = finance_api(demo_app)
+
+    def due() -> Decimal:
+        listing = client.get(f"/v1/invoices/{invoice.id}/payments", headers=headers)
+        return Decimal(listing.json["amount_due"])
+
+    owed = due()
+    page = text_of(browser.get(f"/invoices/{invoice.id}"))
+    assert "Record a bank transfer" in page and "No transfer is recorded" in page
+    assert f"Still due {euros(owed, 'EUR')}" in page
+    today = datetime.now(UTC).date().isoformat()
+
+    def transfer(amount: str, key: str | None = None) -> Any:
+        fields = {"amount": amount, "received_on": today, "reference": "VIR ANDS 2030"}
+        once = {"idempotency_key": key or str(uuid.uuid4())}
+        return browser.post(f"/invoices/{invoice.id}/payments", {**fields, **once})
+
+    # More than is owed: said by the field, nothing recorded.
+    too_much = transfer(str(owed + Decimal("0.01")))
+    assert too_much.status_code == 422
+    refused = text_of(too_much)
+    assert "There is a problem" in refused and f"Only {owed} EUR is owed" in refused
+    assert 'id="error-amount"' in too_much.get_data(as_text=True)  # beside its field
+    assert due() == owed
+    # One euro, typed the French way; sent twice, recorded once.
+    key = str(uuid.uuid4())
+    first = transfer("1,00", key)
+    assert first.status_code == 303
+    assert transfer("1,00", key).headers["Location"] == first.headers["Location"]
+    shown = text_of(browser.get(first.headers["Location"]))
+    assert f"A transfer of {euros(Decimal('1'), 'EUR')} received on" in shown
+    assert "VIR ANDS 2030" in shown and f"Still due {euros(owed - 1, 'EUR')}" in shown
+    assert due() == owed - 1
+    # The rest pays the invoice: no more form, in either language.
+    rest = transfer(str(owed - 1))
+    assert "The invoice is paid." in text_of(browser.get(rest.headers["Location"]))
+    assert next(i for i in invoices(demo_app, HEALTH_AGENCY)).state is InvoiceState.PAID
+    french = text_of(sign_in(demo_app, FINANCE, "fr").get(f"/invoices/{invoice.id}"))
+    assert "Paiements reçus par virement" in french and "Enregistrer un virement" not in french

@@ -111,7 +111,7 @@ def recomputed(db: Database, invoice_id: str) -> dict[tuple[str, str], Decimal]:
     return {key: cents(quantity * prices[key]) for key, quantity in quantities.items()}
 
 
-def check_totals(db: Database, invoice: dict[str, Any], vat_rate: str) -> None:
+def check_totals(db: Database, invoice: dict[str, Any], vat_rate: Decimal) -> None:
     amounts = recomputed(db, invoice["id"])
     assert {
         (line["resource_id"], line["metric"]): Decimal(line["amount"]) for line in invoice["lines"]
@@ -143,7 +143,7 @@ def test_a_new_demo_has_last_month_issued_corrected_and_settled(
     assert (issued["state"], issued["currency"]) == ("finalized", "EUR")
     assert issued["number"] and issued["snapshot_sha256"]
     assert end <= datetime.fromisoformat(issued["finalized_at"]) <= datetime.now(UTC)
-    check_totals(db, issued, DEMO_BILLING[HEALTH_AGENCY][2])
+    check_totals(db, issued, DEMO_BILLING[HEALTH_AGENCY]["vat_rate"])
     # Its machines ran from their order to the month's end: the meter billed exactly that.
     machines = all_pages(client, health, "/v1/resources?kind=vm")
     assert len(machines) == 3 and {m["state"] for m in machines} == {"active"}
@@ -190,7 +190,7 @@ def test_a_new_demo_has_last_month_issued_corrected_and_settled(
     voided, replacement = invoices_of(client, finance, period, city.organization_id)
     assert (voided["state"], replacement["state"]) == ("void", "finalized")
     assert voided["void_reason"] and voided["number"] < replacement["number"]
-    check_totals(db, replacement, DEMO_BILLING[CITY][2])
+    check_totals(db, replacement, DEMO_BILLING[CITY]["vat_rate"])
     assert Decimal(replacement["total"]) > Decimal(voided["total"])
     assert all_pages(client, city, "/v1/credit-notes") == []
     # Everything the agencies used last month is on their live invoice.
@@ -308,7 +308,7 @@ def test_early_in_a_month_the_morning_after_fits_in_the_minutes_since(
         invoice = ok(client.get(f"/v1/invoices/{item['id']}", headers=finance.headers))
         agency = next(n for n in (HEALTH_AGENCY, CITY) if invoice["agency_id"] == org_id(db, n))
         if invoice["state"] == "finalized":
-            check_totals(db, invoice, DEMO_BILLING[agency][2])
+            check_totals(db, invoice, DEMO_BILLING[agency]["vat_rate"])
     assert all_pages(client, finance, "/v1/credit-notes")
 
 

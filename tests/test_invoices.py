@@ -26,7 +26,7 @@ import pytest
 from lxml import etree
 from pypdf import PdfReader
 
-from broker.services import billing as billing_service
+from broker.services import invoices as invoice_service
 from tests.billing_fixtures import Ledger, money
 from tests.conftest import ApiUser, MakeUser
 from tests.helpers import problem, run_concurrently
@@ -195,7 +195,7 @@ def test_a_rolled_back_finalization_consumes_no_number(
         raise RuntimeError("the disk is full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(billing_service.invoicing, "fingerprint", broken)
+        patch.setattr(invoice_service.invoicing, "fingerprint", broken)
         with pytest.raises(RuntimeError):
             ledger.finalize(first)
     after = ledger.client.get(f"/v1/invoices/{first}", headers=ledger.finance.headers).json

@@ -88,7 +88,10 @@ def test_the_stripe_sync_survives_a_crash_and_creates_each_item_once(
 
     ledger.at(t(1, 3, month=4))  # the retry's backoff has passed
     ledger.run_jobs()
-    assert len(stripe.invoices) == 1 and len(stripe.customers) == 1
+    assert len(stripe.invoices) == 1
+    (customer,) = stripe.customers.values()  # the agency, by the legal name it was invoiced
+    assert customer["name"] == invoice["snapshot"]["buyer"]["legal_name"]
+    assert customer["metadata"] == {"broker_organization_id": invoice["agency_id"]}
     (stripe_invoice,) = stripe.invoices.values()
     items = stripe.items_of(stripe_invoice["id"])
     assert sorted(item["metadata"]["broker_item"] for item in items) == sorted(

@@ -10,12 +10,16 @@ import marshmallow as ma
 from flask import Response, current_app, jsonify, url_for
 
 from billing import exports
+from billing.document import LANGUAGES, SIRENE
 from billing.money import trim_decimals
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.concurrency import IF_MATCH_PARAMETER, if_match, with_etag
 from broker.api.idempotency import idempotent
 from broker.api.limits import expensive
 from broker.api.schemas import (
+    BUYER_REFERENCE,
+    NO_CONTROL_CHARACTERS,
+    PURCHASE_ORDER_REFERENCE,
     ListArgs,
     Matches,
     Money,
@@ -27,11 +31,12 @@ from broker.api.schemas import (
     page_of,
     period_field,
     reason_field,
+    reference_field,
 )
 from broker.api.usage import ExactQuantity
 from broker.models import BillingRunState, InvoiceState, PaymentState, Role
-from broker.services import billing as service
-from broker.services import corrections
+from broker.services import billing_profiles, billing_runs, corrections, transfers
+from broker.services import invoices as invoice_service
 
 profiles = Blueprint(
     "billing_profiles", __name__, url_prefix="/v1/organizations", description="Billing profiles"
@@ -56,11 +61,22 @@ class BillingProfileSchema(StrictSchema):
         validate=[
             ma.validate.Length(max=500),
             Matches(
-                r"^[^\x00-\x09\x0b-\x1f\x7f]*$",
-                "postal address text: line breaks are allowed, other control characters "
-                "(tabs and the like) are not",
+                r"^[^\x00-\x1f\x7f]*(\n[^\x00-\x1f\x7f]*){0,2}$",
+                "street lines, up to three, one per line: line breaks are allowed, other "
+                "control characters (tabs and the like) are not",
             ),
         ],
+        metadata={"description": "Street lines (up to three), one per line."},
+    )
+    post_code = ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[ma.validate.Length(min=1, max=20), NO_CONTROL_CHARACTERS],
+    )
+    city = ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[ma.validate.Length(min=1, max=100), NO_CONTROL_CHARACTERS],
     )
     country = country_field(required=True)
     vat_id = ma.fields.String(
@@ -82,15 +98,59 @@ class BillingProfileSchema(StrictSchema):
             "description": 'Standard VAT rate in percent, 0–100, e.g. "20" or "14.975"',
         },
     )
+    legal_id = ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=Matches(
+            r"^[A-Za-z0-9]{1,50}$",
+            "a legal registration identifier in letters and digits without spaces, such as "
+            "the 14 digits of a SIRET `13002526500013`",
+            suggest=True,
+        ),
+        metadata={"description": "Legal registration identifier (EN 16931 BT-47), e.g. SIRET."},
+    )
+    legal_id_scheme = ma.fields.String(
+        load_default=SIRENE,
+        allow_none=True,
+        validate=Matches(r"^[0-9]{4}$", "an ISO/IEC 6523 scheme code of 4 digits, such as 0002"),
+        metadata={"description": "ISO/IEC 6523 scheme of `legal_id`: 0002 (SIRENE) by default."},
+    )
+    language = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.OneOf(LANGUAGES),
+        metadata={
+            "description": "Language of its invoices (PDF, CSV headers, payment terms): "
+            "English when not given."
+        },
+    )
+    buyer_reference = reference_field(BUYER_REFERENCE + " Its orders' default.")
+    purchase_order_reference = reference_field(PURCHASE_ORDER_REFERENCE + " Its orders' default.")
+    requires_buyer_reference = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "An order without a buyer reference is refused (422)."},
+    )
+    requires_purchase_order_reference = ma.fields.Boolean(
+        load_default=False,
+        metadata={"description": "An order without a purchase order reference is refused."},
+    )
 
 
 class BillingProfileOutSchema(ma.Schema):
     organization_id = ma.fields.UUID()
     legal_name = ma.fields.String()
     address = ma.fields.String(allow_none=True)
+    post_code = ma.fields.String(allow_none=True)
+    city = ma.fields.String(allow_none=True)
     country = ma.fields.String()
     vat_id = ma.fields.String(allow_none=True)
     vat_rate = Money()
+    legal_id = ma.fields.String(allow_none=True)
+    legal_id_scheme = ma.fields.String(allow_none=True)
+    language = ma.fields.String()
+    buyer_reference = ma.fields.String(allow_none=True)
+    purchase_order_reference = ma.fields.String(allow_none=True)
+    requires_buyer_reference = ma.fields.Boolean()
+    requires_purchase_order_reference = ma.fields.Boolean()
 
 
 def _profile_response(profile: dict[str, Any]) -> Response:
@@ -104,7 +164,7 @@ def get_billing_profile(organization_id: uuid.UUID) -> Response:
     """How an agency is invoiced (finance; the agency itself). Without a profile of its own,
     the consortium's defaults, with the ETag `"v0"`."""
     return _profile_response(
-        service.get_profile(
+        billing_profiles.get_profile(
             request_session(), current_caller(), organization_id, current_app.config
         )
     )
@@ -118,7 +178,7 @@ def get_billing_profile(organization_id: uuid.UUID) -> Response:
 def put_billing_profile(data: dict[str, Any], organization_id: uuid.UUID) -> Response:
     """Replace an agency's billing profile (needs `If-Match`). Drafts use it when rebuilt;
     finalized invoices keep the one they were issued with."""
-    profile = service.put_profile(
+    profile = billing_profiles.put_profile(
         request_session(),
         current_caller(),
         organization_id,
@@ -161,7 +221,7 @@ def start_billing_run(data: dict[str, Any]) -> Response:
     """Build (or rebuild) the draft invoices of a period `YYYY-MM` for every agency, in the
     background (`Idempotency-Key`). Running a period again rebuilds its drafts and leaves
     finalized invoices alone; it never makes a second invoice."""
-    run = service.start_run(request_session(), current_caller(), data["period"], now())
+    run = billing_runs.start_run(request_session(), current_caller(), data["period"], now())
     response = jsonify(BillingRunSchema().dump(run))
     response.status_code = 202
     response.headers["Location"] = url_for("billing_runs.get_billing_run", run_id=run.id)
@@ -173,7 +233,7 @@ def start_billing_run(data: dict[str, Any]) -> Response:
 @runs.arguments(ListArgs, location="query")
 @runs.response(200, page_of(BillingRunSchema))
 def list_billing_runs(args: dict[str, Any]) -> Any:
-    return service.list_runs(request_session(), **args)
+    return billing_runs.list_runs(request_session(), **args)
 
 
 class LineFlagSchema(ma.Schema):
@@ -211,10 +271,10 @@ class BillingRunDetailSchema(BillingRunSchema):
 def get_billing_run(run_id: uuid.UUID) -> Any:
     """A billing run, with the outlier lines of the invoices it built (`flags`)."""
     session = request_session()
-    run = service.get_run(session, run_id)
+    run = billing_runs.get_run(session, run_id)
     body = BillingRunSchema().dump(run)
     body["flags"] = LineFlagSchema(many=True).dump(
-        service.run_flags(session, run, current_app.config)
+        invoice_service.run_flags(session, run, current_app.config)
     )
     return jsonify(body)
 
@@ -299,12 +359,34 @@ class OutlierFlags(ma.fields.List):
         )
 
     def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> Any:
-        return service.outlier_flags(obj, current_app.config)
+        return invoice_service.outlier_flags(obj, current_app.config)
+
+
+class AmountDue(Money):
+    """What an issued invoice is still owed, computed as it is shown (`transfers.balance`)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            currency_from="currency",
+            dump_only=True,
+            allow_none=True,
+            metadata={
+                "description": "Once issued: what is still owed — the total less its credit "
+                "notes and the payments recorded by transfer (`/payments`); 0 once paid or "
+                "void. Null for a draft."
+            },
+        )
+
+    def get_value(self, obj: Any, attr: str, accessor: Any = None, default: Any = None) -> Any:
+        if obj.state is InvoiceState.DRAFT:
+            return None
+        return transfers.amount_due(request_session(), obj)
 
 
 class InvoiceSchema(InvoiceSummarySchema):
     lines = ma.fields.List(ma.fields.Nested(InvoiceLineSchema))
     flags = OutlierFlags()
+    amount_due = AmountDue()
     snapshot = ma.fields.Dict(
         allow_none=True,
         metadata={
@@ -320,7 +402,7 @@ class InvoiceSchema(InvoiceSummarySchema):
 @invoices.response(200, page_of(InvoiceSummarySchema))
 def list_invoices(args: dict[str, Any]) -> Any:
     """Invoices, newest first: your agency's, or (finance) every agency's."""
-    return service.list_invoices(request_session(), current_caller(), **args)
+    return invoice_service.list_invoices(request_session(), current_caller(), **args)
 
 
 @invoices.route("/<uuid:invoice_id>", methods=["GET"])
@@ -328,7 +410,7 @@ def list_invoices(args: dict[str, Any]) -> Any:
 @invoices.response(200, InvoiceSchema)
 def get_invoice(invoice_id: uuid.UUID) -> Any:
     """An invoice with its lines (a line per resource, metric and period)."""
-    return service.get_invoice(request_session(), current_caller(), invoice_id)
+    return invoice_service.get_invoice(request_session(), current_caller(), invoice_id)
 
 
 @invoices.route("/<uuid:invoice_id>/finalize", methods=["POST"])
@@ -338,7 +420,7 @@ def finalize_invoice(invoice_id: uuid.UUID) -> Any:
     """Issue a draft once its period has ended: it gets the next number of the year's gapless
     series and a snapshot with its SHA-256, and never changes again (409 afterwards). Usage
     arriving later for its period is billed on the next period's invoice as adjustments."""
-    return service.finalize(
+    return invoice_service.finalize(
         request_session(), current_caller(), invoice_id, now(), current_app.config
     )
 
@@ -365,12 +447,16 @@ def _file(content: bytes, media_type: str, name: str) -> Response:
 @invoices.arguments(ExportArgs, location="query")
 @invoices.response(200, content_type="application/octet-stream")
 def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
-    """An issued invoice as a file made from its snapshot, byte-identical on every download:
+    """An issued invoice as a file made from its document, byte-identical on every download:
     `json` (the canonical snapshot: its SHA-256 is `snapshot_sha256`), `csv` (a row per
-    line, then per tax category; the amounts sum to the total), `pdf`, or `cii` (EN 16931
-    Cross Industry Invoice XML, Factur-X EN 16931 profile). 409 for a draft."""
+    line, then per tax category; the amounts sum to the total; headers in the agency's
+    language), `pdf` (a Factur-X: PDF/A-3 in the agency's language with its CII attached as
+    `factur-x.xml`), or `cii` (EN 16931 Cross Industry Invoice XML, Factur-X EN 16931
+    profile). 409 for a draft."""
     return _file(
-        *service.export_invoice(request_session(), current_caller(), invoice_id, args["format"])
+        *invoice_service.export_invoice(
+            request_session(), current_caller(), invoice_id, args["format"]
+        )
     )
 
 
@@ -381,7 +467,7 @@ def export_invoice(args: dict[str, Any], invoice_id: uuid.UUID) -> Response:
 @invoices.response(200, content_type="text/csv")
 def export_period(args: dict[str, Any]) -> Response:
     """Every line of a period's issued invoices in one CSV, by invoice number."""
-    return _file(*service.export_period(request_session(), args["period"]))
+    return _file(*invoice_service.export_period(request_session(), args["period"]))
 
 
 # Corrections ---------------------------------------------------------------------------------
@@ -483,10 +569,10 @@ def credit_invoice(data: dict[str, Any], invoice_id: uuid.UUID) -> Response:
 def creditable(invoice_id: uuid.UUID) -> Any:
     """What remains creditable of each line of an invoice, by position (net)."""
     session = request_session()
-    invoice = service.get_invoice(session, current_caller(), invoice_id)
+    invoice = invoice_service.get_invoice(session, current_caller(), invoice_id)
     return {
         "lines": {
-            str(position): service.money_text(amount, invoice.currency)
+            str(position): invoice_service.money_text(amount, invoice.currency)
             for position, amount in corrections.creditable(session, invoice).items()
         }
     }

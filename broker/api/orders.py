@@ -11,7 +11,9 @@ from flask import Response, jsonify
 from broker.api.base import Blueprint, created, current_caller, now, request_session
 from broker.api.idempotency import idempotent
 from broker.api.schemas import (
+    BUYER_REFERENCE,
     NO_CONTROL_CHARACTERS,
+    PURCHASE_ORDER_REFERENCE,
     ListArgs,
     Matches,
     Money,
@@ -21,6 +23,7 @@ from broker.api.schemas import (
     agency_id_field,
     name_field,
     page_of,
+    reference_field,
     slug_field,
 )
 from broker.models import Order, OrderState, Role
@@ -53,6 +56,10 @@ class OrderCreateSchema(StrictSchema):
         max_length=50, example="web-01", required=True, metadata={"description": "Machine name."}
     )
     parameters = ma.fields.Nested(OrderParametersSchema, load_default=dict)
+    buyer_reference = reference_field(BUYER_REFERENCE + " The billing profile's when absent.")
+    purchase_order_reference = reference_field(
+        PURCHASE_ORDER_REFERENCE + " The billing profile's when absent."
+    )
 
 
 class RejectSchema(StrictSchema):
@@ -73,6 +80,8 @@ class OrderSchema(ma.Schema):
     name = ma.fields.String()
     quantity = ma.fields.Integer()
     parameters = ma.fields.Dict()
+    buyer_reference = ma.fields.String(allow_none=True)
+    purchase_order_reference = ma.fields.String(allow_none=True)
     prices = ma.fields.List(ma.fields.Dict(), metadata={"description": "Pinned at order time."})
     currency = ma.fields.String()
     unit_monthly_cost = Money(currency_from="currency")

@@ -332,6 +332,23 @@ def name_field(**kwargs: Any) -> ma.fields.String:
     )
 
 
+def reference_field(description: str) -> ma.fields.String:
+    """A public buyer's reference printed on its invoices (a service code, a commitment
+    number): 1–100 characters without control characters; absent or null for none."""
+    return ma.fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[ma.validate.Length(min=1, max=100), NO_CONTROL_CHARACTERS],
+        metadata={"description": description},
+    )
+
+
+BUYER_REFERENCE = "Buyer reference (EN 16931 BT-10), e.g. the service code of Chorus Pro."
+PURCHASE_ORDER_REFERENCE = (
+    "Purchase order reference (EN 16931 BT-13), e.g. the commitment number of a public buyer."
+)
+
+
 def reason_field() -> ma.fields.String:
     """Why (a decision, a correction): 1–500 characters, no control characters."""
     return ma.fields.String(

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from broker.jobs.queue import DeadHandler, Handler, Periodic
 from broker.services import (
-    billing,
+    billing_runs,
     invitations,
     offer_sync,
     orders,
@@ -27,7 +27,7 @@ HANDLERS: dict[str, Handler] = {
     resources.RECONCILE_JOB: resources.run_reconcile_job,
     usage.METER_JOB: usage.run_meter_job,
     usage.POLL_JOB: usage.run_poll_job,
-    billing.BILLING_JOB: billing.run_billing_job,
+    billing_runs.BILLING_JOB: billing_runs.run_billing_job,
     payments.SYNC_JOB: payments.run_sync_job,
     payments.VOID_JOB: payments.run_void_job,
     payments.CREDIT_JOB: payments.run_credit_job,
@@ -36,7 +36,7 @@ HANDLERS: dict[str, Handler] = {
 ON_DEAD: dict[str, DeadHandler] = {
     orders.PROVISION_JOB: provisioning.provision_job_dead,
     resources.ACTION_JOB: resources.action_job_dead,
-    billing.BILLING_JOB: billing.billing_job_dead,
+    billing_runs.BILLING_JOB: billing_runs.billing_job_dead,
     payments.SYNC_JOB: payments.sync_job_dead,
 }
 

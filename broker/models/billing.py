@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -155,10 +156,26 @@ class BillingProfile(TimestampMixin, Base):
         ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
     )
     legal_name: Mapped[str] = mapped_column(String(200))
+    # Street lines, one per line of text (up to three: EN 16931 has three address lines).
     address: Mapped[str | None] = mapped_column(String(500))
+    post_code: Mapped[str | None] = mapped_column(String(20))
+    city: Mapped[str | None] = mapped_column(String(100))
     country: Mapped[str] = mapped_column(String(2))
     vat_id: Mapped[str | None] = mapped_column(String(30))
     vat_rate: Mapped[Decimal] = mapped_column(Micros())  # standard rate, a percentage
+    # The legal registration identifier (SIRET, BT-47) and its ISO/IEC 6523 scheme.
+    legal_id: Mapped[str | None] = mapped_column(String(50))
+    legal_id_scheme: Mapped[str | None] = mapped_column(String(4))
+    # The language of its invoices (`en` or `fr`).
+    language: Mapped[str] = mapped_column(String(2), default="en", server_default="en")
+    # The references its orders carry unless they name their own (BT-10: the buyer's service
+    # code, BT-13: the commitment number), and whether an order must carry them.
+    buyer_reference: Mapped[str | None] = mapped_column(String(100))
+    purchase_order_reference: Mapped[str | None] = mapped_column(String(100))
+    requires_buyer_reference: Mapped[bool] = mapped_column(default=False, server_default=false())
+    requires_purchase_order_reference: Mapped[bool] = mapped_column(
+        default=False, server_default=false()
+    )
     version: Mapped[int] = mapped_column(default=1)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -306,6 +323,9 @@ class InvoiceLine(IdMixin, Base):
     tax_rate: Mapped[Decimal] = mapped_column(Micros())
     service_start: Mapped[datetime]
     service_end: Mapped[datetime]
+    # The references of the order the resource was placed with (BT-10, BT-13).
+    buyer_reference: Mapped[str | None] = mapped_column(String(100))
+    purchase_order_reference: Mapped[str | None] = mapped_column(String(100))
 
     invoice: Mapped[Invoice] = relationship(back_populates="lines")
 
@@ -403,3 +423,24 @@ class StripeEvent(Base):
         ForeignKey("invoices.id", ondelete="SET NULL")
     )
     outcome: Mapped[str] = mapped_column(String(200))
+
+
+class InvoicePayment(IdMixin, TimestampMixin, Base):
+    """A payment received outside Stripe — a bank transfer, as French public buyers pay —
+    recorded by finance against an issued invoice. Payments add up: the invoice is paid when
+    they reach what it is owed, its total less its credit notes (`broker.services.transfers`).
+    """
+
+    __tablename__ = "invoice_payments"
+    # An invoice's payments in the order they were recorded (its listing, and the sum).
+    __table_args__ = (Index("ix_invoice_payments_listing", "invoice_id", "created_at", "id"),)
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("invoices.id", ondelete="RESTRICT"))
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("organizations.id", ondelete="RESTRICT")
+    )
+    amount: Mapped[Decimal] = mapped_column(Micros())
+    currency: Mapped[str] = mapped_column(String(3))
+    received_on: Mapped[date]  # the day the money arrived, as the bank statement says
+    reference: Mapped[str] = mapped_column(String(140))  # the transfer's reference
+    recorded_by: Mapped[str] = mapped_column(String(100))

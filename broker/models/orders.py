@@ -41,6 +41,10 @@ class Order(IdMixin, TimestampMixin, Base):
     )
     name: Mapped[str] = mapped_column(String(63))
     quantity: Mapped[int]
+    # The public buyer's references its usage is invoiced under: the service code (BT-10) and
+    # the commitment / purchase order number (BT-13); the billing profile's when not given.
+    buyer_reference: Mapped[str | None] = mapped_column(String(100))
+    purchase_order_reference: Mapped[str | None] = mapped_column(String(100))
     # image, ssh_public_key, … as the buyer gave them (passed to the adapter).
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # The prices of the pinned offer version, copied: what the agency agreed to pay.

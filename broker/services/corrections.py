@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from billing import exports, invoicing
+from billing.document import CREDIT_NOTE, Corrected, Document
 from billing.money import round_amount
 from broker import access
 from broker.auth.identity import Caller
@@ -35,7 +37,7 @@ from broker.models import (
     Invoice,
     InvoiceState,
 )
-from broker.services import audit, billing, ledger, payments
+from broker.services import audit, invoices, ledger, payments, transfers
 from broker.services.pagination import Page, paginate
 
 ISSUED = (InvoiceState.FINALIZED, InvoiceState.PAID)
@@ -48,13 +50,18 @@ def void(
     reason: str,
     now: datetime,
 ) -> Invoice:
-    invoice = billing.get_invoice(session, caller, invoice_id, lock=True)
+    invoice = invoices.get_invoice(session, caller, invoice_id, lock=True)
     if invoice.state is InvoiceState.DRAFT:
         raise Conflict("A draft is not voided: run billing again to rebuild it.", code="not_issued")
     if invoice.state is InvoiceState.PAID:
         raise Conflict("This invoice is paid: correct it with a credit note.", code="invoice_paid")
     if invoice.state is InvoiceState.VOID:
         raise Conflict("This invoice is already void.", code="invoice_void")
+    if transfers.balance(session, invoice).amount_paid > 0:
+        raise Conflict(
+            "Bank transfers were recorded for this invoice: correct it with a credit note.",
+            code="invoice_partly_paid",
+        )
     if _credited(session, invoice.id):
         raise Conflict(
             "Credit notes correct this invoice: credit the rest instead of voiding it.",
@@ -108,7 +115,7 @@ def issue_credit_note(
 ) -> CreditNote:
     """Credit `lines` (`[{position, amount}]`, net) of an issued invoice, or all that remains
     of every line when `lines` is None."""
-    invoice = billing.get_invoice(session, caller, invoice_id, lock=True)
+    invoice = invoices.get_invoice(session, caller, invoice_id, lock=True)
     if invoice.state not in ISSUED:
         code = "invoice_void" if invoice.state is InvoiceState.VOID else "not_issued"
         raise Conflict(
@@ -120,7 +127,7 @@ def issue_credit_note(
     if not wanted:
         raise Conflict("Nothing remains to credit on this invoice.", code="nothing_to_credit")
     over = {
-        str(position): billing.money_text(remaining[position], invoice.currency)
+        str(position): invoices.money_text(remaining[position], invoice.currency)
         for position, amount in sorted(wanted.items())
         if amount > remaining[position]
     }
@@ -146,7 +153,7 @@ def issue_credit_note(
     tax = sum((tax.amount for tax in taxes), Decimal(0))
     note = CreditNote(
         id=uuid.uuid4(),
-        number=billing.next_number(session, now.year, "credit_note"),
+        number=invoices.next_number(session, now.year, "credit_note"),
         invoice_id=invoice.id,
         organization_id=invoice.organization_id,
         currency=invoice.currency,
@@ -154,7 +161,7 @@ def issue_credit_note(
         subtotal=subtotal,
         tax=tax,
         total=subtotal + tax,
-        taxes=[billing.tax_row(tax_line, invoice.currency) for tax_line in taxes],
+        taxes=[invoices.tax_row(tax_line, invoice.currency) for tax_line in taxes],
         issued_at=now,
         issued_by=caller.client_id,
         lines=[
@@ -169,11 +176,14 @@ def issue_credit_note(
             for index, (position, amount) in enumerate(sorted(wanted.items()), start=1)
         ],
     )
-    note.snapshot = _snapshot(note, invoice, wanted)
+    issued = _document(note, Document.from_snapshot(invoice.snapshot), wanted)
+    invoices.refuse_broken_rules(issued)
+    note.snapshot = issued.to_snapshot()
     note.snapshot_sha256 = invoicing.fingerprint(note.snapshot)
     session.add(note)
     session.flush()
     payments.queue_credit(session, note, invoice)
+    transfers.settle_if_covered(session, caller, invoice)
     audit.record(
         session,
         caller,
@@ -215,38 +225,36 @@ def _wanted(
     return wanted
 
 
-def _snapshot(note: CreditNote, invoice: Invoice, wanted: Mapping[int, Decimal]) -> dict[str, Any]:
-    """The credit note as issued, in the invoice snapshot's shape: its lines are the credited
-    parts of the invoice's lines (a part of a line is credited as a lump sum: quantity 1)."""
-    issued = invoice.snapshot
-    assert issued is not None
+def _document(note: CreditNote, issued: Document, wanted: Mapping[int, Decimal]) -> Document:
+    """The credit note as issued, in the shape of the invoice it corrects (its parties,
+    language and references): its lines are the credited parts of the invoice's lines (a part
+    of a line is credited as a lump sum: quantity 1)."""
+    by_position = {line.position: line for line in issued.lines}
     lines = []
     for index, (position, amount) in enumerate(sorted(wanted.items()), start=1):
-        line = dict(next(item for item in issued["lines"] if item["position"] == position))
-        whole = billing.money_text(amount, note.currency)
-        if whole != line["amount"]:
-            line["quantity"], line["unit_price"] = "1", whole
-        line.update(position=index, credits_position=position, amount=whole)
-        lines.append(line)
-    return {
-        **{key: issued[key] for key in ("period", "period_start", "period_end", "seller", "buyer")},
-        "document_type": "credit_note",
-        "id": str(note.id),
-        "number": note.number,
-        "issued_at": billing.iso(note.issued_at),
-        "currency": note.currency,
-        "corrects": {
-            "id": str(invoice.id),
-            "number": invoice.number,
-            "issued_at": issued["issued_at"],
-        },
-        "reason": note.reason,
-        "lines": lines,
-        "taxes": note.taxes,
-        "subtotal": billing.money_text(note.subtotal, note.currency),
-        "tax": billing.money_text(note.tax, note.currency),
-        "total": billing.money_text(note.total, note.currency),
-    }
+        line = by_position[position]
+        whole = round_amount(amount, note.currency)
+        if whole != line.amount:
+            line = dataclasses.replace(line, quantity=Decimal(1), unit_price=whole)
+        lines.append(
+            dataclasses.replace(line, position=index, credits_position=position, amount=whole)
+        )
+    return dataclasses.replace(
+        issued,
+        document_type=CREDIT_NOTE,
+        id=str(note.id),
+        number=note.number,
+        issued_at=note.issued_at,
+        corrects=Corrected(id=issued.id, number=issued.number, issued_at=issued.issued_at),
+        reason=note.reason,
+        lines=tuple(lines),
+        taxes=invoices.tax_rows(note.taxes),
+        subtotal=round_amount(note.subtotal, note.currency),
+        tax=round_amount(note.tax, note.currency),
+        total=round_amount(note.total, note.currency),
+        due_date=None,
+        payment_terms=None,
+    )
 
 
 def get_credit_note(session: Session, caller: Caller, note_id: uuid.UUID) -> CreditNote:
@@ -261,7 +269,7 @@ def export_credit_note(
 ) -> tuple[bytes, str, str]:
     """A credit note as a file, from its snapshot: (content, media type, file name)."""
     note = get_credit_note(session, caller, note_id)
-    content, media_type = exports.render(note.snapshot, fmt)
+    content, media_type = exports.render(Document.from_snapshot(note.snapshot), fmt)
     return content, media_type, f"credit-note-{note.number}.{exports.EXTENSIONS[fmt]}"
 
 

@@ -25,11 +25,12 @@ from billing.money import round_amount
 from billing.rating import monthly_price
 from broker import access
 from broker.auth.identity import Caller
-from broker.errors import BrokerError, Conflict, NotFound
+from broker.errors import BrokerError, Conflict, NotFound, ValidationFailed
 from broker.jobs.queue import enqueue
 from broker.models import (
     LIVE_STATES,
     AgencyPolicy,
+    BillingProfile,
     Offer,
     OfferState,
     Order,
@@ -248,6 +249,7 @@ def _save(
 def place_order(session: Session, caller: Caller, data: dict[str, Any], now: datetime) -> Order:
     """Check and record an order (buyers). Approved at once under the approval threshold."""
     offer = offers.get_offer(session, caller, data["offer_id"])
+    references = invoice_references(session, caller.organization_id, data)
     if offer.state is not OfferState.PUBLISHED or offer.provider.state is not ProviderState.ACTIVE:
         raise Conflict("This offer cannot be ordered now.", code="not_orderable")
     policy = _lock_policy(session, caller.organization_id)
@@ -268,6 +270,7 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
         name=data["name"],
         quantity=data["quantity"],
         parameters=data.get("parameters") or {},
+        **references,
         prices=offer.prices,
         currency=offer.currency,
         unit_monthly_cost=unit,
@@ -280,6 +283,31 @@ def place_order(session: Session, caller: Caller, data: dict[str, Any], now: dat
     if not waits:
         _start_provisioning(session, order, now)
     return order
+
+
+REFERENCES = {
+    "buyer_reference": "a buyer reference (its service code)",
+    "purchase_order_reference": "a purchase order reference (its commitment number)",
+}
+
+
+def invoice_references(
+    session: Session, organization_id: uuid.UUID, data: dict[str, Any]
+) -> dict[str, str | None]:
+    """The references an order's usage is invoiced under (BT-10, BT-13): its own, else its
+    agency's billing profile's. 422 naming each one the profile requires and neither gives."""
+    profile = session.get(BillingProfile, organization_id)
+    references, errors = {}, {}
+    for name, words in REFERENCES.items():
+        value = data.get(name) or (getattr(profile, name) if profile is not None else None)
+        if value is None and profile is not None and getattr(profile, f"requires_{name}"):
+            errors[name] = [
+                f"Your agency's billing profile requires {words} on every order: give one."
+            ]
+        references[name] = value
+    if errors:
+        raise ValidationFailed(errors=errors)
+    return references
 
 
 def _start_provisioning(session: Session, order: Order, now: datetime) -> None:

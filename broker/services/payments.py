@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from stripe import StripeClient
 
 from billing import stripe_gateway as gateway
+from billing.document import Document
 from broker import db
 from broker.errors import BrokerError, NotFound
 from broker.jobs.queue import JobContext, JobFailed, Reschedule, enqueue
@@ -89,7 +90,8 @@ def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
             raise JobFailed("The invoice no longer exists.")
         if invoice.state is InvoiceState.VOID or invoice.snapshot is None:
             return {"skipped": f"the invoice is {invoice.state}"}
-        snapshot, organization_id = invoice.snapshot, invoice.organization_id
+        document = Document.from_snapshot(invoice.snapshot)
+        organization_id = invoice.organization_id
         customer_id = session.scalar(
             select(StripeCustomer.customer_id).where(
                 StripeCustomer.organization_id == organization_id
@@ -100,10 +102,10 @@ def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
     client = _client(context.config)
     with _gateway_errors():
         if customer_id is None:
-            customer_id = gateway.ensure_customer(client, str(organization_id), snapshot["buyer"])
+            customer_id = gateway.ensure_customer(client, str(organization_id), document.buyer)
             with context.db.transaction() as session:
                 _keep_customer(session, organization_id, customer_id)
-        result = gateway.sync_invoice(client, snapshot, customer_id)
+        result = gateway.sync_invoice(client, document, customer_id)
     with context.db.transaction() as session:
         invoice = session.get(Invoice, invoice_id, with_for_update=True)
         assert invoice is not None
@@ -218,9 +220,10 @@ def run_credit_job(context: JobContext, job: Any) -> dict[str, Any]:
             if invoice.payment_state is PaymentState.PENDING:
                 raise Reschedule(60, "the invoice is not in Stripe yet")
             return {"skipped": f"the invoice is not in Stripe ({invoice.payment_state})"}
-        snapshot, stripe_invoice_id = note.snapshot, invoice.stripe_invoice_id
+        document = Document.from_snapshot(note.snapshot)
+        stripe_invoice_id = invoice.stripe_invoice_id
     with _gateway_errors():
-        result = gateway.credit_invoice(_client(context.config), snapshot, stripe_invoice_id)
+        result = gateway.credit_invoice(_client(context.config), document, stripe_invoice_id)
     with context.db.transaction() as session:
         note = session.get(CreditNote, note_id)
         assert note is not None

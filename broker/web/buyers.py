@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import marshmallow as ma
-from flask import Response, request
+from flask import Response, current_app, request
 from flask_babel import gettext
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -33,7 +33,7 @@ from broker.api.offers import SearchArgs
 from broker.api.orders import OrderCreateSchema, OrderListArgs
 from broker.api.resources import ActionSchema, ResourceListArgs
 from broker.auth.identity import Caller
-from broker.errors import BrokerError, NotFound
+from broker.errors import BrokerError, NotFound, ValidationFailed
 from broker.models import (
     Offer,
     OfferState,
@@ -43,9 +43,9 @@ from broker.models import (
     ResourceState,
     Role,
 )
+from broker.services import billing_profiles, quotes, storage
 from broker.services import offers as offers_service
 from broker.services import orders as orders_service
-from broker.services import quotes, storage
 from broker.services import resources as resources_service
 from broker.web.pages import (
     ONCE_FIELD,
@@ -217,7 +217,17 @@ def compare() -> Response:
 
 # --- ordering --------------------------------------------------------------------------------
 
-ORDER_FIELDS = ("quantity", "name", "parameters.image", "parameters.ssh_public_key", "stored_gib")
+# The public buyer's references an order carries to its invoices (EN 16931 BT-10: the service
+# code, BT-13: the commitment number). Left empty, the agency's billing profile's apply.
+REFERENCE_FIELDS = ("buyer_reference", "purchase_order_reference")
+ORDER_FIELDS = (
+    "quantity",
+    "name",
+    "parameters.image",
+    "parameters.ssh_public_key",
+    "stored_gib",
+    *REFERENCE_FIELDS,
+)
 # The parameters a machine's order takes; volumes and buckets take none.
 MACHINE_PARAMETERS = ("parameters.image", "parameters.ssh_public_key")
 MAX_QUANTITY = 20  # resources in one order, as the API's order schema allows
@@ -225,7 +235,8 @@ MAX_STORED_GIB = 1_048_576  # as the API's quote takes it
 
 
 def _order_data(offer: Offer, values: Mapping[str, str]) -> dict[str, Any]:
-    """The form's fields checked by the API's own order schema."""
+    """The form's fields checked by the API's own order schema (a reference left empty is
+    absent, as in the API: the billing profile's default applies)."""
     parameters = {
         name.removeprefix("parameters."): values[name].strip()
         for name in MACHINE_PARAMETERS
@@ -237,7 +248,37 @@ def _order_data(offer: Offer, values: Mapping[str, str]) -> dict[str, Any]:
         "name": values.get("name", "").strip(),
         "parameters": parameters,
     }
+    body.update(
+        {name: values[name].strip() for name in REFERENCE_FIELDS if values.get(name, "").strip()}
+    )
     return dict(OrderCreateSchema().load(body))
+
+
+def _billing_profile() -> dict[str, Any]:
+    """The person's agency's billing profile: the references it fills in and requires."""
+    person = caller()
+    return billing_profiles.get_profile(
+        request_session(), person, person.organization_id, current_app.config
+    )
+
+
+def _order_problem(error: BrokerError | ma.ValidationError) -> Problem:
+    """An order's refusal in the person's words; a reference the billing profile requires and
+    the order lacks (`orders.invoice_references`, whose sentence is in English) said by its
+    field in their language."""
+    shown = problem_of(error)
+    if isinstance(error, ValidationFailed):
+        required = {
+            "buyer_reference": gettext(
+                "Your agency requires a service code on every order: enter one."
+            ),
+            "purchase_order_reference": gettext(
+                "Your agency requires a commitment number on every order: enter one."
+            ),
+        }
+        for name in required.keys() & shown.fields.keys():
+            shown.fields[name] = [required[name]]
+    return shown
 
 
 def _stored_gib(offer: Offer, values: Mapping[str, str]) -> int | None:
@@ -300,7 +341,10 @@ def _order_page(
         if quote is not None
         else None,
         "stored_basis": STORED_GIB_BASIS,
+        "profile": _billing_profile(),
     }
+    if isinstance(problem, BrokerError | ma.ValidationError):
+        problem = _order_problem(problem)
     if problem is not None:
         return form_page("console/order_form.html", problem, **context)
     return render("console/order_form.html", **context)
@@ -311,17 +355,22 @@ def _order_page(
 def order_form(offer_id: uuid.UUID) -> Response | BaseResponse:
     """Order machines, volumes or buckets of an offer in two steps: `check` shows what the
     agency's policy says (changing nothing; a bucket quoted for the GiB it is expected to
-    store), `place` places the order as the API does."""
+    store) and a reference its billing profile requires that is missing, `place` places the
+    order as the API does. The references are filled in with the billing profile's."""
     if request.method == "POST" and request.form.get("action") == "place":
         return _place(offer_id)
     offer = offers_service.get_offer(request_session(), caller(), offer_id)
     if request.method == "GET":
-        return _order_page(offer, {"quantity": "1"}, quote=_quote(offer, 1))
+        profile = _billing_profile()
+        defaults = {name: profile[name] or "" for name in REFERENCE_FIELDS}
+        return _order_page(offer, {"quantity": "1", **defaults}, quote=_quote(offer, 1))
     values = {name: request.form.get(name, "") for name in ORDER_FIELDS}
     try:
         data = _order_data(offer, values)
         stored_gib = _stored_gib(offer, values)
-    except ma.ValidationError as error:
+        # A reference the billing profile requires and neither gives: said now, not on placing.
+        orders_service.invoice_references(request_session(), caller().organization_id, data)
+    except (BrokerError, ma.ValidationError) as error:
         return _order_page(offer, values, error, _typed_quote(offer, values))
     quote = _quote(offer, data["quantity"], stored_gib)
     if quote is None:

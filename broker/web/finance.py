@@ -1,10 +1,10 @@
 """Finance's pages: invoices by period and state, an invoice with its corrections (finalize,
-void, credit note) and downloads, the period CSV, billing runs, and settlements (which a
-provider's operators also read, for their own provider).
+void, credit note), the bank transfers that pay it, and downloads, the period CSV, billing
+runs, and settlements (which a provider's operators also read, for their own provider).
 
-Each page mirrors its API view (broker/api/billing.py, broker/api/settlements.py): the same
-schemas validate the forms, the same services and access rules answer, and a download is the
-very file the API exports.
+Each page mirrors its API view (broker/api/billing.py, broker/api/invoice_payments.py,
+broker/api/settlements.py): the same schemas validate the forms, the same services and access
+rules answer, and a download is the very file the API exports.
 """
 
 from __future__ import annotations
@@ -31,15 +31,20 @@ from broker.api.billing import (
     VoidSchema,
 )
 from broker.api.idempotency import idempotent
+from broker.api.invoice_payments import InvoicePaymentCreateSchema
 from broker.api.limits import expensive
 from broker.api.schemas import ListArgs
 from broker.api.settlements import SettlementArgs
 from broker.auth.identity import Caller
 from broker.errors import BrokerError, NotFound
 from broker.models import InvoiceState, Role
-from broker.services import billing as billing_service
-from broker.services import corrections
+from broker.services import billing_profiles, corrections, transfers
+from broker.services import billing_runs as run_service
+from broker.services import invoices as billing_service
 from broker.services import settlements as settlements_service
+from broker.services.pagination import MAX_LIMIT
+from broker.web.i18n import money, typed_amount, when
+from broker.web.operators import _decimal_text
 from broker.web.pages import (
     ONCE_FIELD,
     Problem,
@@ -137,7 +142,7 @@ def _invoice_page(
         buyer = invoice.snapshot["buyer"]
         due = date.fromisoformat(invoice.snapshot["due_date"])
     else:
-        buyer = billing_service.get_profile(
+        buyer = billing_profiles.get_profile(
             session, person, invoice.organization_id, current_app.config
         )
         due = None
@@ -146,7 +151,12 @@ def _invoice_page(
     ).items
     issued = invoice.state in corrections.ISSUED
     creditable = corrections.creditable(session, invoice) if issued else {}
+    # An invoice is paid by a few transfers at most: the first page is all of them.
+    received, balance = transfers.list_payments(
+        session, person, invoice.id, limit=MAX_LIMIT, cursor=None
+    )
     books = keeps_the_books(person)
+    unpaid = invoice.state is InvoiceState.FINALIZED
     return {
         "invoice": invoice,
         "agency": billing_service.agency_names(session, person).get(invoice.organization_id),
@@ -158,8 +168,17 @@ def _invoice_page(
         "formats": [(fmt, FORMAT_LABELS[fmt]) for fmt in exports.FORMATS],
         "shown": shown,
         "may_finalize": books and invoice.state is InvoiceState.DRAFT,
-        "may_void": books and invoice.state is InvoiceState.FINALIZED and not notes,
+        # Void only what nobody paid, even in part, and nothing credited.
+        "may_void": books and unpaid and not notes and not received.items,
         "may_credit": books and issued and any(amount > 0 for amount in creditable.values()),
+        "payments": received.items,
+        "balance": balance,
+        "may_record_payment": books and unpaid and balance.amount_due > 0,
+        # What the transfer form shows first: all that is owed, received today.
+        "payment_form": {
+            "amount": typed_amount(balance.amount_due),
+            "received_on": now().date().isoformat(),
+        },
         "problem": problem,
         **context,
     }
@@ -209,6 +228,41 @@ def void_invoice(invoice_id: uuid.UUID) -> BaseResponse:
         gettext("Invoice %(number)s is void.", number=voided.number),
         invoice_id=invoice_id,
     )
+
+
+@bp.post("/invoices/<uuid:invoice_id>/payments")
+@page(Role.FINANCE)
+def record_payment(invoice_id: uuid.UUID) -> BaseResponse:
+    """Record a bank transfer received for an issued invoice: the one that pays all that is
+    owed makes it paid."""
+    return _record_payment(invoice_id)
+
+
+@idempotent(required=True, form_field=ONCE_FIELD)
+def _record_payment(invoice_id: uuid.UUID) -> BaseResponse:
+    """Once per form shown, as the API's `Idempotency-Key`: sent twice, one payment."""
+    form = {
+        name: request.form.get(name, "").strip() for name in ("amount", "received_on", "reference")
+    }
+    body = {**form, "amount": _decimal_text(form["amount"])}
+    try:
+        data = InvoicePaymentCreateSchema().load({k: v for k, v in body.items() if v})
+        receipt = transfers.record_payment(
+            request_session(), caller(), invoice_id, now=now(), **data
+        )
+    except NotFound:
+        raise
+    except (ma.ValidationError, BrokerError) as error:
+        return _invoice_again(invoice_id, error, payment_form=form)
+    payment = receipt.payment
+    message = gettext(
+        "A transfer of %(amount)s received on %(day)s is recorded.",
+        amount=money(payment.amount, payment.currency),
+        day=when(payment.received_on),
+    )
+    if receipt.amount_due == 0:
+        message += " " + gettext("The invoice is paid.")
+    return done("console.invoice", message, invoice_id=invoice_id)
 
 
 def _invoice_again(
@@ -324,7 +378,7 @@ def billing_runs() -> BaseResponse:
         form = {"period": request.form.get("period", "").strip()}
         try:
             data = BillingRunCreateSchema().load({k: v for k, v in form.items() if v})
-            run = billing_service.start_run(session, caller(), data["period"], now())
+            run = run_service.start_run(session, caller(), data["period"], now())
         except (ma.ValidationError, BrokerError) as error:
             session.rollback()
             problem = problem_of(error)
@@ -341,7 +395,7 @@ def billing_runs() -> BaseResponse:
         listing = ListArgs().load(query_args())
     except ma.ValidationError:
         listing = ListArgs().load({})
-    runs = billing_service.list_runs(session, **listing)
+    runs = run_service.list_runs(session, **listing)
     return render(
         "console/finance/billing_runs.html",
         200 if problem is None else problem.status,

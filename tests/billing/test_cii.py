@@ -1,15 +1,21 @@
-"""The EN 16931 CII export of a snapshot: valid against the Factur-X XSD, the snapshot's own
-figures (never recomputed), and the same bytes every time."""
+"""The EN 16931 CII export of a document: valid against the Factur-X XSD, the document's own
+figures (never recomputed), and the same bytes every time. The fixtures are stored snapshots as
+the broker froze them before parties were structured (their address one text), read through
+`Document.from_snapshot`; `structured()` is a document as issued today."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import facturx
 import pytest
 from lxml import etree
 
-from billing.cii import to_cii
+from billing import cii
+from billing.document import EXEMPTIONS, Document
+from tests.billing.test_pdf import BUYER as BUYER_PARTY
+from tests.billing.test_pdf import SELLER as SELLER_PARTY
 
 NS = {
     "rsm": "urn:un:unece:uncefact:data:standard:CrossIndustryInvoice:100",
@@ -130,8 +136,41 @@ def jpy_invoice() -> dict[str, Any]:
     )
 
 
-def parsed(document: dict[str, Any]) -> etree._Element:
-    xml = to_cii(document)
+def to_cii(snapshot: dict[str, Any]) -> bytes:
+    return cii.to_cii(Document.from_snapshot(snapshot))
+
+
+def structured() -> Document:
+    """An invoice as issued today: parties with address lines, post code, city and legal
+    ids, the buyer's references, lines naming their resource, French legal mentions."""
+    base = Document.from_snapshot(invoice())
+    lines = tuple(
+        dataclasses.replace(
+            line,
+            resource_name=f"web-{line.position}",
+            offer_name="Small 2 vCPU",
+            provider_name="Hexagone Cloud",
+            region="fr-par-1",
+            buyer_reference="DSI-CLOUD",
+            purchase_order_reference="EJ-2030-42",
+        )
+        for line in base.lines
+    )
+    return dataclasses.replace(
+        base,
+        language="fr",
+        seller=SELLER_PARTY,
+        buyer=BUYER_PARTY,
+        lines=lines,
+        buyer_reference="DSI-CLOUD",
+        purchase_order_reference="EJ-2030-42",
+        legal_mentions=("Pas d'escompte pour paiement anticipé.", "Indemnité : 40 €."),
+        payment_terms="Paiement à 30 jours",
+    )
+
+
+def parsed(document: dict[str, Any] | Document) -> etree._Element:
+    xml = cii.to_cii(document) if isinstance(document, Document) else to_cii(document)
     assert facturx.xml_check_xsd(xml, flavor="factur-x", level="en16931")
     return etree.fromstring(xml)
 
@@ -154,6 +193,7 @@ def vat_breakdown(root: etree._Element) -> list[dict[str, str | None]]:
             "base": row.findtext("ram:BasisAmount", namespaces=NS),
             "amount": row.findtext("ram:CalculatedAmount", namespaces=NS),
             "reason": row.findtext("ram:ExemptionReason", namespaces=NS),
+            "code": row.findtext("ram:ExemptionReasonCode", namespaces=NS),
         }
         for row in rows
     ]
@@ -185,9 +225,16 @@ def test_an_invoice_is_valid_cii_with_the_snapshots_own_figures() -> None:
     assert text(root, "rsm:ExchangedDocument/ram:IssueDateTime/udt:DateTimeString") == "20300401"
     assert texts(root, f"{SETTLEMENT}/ram:InvoiceReferencedDocument") == []
     assert vat_breakdown(root) == [
-        {"category": "S", "rate": "20", "base": "16.00", "amount": "3.20", "reason": None},
-        {"category": "Z", "rate": "0", "base": "0.13", "amount": "0.00", "reason": None},
-        {"category": "E", "rate": "0", "base": "3.10", "amount": "0.00", "reason": "Exempt"},
+        {"category": "S", "rate": "20", "base": "16.00", "amount": "3.20", **NO_REASON},
+        {"category": "Z", "rate": "0", "base": "0.13", "amount": "0.00", **NO_REASON},
+        {
+            "category": "E",
+            "rate": "0",
+            "base": "3.10",
+            "amount": "0.00",
+            "reason": EXEMPTIONS["E"][1],
+            "code": "VATEX-EU-132",
+        },
     ]
     assert totals(root) == expected_totals(document)
     currency = root.xpath(f"{SUMMATION}/ram:TaxTotalAmount/@currencyID", namespaces=NS)
@@ -229,7 +276,8 @@ def test_every_snapshot_line_is_a_cii_line_with_its_amount_unit_and_vat() -> Non
     units = root.xpath("//ram:BilledQuantity/@unitCode", namespaces=NS)
     assert units == ["HUR", "HUR", "C62", "C62"]
     names = texts(root, "//ram:SpecifiedTradeProduct/ram:Name")
-    assert names[0] == "instance_hour — resource 5c1e0000-0000-4000-8000-000000000001, 2030-03"
+    # A snapshot frozen before lines named their resource names it by its id.
+    assert names[0] == "5c1e0000-0000-4000-8000-000000000001 — instance_hour, 2030-03"
     assert names[2].endswith(", adjustment for 2030-02")
     # The February adjustment's service days: its last day is the 28th.
     ends = texts(
@@ -289,6 +337,7 @@ def test_a_credit_note_is_381_and_references_the_invoice_it_corrects() -> None:
             "base": "5.00",
             "amount": "0.00",
             "reason": "Reverse charge",
+            "code": "VATEX-EU-AE",
         }
     ]
     assert totals(root) == expected_totals(document)
@@ -301,7 +350,7 @@ def test_a_yen_invoice_keeps_its_whole_amounts() -> None:
     document = jpy_invoice()
     root = parsed(document)
     assert vat_breakdown(root) == [
-        {"category": "S", "rate": "10", "base": "1173", "amount": "117", "reason": None}
+        {"category": "S", "rate": "10", "base": "1173", "amount": "117", **NO_REASON}
     ]
     assert totals(root) == expected_totals(document)
     assert texts(root, f"{SETTLEMENT}/ram:InvoiceCurrencyCode") == ["JPY"]
@@ -314,9 +363,56 @@ def test_the_same_snapshot_gives_the_same_bytes(make: Any) -> None:
     assert b"xsi:nil" not in first
 
 
-def test_an_unknown_document_type_is_refused() -> None:
+def test_an_unknown_document_type_or_language_is_refused() -> None:
     with pytest.raises(ValueError, match="document type"):
         to_cii(invoice(document_type="proforma"))
+    with pytest.raises(ValueError, match="language"):
+        to_cii(invoice(language="de"))
+
+
+def test_a_document_survives_its_snapshot_form() -> None:
+    document = structured()
+    assert Document.from_snapshot(document.to_snapshot()) == document
+    # Figures keep the decimals they were issued with.
+    assert document.to_snapshot()["lines"][0]["amount"] == "11.73"
+
+
+def test_parties_references_line_ids_and_legal_mentions_of_an_invoice_as_issued_today() -> None:
+    root = parsed(structured())
+    agreement = "rsm:SupplyChainTradeTransaction/ram:ApplicableHeaderTradeAgreement"
+    seller, buyer = f"{agreement}/ram:SellerTradeParty", f"{agreement}/ram:BuyerTradeParty"
+    address = f"{seller}/ram:PostalTradeAddress"
+    assert text(root, f"{address}/ram:LineOne") == "12 rue de l'Arsenal"
+    assert text(root, f"{address}/ram:LineTwo") == "Bâtiment B"
+    assert text(root, f"{address}/ram:PostcodeCode") == "75004"
+    assert text(root, f"{address}/ram:CityName") == "Paris"
+    legal = f"{buyer}/ram:SpecifiedLegalOrganization/ram:ID"
+    assert text(root, legal) == "18002002600019"  # BT-47
+    assert root.xpath(f"{legal}/@schemeID", namespaces=NS) == ["0002"]
+    assert text(root, f"{seller}/ram:SpecifiedLegalOrganization/ram:ID") == "12345678900017"
+    assert text(root, f"{agreement}/ram:BuyerReference") == "DSI-CLOUD"  # BT-10
+    assert (
+        text(root, f"{agreement}/ram:BuyerOrderReferencedDocument/ram:IssuerAssignedID")
+        == "EJ-2030-42"  # BT-13
+    )
+    names = texts(root, "//ram:SpecifiedTradeProduct/ram:Name")
+    assert names[0] == "web-1 — Small 2 vCPU, Hexagone Cloud, fr-par-1 — instance_hour, 2030-03"
+    ids = texts(
+        root,
+        "//ram:SpecifiedLineTradeSettlement/ram:AdditionalReferencedDocument/ram:IssuerAssignedID",
+    )
+    assert ids[0] == "5c1e0000-0000-4000-8000-000000000001"  # BT-128
+    assert texts(root, "rsm:ExchangedDocument/ram:IncludedNote/ram:Content") == [
+        "Pas d'escompte pour paiement anticipé.",
+        "Indemnité : 40 €.",
+    ]
+    assert (
+        text(root, f"{SETTLEMENT}/ram:SpecifiedTradePaymentTerms/ram:Description")
+        == "Paiement à 30 jours"
+    )
+
+
+NO_REASON = {"reason": None, "code": None}
 
 
 def test_a_snapshot_without_a_document_type_is_an_invoice() -> None:

@@ -5,9 +5,9 @@ rendered one after another in one process share no glyphs: each is as if it were
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
-from typing import Any
 from unittest import mock
 
 import pytest
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from pypdf import PdfReader
 
 from billing import pdf
-from tests.billing.test_cii import BUYER, credit_note, invoice, jpy_invoice
-from tests.billing.test_pdf import long_invoice
+from billing.document import Document
+from tests.billing.test_pdf import BUYER, credit_note, invoice, long_invoice, yen_invoice
 
 LATIN = "Agence nationale des données souveraines — Dvořák, Łódź, Œuvre €"
 GREEK_CYRILLIC = "Δήμος Αθηναίων · Столична община София"
@@ -37,7 +37,7 @@ class _Reference(pdf._Document):
         return bytes(self.output())
 
 
-def reference_pdf(document: dict[str, Any]) -> bytes:
+def reference_pdf(document: Document) -> bytes:
     with mock.patch.object(pdf, "_Document", _Reference):
         return pdf.to_pdf(document)
 
@@ -47,20 +47,21 @@ def texts(content: bytes) -> list[str]:
     return [page.extract_text() for page in PdfReader(io.BytesIO(content)).pages]
 
 
-def assert_as_reference(document: dict[str, Any]) -> None:
+def assert_as_reference(document: Document) -> None:
     fast, reference = pdf.to_pdf(document), reference_pdf(document)
     assert texts(fast) == texts(reference)  # the same pages, the same text on each
     assert fast == reference
 
 
-def buyer_named(name: str) -> dict[str, Any]:
-    return invoice(buyer={**BUYER, "legal_name": name})
+def buyer_named(name: str) -> Document:
+    return dataclasses.replace(invoice(), buyer=dataclasses.replace(BUYER, name=name))
 
 
-DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {
-    "invoice": invoice,
+DOCUMENTS: dict[str, Callable[[], Document]] = {
+    "French invoice": invoice,
+    "English invoice": lambda: invoice("en"),
     "credit note": credit_note,
-    "yen invoice": jpy_invoice,
+    "yen invoice": yen_invoice,
     "four pages": lambda: long_invoice(30),
     "Greek and Cyrillic buyer": lambda: buyer_named(GREEK_CYRILLIC),
     "buyer beyond the working font": lambda: buyer_named(BEYOND_WORKING_FONT),
@@ -69,7 +70,9 @@ DOCUMENTS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 @pytest.mark.parametrize("make", DOCUMENTS.values(), ids=DOCUMENTS.keys())
-def test_a_document_is_byte_for_byte_the_one_fpdf2_makes_alone(make: Callable[[], Any]) -> None:
+def test_a_document_is_byte_for_byte_the_one_fpdf2_makes_alone(
+    make: Callable[[], Document],
+) -> None:
     assert_as_reference(make())
 
 

@@ -6,17 +6,19 @@ again creates nothing twice.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from stripe import StripeClient
 
+from billing.document import Document
 from billing.money import MoneyError
 from billing.stripe_gateway import (
     BadSignature,
@@ -41,7 +43,9 @@ FINALIZE = "POST /v1/invoices/<id>/finalize"
 SECRET = "whsec_test_0123456789"
 
 
-def _line(position: int, amount: str, category: str = "S", rate: str = "20", **extra: str) -> dict:
+def _line(
+    position: int, amount: str, category: str = "S", rate: str = "20", **extra: str
+) -> dict[str, Any]:
     return {
         "position": position,
         "kind": "usage",
@@ -60,15 +64,24 @@ def _line(position: int, amount: str, category: str = "S", rate: str = "20", **e
     }
 
 
-def eur_snapshot() -> dict[str, Any]:
+def eur_snapshot(**changes: Any) -> dict[str, Any]:
     """4 lines, one tax row with an amount and one zero-rated row: 5 items in Stripe."""
-    return {
+    snapshot = {
         "document_type": "invoice",
         "id": "7b0c2f3e-0f7e-4a8e-9a57-2d0f3a1b9c11",
         "number": "2030-000001",
+        "issued_at": "2030-04-01T00:05:00Z",
         "currency": "EUR",
         "period": "2030-03",
-        "buyer": {"organization_id": "0d5b", "name": "ANDS", "legal_name": "Agence nationale"},
+        "period_start": "2030-03-01T00:00:00Z",
+        "period_end": "2030-04-01T00:00:00Z",
+        "seller": {"name": "Sovereign Cloud Consortium", "country": "FR"},
+        "buyer": {
+            "organization_id": "0d5b",
+            "name": "ANDS",
+            "legal_name": "Agence nationale",
+            "country": "FR",
+        },
         "lines": [
             _line(1, "11.73", quantity="234.633333"),
             _line(2, "3.20", metric="egress_gib"),
@@ -83,6 +96,14 @@ def eur_snapshot() -> dict[str, Any]:
         "tax": "3.16",
         "total": "23.96",
     }
+    return {**snapshot, **changes}
+
+
+def eur_invoice(**changes: Any) -> Document:
+    return Document.from_snapshot(eur_snapshot(**changes))
+
+
+BUYER = eur_invoice().buyer  # "Agence nationale", trading as "ANDS"
 
 
 @pytest.fixture
@@ -94,7 +115,7 @@ def stripe_api() -> Iterator[tuple[FakeStripe, StripeClient, str]]:
 @pytest.fixture
 def customer(stripe_api: tuple[FakeStripe, StripeClient, str]) -> str:
     _, client, _ = stripe_api
-    return ensure_customer(client, "0d5b", {"legal_name": "Agence nationale", "name": "ANDS"})
+    return ensure_customer(client, "0d5b", BUYER)
 
 
 def _only_invoice(fake: FakeStripe) -> dict[str, Any]:
@@ -110,7 +131,7 @@ def test_a_sync_makes_an_item_per_line_and_per_taxed_row_and_totals_match(
 ) -> None:
     fake, client, _ = stripe_api
 
-    result = sync_invoice(client, eur_snapshot(), customer)
+    result = sync_invoice(client, eur_invoice(), customer)
 
     invoice = _only_invoice(fake)
     assert result.stripe_invoice_id == invoice["id"]
@@ -153,9 +174,9 @@ def test_a_run_again_after_success_creates_nothing(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
-    first = sync_invoice(client, eur_snapshot(), customer)
+    first = sync_invoice(client, eur_invoice(), customer)
 
-    again = sync_invoice(client, eur_snapshot(), customer)
+    again = sync_invoice(client, eur_invoice(), customer)
 
     assert again == first
     assert len(fake.invoices) == 1 and len(fake.items) == 5
@@ -198,10 +219,10 @@ def test_a_sync_stopped_anywhere_then_run_again_makes_everything_once(
         fake.fail_before(endpoint, call_number)
 
     with pytest.raises(GatewayRetryable):
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
     if keys_forgotten:  # the job's next attempt came more than a day later
         fake.forget_idempotency_keys()
-    result = sync_invoice(client, eur_snapshot(), customer)
+    result = sync_invoice(client, eur_invoice(), customer)
 
     invoice = _only_invoice(fake)
     assert sorted(i["metadata"]["broker_item"] for i in fake.items_of(invoice["id"])) == [
@@ -224,11 +245,11 @@ def test_crash_after_two_of_five_items_leaves_three_and_the_run_again_adds_two(
     fake.fail_after_commit(ITEMS, call_number=3)
 
     with pytest.raises(GatewayRetryable):
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
     invoice = _only_invoice(fake)
     assert len(fake.items_of(invoice["id"])) == 3 and invoice["status"] == "draft"
 
-    sync_invoice(client, eur_snapshot(), customer)
+    sync_invoice(client, eur_invoice(), customer)
     assert len(fake.items_of(invoice["id"])) == 5
     assert fake.count(ITEMS) == 3 + 2
     assert fake.count(FINALIZE) == 1
@@ -244,7 +265,7 @@ def test_a_stripe_total_that_differs_is_caught_before_finalizing(
     fake.total_skew = 1
 
     with pytest.raises(StripeTotalMismatch) as caught:
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
 
     assert (caught.value.ours, caught.value.theirs) == (2396, 2397)
     assert isinstance(caught.value, GatewayPermanent)
@@ -258,50 +279,58 @@ def test_an_item_added_behind_our_back_is_caught(
     fake, client, _ = stripe_api
     fake.fail_before(FINALIZE)
     with pytest.raises(GatewayRetryable):
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
     fake.add_item(_only_invoice(fake)["id"], 100)
 
     with pytest.raises(StripeTotalMismatch) as caught:
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
 
     assert (caught.value.ours, caught.value.theirs) == (2396, 2496)
     assert _only_invoice(fake)["status"] == "draft"
 
 
-def test_a_yen_invoice_has_no_minor_unit(
+def test_a_yen_invoice_has_no_minor_unit_and_its_own_payment_terms(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
-    snapshot = eur_snapshot()
-    snapshot.update(
+    yen = eur_invoice(
         id="jpy-1",
         number="2030-000002",
         currency="JPY",
         lines=[_line(1, "1234", unit_price="123.4"), _line(2, "567")],
         taxes=[{"category": "S", "rate": "10", "base": "1801", "amount": "180"}],
         total="1981",
+        due_date="2030-04-16",  # 15 days after its issue
     )
 
-    result = sync_invoice(client, snapshot, customer)
+    result = sync_invoice(client, yen, customer)
 
     invoice = _only_invoice(fake)
     assert invoice["currency"] == "jpy"
+    assert invoice["days_until_due"] == 15
     assert [i["amount"] for i in fake.items_of(invoice["id"])] == [1234, 567, 180]
     assert result.total_minor == 1981
 
 
-def test_a_snapshot_amount_finer_than_the_currency_is_refused_before_any_call(
-    stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lines": [_line(1, "11.735")]},  # a line finer than the cent
+        {"total": "23.955"},
+        {"lines": [_line(1, "11.73"), _line(1, "3.20")]},  # two items under one key
+    ],
+    ids=["line", "total", "repeated_line"],
+)
+def test_a_document_stripe_cannot_hold_as_issued_is_refused_before_any_call(
+    stripe_api: tuple[FakeStripe, StripeClient, str], customer: str, changes: dict[str, Any]
 ) -> None:
     fake, client, _ = stripe_api
-    snapshot = eur_snapshot()
-    snapshot["lines"][0]["amount"] = "11.735"
     requests_before = sum(fake.requests.values())
 
     with pytest.raises(GatewayPermanent) as caught:
-        sync_invoice(client, snapshot, customer)
+        sync_invoice(client, eur_invoice(**changes), customer)
 
-    assert caught.value.code == "invalid_snapshot"
+    assert caught.value.code == "invalid_document"
     assert sum(fake.requests.values()) == requests_before
 
 
@@ -318,17 +347,17 @@ def test_a_snapshot_amount_finer_than_the_currency_is_refused_before_any_call(
     ],
 )
 def test_amounts_become_exact_integers(amount: str, currency: str, minor: int) -> None:
-    converted = to_stripe_amount(amount, currency)
+    converted = to_stripe_amount(Decimal(amount), currency)
     assert converted == minor and type(converted) is int
 
 
 @pytest.mark.parametrize(
     ("amount", "currency"),
-    [("11.735", "EUR"), ("12.5", "JPY"), ("NaN", "EUR"), ("1e", "EUR"), ("1", "XXX")],
+    [("11.735", "EUR"), ("12.5", "JPY"), ("NaN", "EUR"), ("Infinity", "EUR"), ("1", "XXX")],
 )
 def test_amounts_that_are_not_whole_minor_units_are_refused(amount: str, currency: str) -> None:
     with pytest.raises(MoneyError):
-        to_stripe_amount(amount, currency)
+        to_stripe_amount(Decimal(amount), currency)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -339,7 +368,7 @@ def test_a_wrong_api_key_is_permanent(stripe_api: tuple[FakeStripe, StripeClient
     client = make_client("sk_test_wrong", base_url)
 
     with pytest.raises(GatewayPermanent) as caught:
-        ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})
+        ensure_customer(client, "0d5b", BUYER)
 
     assert caught.value.status == 401
     assert "Invalid API Key" in str(caught.value)
@@ -349,7 +378,7 @@ def test_a_bad_request_is_permanent(stripe_api: tuple[FakeStripe, StripeClient, 
     _, client, _ = stripe_api
 
     with pytest.raises(GatewayPermanent) as caught:
-        sync_invoice(client, eur_snapshot(), "cus_nobody")
+        sync_invoice(client, eur_invoice(), "cus_nobody")
 
     assert (caught.value.status, caught.value.code) == (400, "resource_missing")
 
@@ -358,10 +387,10 @@ def test_a_key_reused_with_other_parameters_is_permanent(
     stripe_api: tuple[FakeStripe, StripeClient, str],
 ) -> None:
     _, client, _ = stripe_api
-    ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})
+    ensure_customer(client, "0d5b", BUYER)
 
     with pytest.raises(GatewayPermanent) as caught:
-        ensure_customer(client, "0d5b", {"legal_name": "Agence renommée"})
+        ensure_customer(client, "0d5b", dataclasses.replace(BUYER, name="Agence renommée"))
 
     assert (caught.value.status, caught.value.code) == (400, "idempotency_error")
 
@@ -374,10 +403,10 @@ def test_server_errors_and_conflicts_are_retryable(
     fake.fail_before("POST /v1/customers", status=status)
 
     with pytest.raises(GatewayRetryable) as caught:
-        ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})
+        ensure_customer(client, "0d5b", BUYER)
 
     assert caught.value.retry_after is None
-    assert ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})  # then it works
+    assert ensure_customer(client, "0d5b", BUYER)  # then it works
 
 
 def test_a_rate_limit_is_retryable_after_what_stripe_said(
@@ -387,7 +416,7 @@ def test_a_rate_limit_is_retryable_after_what_stripe_said(
     fake.fail_before("POST /v1/customers", status=429, retry_after=7)
 
     with pytest.raises(GatewayRetryable) as caught:
-        ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})
+        ensure_customer(client, "0d5b", BUYER)
 
     assert caught.value.retry_after == 7.0
 
@@ -399,7 +428,7 @@ def test_a_refused_connection_is_retryable() -> None:
     client = make_client(API_KEY, f"http://127.0.0.1:{port}", timeout=2)
 
     with pytest.raises(GatewayRetryable):
-        ensure_customer(client, "0d5b", {"legal_name": "Agence nationale"})
+        ensure_customer(client, "0d5b", BUYER)
 
 
 # -- customers and voids --------------------------------------------------------------------------
@@ -409,7 +438,7 @@ def test_ensure_customer_twice_makes_one_customer(
     stripe_api: tuple[FakeStripe, StripeClient, str],
 ) -> None:
     fake, client, _ = stripe_api
-    buyer = {"legal_name": "Agence nationale des données souveraines", "name": "ANDS"}
+    buyer = dataclasses.replace(BUYER, name="Agence nationale des données souveraines")
 
     first = ensure_customer(client, "0d5b", buyer)
     second = ensure_customer(client, "0d5b", buyer)
@@ -424,43 +453,51 @@ def test_void_voids_once_and_an_already_void_invoice_is_fine(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
-    synced = sync_invoice(client, eur_snapshot(), customer)
-    broker_id = eur_snapshot()["id"]
+    synced = sync_invoice(client, eur_invoice(), customer)
+    broker_id = eur_invoice().id
 
     void_invoice(client, synced.stripe_invoice_id, broker_id)
     void_invoice(client, synced.stripe_invoice_id, broker_id)
 
     assert _only_invoice(fake)["status"] == "void"
     assert fake.count("POST /v1/invoices/<id>/void") == 1
-    assert sync_invoice(client, eur_snapshot(), customer).status == "void"
+    assert sync_invoice(client, eur_invoice(), customer).status == "void"
 
 
-def credit_snapshot() -> dict[str, Any]:
-    """A credit note of 5.00 of line 1 (+ 1.00 VAT) of `eur_snapshot()`."""
-    return {
-        **eur_snapshot(),
-        "document_type": "credit_note",
-        "id": "c4ed17a0-0000-4000-8000-000000000001",
-        "number": "CN-2030-000001",
-        "reason": "Outage",
-        "lines": [{**_line(1, "5.00", quantity="1", unit_price="5.00"), "credits_position": 1}],
-        "taxes": [{"category": "S", "rate": "20", "base": "5.00", "amount": "1.00"}],
-        "subtotal": "5.00",
-        "tax": "1.00",
-        "total": "6.00",
-    }
+def credit_note(**changes: Any) -> Document:
+    """A credit note of 5.00 of line 1 (+ 1.00 VAT) of `eur_invoice()`."""
+    return eur_invoice(
+        **{
+            "document_type": "credit_note",
+            "id": "c4ed17a0-0000-4000-8000-000000000001",
+            "number": "CN-2030-000001",
+            "issued_at": "2030-04-12T09:30:00Z",
+            "corrects": {
+                "id": eur_snapshot()["id"],
+                "number": "2030-000001",
+                "issued_at": "2030-04-01T00:05:00Z",
+            },
+            "reason": "Outage",
+            "lines": [{**_line(1, "5.00", quantity="1", unit_price="5.00"), "credits_position": 1}],
+            "taxes": [{"category": "S", "rate": "20", "base": "5.00", "amount": "1.00"}],
+            "subtotal": "5.00",
+            "tax": "1.00",
+            "total": "6.00",
+            **changes,
+        }
+    )
 
 
 def test_a_credit_note_lowers_what_is_due_once_even_when_its_answer_is_lost(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
-    synced = sync_invoice(client, eur_snapshot(), customer)
+    synced = sync_invoice(client, eur_invoice(), customer)
     fake.fail_after_commit("POST /v1/credit_notes")
     with pytest.raises(GatewayRetryable):
-        credit_invoice(client, credit_snapshot(), synced.stripe_invoice_id)
+        credit_invoice(client, credit_note(), synced.stripe_invoice_id)
     fake.forget_idempotency_keys()  # a retry a day later: found, not made again
-    result = credit_invoice(client, credit_snapshot(), synced.stripe_invoice_id)
+    result = credit_invoice(client, credit_note(), synced.stripe_invoice_id)
 
     (note,) = fake.credit_notes.values()
     assert (result.stripe_credit_note_id, result.total_minor) == (note["id"], 600)
@@ -470,7 +507,7 @@ def test_a_credit_note_lowers_what_is_due_once_even_when_its_answer_is_lost(
 
     # Once the invoice is paid, a credit note is settled outside Stripe (a transfer back).
     fake.mark_paid(synced.stripe_invoice_id)
-    second = {**credit_snapshot(), "id": "c4ed17a0-0000-4000-8000-000000000002"}
+    second = credit_note(id="c4ed17a0-0000-4000-8000-000000000002")
     credit_invoice(client, second, synced.stripe_invoice_id)
     assert [n["out_of_band_amount"] for n in fake.credit_notes.values()] == [None, 600]
 
@@ -481,9 +518,9 @@ def test_a_credit_note_waits_for_its_invoice_to_leave_draft(
     fake, client, _ = stripe_api
     fake.fail_before(FINALIZE)
     with pytest.raises(GatewayRetryable):
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
     with pytest.raises(GatewayRetryable, match="draft"):
-        credit_invoice(client, credit_snapshot(), _only_invoice(fake)["id"])
+        credit_invoice(client, credit_note(), _only_invoice(fake)["id"])
     assert fake.credit_notes == {}
 
 
@@ -493,17 +530,17 @@ def test_void_refuses_the_copy_of_another_invoice_and_deletes_a_draft(
     fake, client, _ = stripe_api
     fake.fail_before(FINALIZE)
     with pytest.raises(GatewayRetryable):
-        sync_invoice(client, eur_snapshot(), customer)
+        sync_invoice(client, eur_invoice(), customer)
     draft = _only_invoice(fake)["id"]
 
     with pytest.raises(GatewayPermanent) as other:
         void_invoice(client, draft, "another-invoice")
     assert other.value.code == "broker_invoice_mismatch"
-    assert find_invoice(client, customer, eur_snapshot()["id"]) == draft
+    assert find_invoice(client, customer, eur_invoice().id) == draft
 
-    void_invoice(client, draft, eur_snapshot()["id"])  # a draft cannot be voided: deleted
+    void_invoice(client, draft, eur_invoice().id)  # a draft cannot be voided: deleted
     assert fake.invoices == {} and fake.items_of(draft) == []
-    assert find_invoice(client, customer, eur_snapshot()["id"]) is None
+    assert find_invoice(client, customer, eur_invoice().id) is None
     assert fake.count("POST /v1/invoices/<id>/void") == 0
 
 
@@ -597,10 +634,8 @@ def test_the_fake_refuses_items_on_a_finalized_invoice(
     stripe_api: tuple[FakeStripe, StripeClient, str], customer: str
 ) -> None:
     fake, client, _ = stripe_api
-    synced = sync_invoice(client, eur_snapshot(), customer)
-    extra = copy.deepcopy(eur_snapshot())
-    extra["lines"].append(_line(5, "1.00"))
-    extra["total"] = "24.96"
+    synced = sync_invoice(client, eur_invoice(), customer)
+    extra = eur_invoice(lines=[*eur_snapshot()["lines"], _line(5, "1.00")], total="24.96")
 
     with pytest.raises(GatewayPermanent) as caught:
         sync_invoice(client, extra, customer)
