@@ -296,6 +296,32 @@ def void_invoice(client: StripeClient, stripe_invoice_id: str, broker_invoice_id
     )
 
 
+def mark_paid_outside(client: StripeClient, stripe_invoice_id: str, broker_invoice_id: str) -> None:
+    """Tell Stripe that an invoice was paid outside it (bank transfers), so the agency is not
+    asked to pay it twice: an open (or uncollectible) one is marked paid out of band; a draft
+    (a sync stopped half-way) is deleted; one paid or void is left as it is.
+
+    Refuses (`GatewayPermanent`) an invoice made for another broker invoice."""
+    invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
+    metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+    if metadata.get("broker_invoice_id") != broker_invoice_id:
+        raise GatewayPermanent(
+            f"Stripe invoice {stripe_invoice_id} is not the copy of {broker_invoice_id}",
+            code="broker_invoice_mismatch",
+        )
+    if invoice.status in ("paid", "void"):
+        return
+    if invoice.status == "draft":
+        _call(client.v1.invoices.delete, stripe_invoice_id)
+        return
+    _call(
+        client.v1.invoices.pay,
+        stripe_invoice_id,
+        params={"paid_out_of_band": True},
+        options={"idempotency_key": f"invoice:{broker_invoice_id}:paid_out_of_band"},
+    )
+
+
 def find_invoice(client: StripeClient, customer_id: str, broker_invoice_id: str) -> str | None:
     """The id of the customer's Stripe invoice made for `broker_invoice_id`, if any."""
     return _call(_find_invoice, client, customer_id, broker_invoice_id)

@@ -1,7 +1,8 @@
 """Payments through Stripe, against the fake Stripe server (tests/billing/fake_stripe.py)
 reached through the client's own base address: the sync after finalization survives a crash
 without creating anything twice, and Stripe's total is ours; webhooks are verified on the raw
-body, applied once, and never move a paid invoice back; a paid invoice is not voided.
+body, applied once, and never move a paid invoice back; a paid invoice is not voided; an
+invoice settled by bank transfers is marked paid out of band there, or never sent.
 
 Done when (3), and the paid side of (5).
 """
@@ -253,3 +254,40 @@ def test_webhooks_are_verified_applied_once_and_never_move_a_paid_invoice_back(
 
     ledger.app.config["STRIPE_WEBHOOK_SECRET"] = None
     problem(deliver(event("invoice.paid", invoice, now)), 404, "stripe_not_configured")
+
+
+def transfer(ledger: Ledger, invoice: dict[str, Any], amount: str) -> None:
+    response = ledger.client.post(
+        f"/v1/invoices/{invoice['id']}/payments",
+        json={"amount": amount, "received_on": "2030-04-01", "reference": "VIR SEPA 42"},
+        headers={**ledger.finance.headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def test_an_invoice_paid_by_bank_transfer_is_never_asked_for_again_in_stripe(
+    ledger: Ledger, stripe: fake_stripe.FakeStripe
+) -> None:
+    invoice = issued_invoice(ledger, machines=1)
+    ledger.run_jobs()  # in Stripe, open
+    (copy,) = stripe.invoices.values()
+    assert copy["status"] == "open"
+    half = f"{cents(invoice['total']) // 2 // 100}.{cents(invoice['total']) // 2 % 100:02d}"
+    transfer(ledger, invoice, half)
+    ledger.run_jobs()
+    assert copy["status"] == "open"  # a part paid: Stripe still shows what was issued
+    rest = cents(invoice["total"]) - cents(half)
+    transfer(ledger, invoice, f"{rest // 100}.{rest % 100:02d}")
+    ledger.run_jobs()
+    assert copy["status"] == "paid"  # marked paid out of band: the agency pays once
+    assert read(ledger, invoice["id"])["state"] == "paid"
+
+
+def test_an_invoice_paid_by_transfer_before_its_sync_never_reaches_stripe(
+    ledger: Ledger, stripe: fake_stripe.FakeStripe
+) -> None:
+    invoice = issued_invoice(ledger, machines=1)  # its sync is queued, not run
+    transfer(ledger, invoice, invoice["total"])
+    ledger.run_jobs()
+    assert stripe.invoices == {}
+    assert read(ledger, invoice["id"])["payment_state"] == "paid"

@@ -30,6 +30,7 @@ HANDLERS: dict[str, Handler] = {
     billing_runs.BILLING_JOB: billing_runs.run_billing_job,
     payments.SYNC_JOB: payments.run_sync_job,
     payments.VOID_JOB: payments.run_void_job,
+    payments.PAID_OUTSIDE_JOB: payments.run_paid_outside_job,
     payments.CREDIT_JOB: payments.run_credit_job,
 }
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +47,7 @@ from broker.services import audit
 
 SYNC_JOB = "payments.stripe_sync"
 VOID_JOB = "payments.stripe_void"
+PAID_OUTSIDE_JOB = "payments.stripe_paid_outside"
 CREDIT_JOB = "payments.stripe_credit"
 
 log = logging.getLogger("broker.payments")
@@ -88,8 +89,8 @@ def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
         invoice = session.get(Invoice, invoice_id)
         if invoice is None:
             raise JobFailed("The invoice no longer exists.")
-        if invoice.state is InvoiceState.VOID or invoice.snapshot is None:
-            return {"skipped": f"the invoice is {invoice.state}"}
+        if invoice.state is not InvoiceState.FINALIZED or invoice.snapshot is None:
+            return {"skipped": f"the invoice is {invoice.state}"}  # void, or paid by transfer
         document = Document.from_snapshot(invoice.snapshot)
         organization_id = invoice.organization_id
         customer_id = session.scalar(
@@ -117,6 +118,8 @@ def run_sync_job(context: JobContext, job: Any) -> dict[str, Any]:
         _advance(invoice, PaymentState.OPEN)
         if invoice.state is InvoiceState.VOID:  # voided while this sync ran: void it there too
             _enqueue_void(session, invoice)
+        elif invoice.state is InvoiceState.PAID:  # paid by transfer while this sync ran
+            queue_paid_outside(session, invoice)
     return {"stripe_invoice_id": result.stripe_invoice_id, "total_minor": result.total_minor}
 
 
@@ -177,6 +180,25 @@ def _enqueue(
 
 
 def run_void_job(context: JobContext, job: Any) -> dict[str, Any]:
+    return _on_stripes_copy(context, job, gateway.void_invoice, "voided")
+
+
+def queue_paid_outside(session: Session, invoice: Invoice) -> None:
+    """Called in the transaction that settles an invoice by bank transfers: when it went (or
+    is going) to Stripe, Stripe is told it is paid, so the agency is not asked twice."""
+    if invoice.payment_state not in (None, PaymentState.NOT_CONFIGURED):
+        _enqueue(session, PAID_OUTSIDE_JOB, "invoice_id", invoice.id, invoice.organization_id)
+
+
+def run_paid_outside_job(context: JobContext, job: Any) -> dict[str, Any]:
+    return _on_stripes_copy(context, job, gateway.mark_paid_outside, "marked paid")
+
+
+def _on_stripes_copy(
+    context: JobContext, job: Any, act: Callable[[StripeClient, str, str], None], done: str
+) -> dict[str, Any]:
+    """`act` on the Stripe copy of the job's invoice, found by its customer when a sync that
+    stopped half-way made it without recording it; nothing when there is none."""
     with context.db.session(read_only=True) as session:
         invoice = session.get(Invoice, uuid.UUID(job.payload["invoice_id"]))
         if invoice is None:
@@ -190,12 +212,11 @@ def run_void_job(context: JobContext, job: Any) -> dict[str, Any]:
     client = _client(context.config)
     with _gateway_errors():
         if stripe_invoice_id is None and customer_id is not None:
-            # A sync that stopped half-way may have made it without recording it.
             stripe_invoice_id = gateway.find_invoice(client, customer_id, broker_id)
         if stripe_invoice_id is None:
             return {"skipped": "not in Stripe"}
-        gateway.void_invoice(client, stripe_invoice_id, broker_id)
-    return {"voided": stripe_invoice_id}
+        act(client, stripe_invoice_id, broker_id)
+    return {done: stripe_invoice_id}
 
 
 # Credit notes --------------------------------------------------------------------------------

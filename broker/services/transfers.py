@@ -13,8 +13,11 @@ never pay more than is owed between them.
 A credit note that covers what a partly paid invoice still owed settles it too
 (`settle_if_covered`); an invoice with transfers is corrected by credit notes, never voided.
 
-Stripe is not told: an invoice that also went to Stripe stays open there (its payment state
-here only moves forward, so a later Stripe event never moves it back).
+An invoice that went to Stripe and is settled here is marked paid out of band there (a job,
+`payments.queue_paid_outside`), so the agency is not asked to pay it twice; its payment state
+here only moves forward, so a later Stripe event never moves it back. A partial transfer is not
+told to Stripe (it has no partial payment out of band): its copy shows the whole amount until
+the invoice is settled.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from billing.money import round_amount
 from broker.auth.identity import Caller
 from broker.errors import Conflict, ValidationFailed
 from broker.models import CreditNote, Invoice, InvoicePayment, InvoiceState, PaymentState
-from broker.services import audit, invoices
+from broker.services import audit, invoices, payments
 from broker.services.pagination import Page, paginate
 
 # A date has begun somewhere on Earth up to 14 hours before it begins in UTC, and lasts
@@ -188,6 +191,7 @@ def _settle(session: Session, caller: Caller, invoice: Invoice, payment: Invoice
     issued)."""
     assert invoice.finalized_at is not None
     before = invoice.payment_state
+    payments.queue_paid_outside(session, invoice)  # reads the state it had in Stripe
     arrived = datetime.combine(payment.received_on, time(), UTC)
     invoice.state, invoice.paid_at = InvoiceState.PAID, max(arrived, invoice.finalized_at)
     invoice.payment_state, invoice.payment_error = PaymentState.PAID, None

@@ -12,6 +12,8 @@ It speaks what the gateway uses, the way the real SDK sends it (form-encoded bod
 | GET  /v1/invoices/<id>            | the invoice: total = sum of its items                  |
 | POST /v1/invoices/<id>/finalize   | draft → open (400 for any other status)                |
 | POST /v1/invoices/<id>/void       | open/uncollectible → void (400 for any other status)   |
+| POST /v1/invoices/<id>/pay        | `paid_out_of_band`: open/uncollectible → paid (400     |
+|                                   | for any other status; collecting money is not faked)   |
 | DELETE /v1/invoices/<id>          | a draft and its items are gone (400 for any other)     |
 | POST /v1/invoiceitems             | an `ii_` item on a draft invoice (400 otherwise)       |
 | GET  /v1/invoiceitems             | the same, filtered by `invoice`                        |
@@ -106,6 +108,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("GET", re.compile(r"/v1/invoices/(?P<id>[^/]+)"), "GET /v1/invoices/<id>"),
     ("POST", re.compile(r"/v1/invoices/(?P<id>[^/]+)/finalize"), "POST /v1/invoices/<id>/finalize"),
     ("POST", re.compile(r"/v1/invoices/(?P<id>[^/]+)/void"), "POST /v1/invoices/<id>/void"),
+    ("POST", re.compile(r"/v1/invoices/(?P<id>[^/]+)/pay"), "POST /v1/invoices/<id>/pay"),
     ("DELETE", re.compile(r"/v1/invoices/(?P<id>[^/]+)"), "DELETE /v1/invoices/<id>"),
     ("POST", re.compile(r"/v1/invoiceitems"), "POST /v1/invoiceitems"),
     ("GET", re.compile(r"/v1/invoiceitems"), "GET /v1/invoiceitems"),
@@ -134,6 +137,7 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     "GET /v1/invoices/<id>": frozenset({"expand"}),
     "POST /v1/invoices/<id>/finalize": frozenset({"auto_advance", "expand"}),
     "POST /v1/invoices/<id>/void": frozenset({"expand"}),
+    "POST /v1/invoices/<id>/pay": frozenset({"paid_out_of_band", "expand"}),
     "DELETE /v1/invoices/<id>": frozenset(),
     "POST /v1/invoiceitems": frozenset(
         {
@@ -181,6 +185,7 @@ class FakeStripe:
             "GET /v1/invoices/<id>": self._retrieve_invoice,
             "POST /v1/invoices/<id>/finalize": self._finalize_invoice,
             "POST /v1/invoices/<id>/void": self._void_invoice,
+            "POST /v1/invoices/<id>/pay": self._pay_invoice,
             "DELETE /v1/invoices/<id>": self._delete_invoice,
             "POST /v1/invoiceitems": self._create_item,
             "GET /v1/invoiceitems": self._list_items,
@@ -375,6 +380,15 @@ class FakeStripe:
         if invoice["status"] not in ("open", "uncollectible"):
             raise ApiError(400, f"You cannot void an invoice that is {invoice['status']}.")
         invoice["status"] = "void"
+        return self._invoice_view(invoice)
+
+    def _pay_invoice(self, params: dict[str, Any], invoice_id: str | None) -> dict[str, Any]:
+        invoice = self._invoice(invoice_id)
+        if params.get("paid_out_of_band") != "true":
+            raise ApiError(400, "Only payments out of band are faked.", param="paid_out_of_band")
+        if invoice["status"] not in ("open", "uncollectible"):
+            raise ApiError(400, f"You cannot pay an invoice that is {invoice['status']}.")
+        invoice["status"] = "paid"
         return self._invoice_view(invoice)
 
     def _create_item(self, params: dict[str, Any], _: str | None) -> dict[str, Any]:
