@@ -149,6 +149,15 @@ def test_bank_transfers_pay_invoices_in_parts_and_never_more_than_is_owed(
     again = pay(ledger, a["id"], transfer(str(first_part), "2030-04-16"), key)
     assert again.headers["Idempotent-Replayed"] == "true" and again.json == first.json
     assert read(ledger, a["id"])["state"] == "finalized"
+    assert money(read(ledger, a["id"])["amount_due"]) == owed - first_part
+    # Partly paid, it is corrected by credit notes, never voided.
+    problem(
+        ledger.client.post(
+            f"/v1/invoices/{a['id']}/void", json={"reason": "x"}, headers=ledger.finance.headers
+        ),
+        409,
+        "invoice_partly_paid",
+    )
     # Four clerks record the rest the next day at once: one is recorded, the others find it
     # paid.
     ledger.at(t(16, 9, month=4))
@@ -192,6 +201,25 @@ def test_bank_transfers_pay_invoices_in_parts_and_never_more_than_is_owed(
     assert recorded[0]["actor_client_id"] == ledger.finance.client_id
     (paid_event,) = [e for e in events if e["action"] == "invoice.paid"]
     assert paid_event["after"] == {"state": "paid", "payment_id": racing_id(racing)}
+
+
+def test_a_credit_note_that_covers_what_a_partly_paid_invoice_owes_settles_it(
+    ledger: Ledger,
+) -> None:
+    machine = ledger.start_machine(t(2, 9))
+    ledger.act(machine, "terminate", t(12, 9))
+    ledger.bill("2030-03", when=t(1, 1, month=4))
+    invoice = ledger.finalize(ledger.invoice_of("2030-03")["id"]).json
+    assert pay(ledger, invoice["id"], transfer("1.20", "2030-04-01")).status_code == 201
+    rest = money(invoice["subtotal"]) - money("1.00")  # net: 1.20 paid is 1.00 + 20 % VAT
+    note = ledger.client.post(
+        f"/v1/invoices/{invoice['id']}/credit-notes",
+        json={"reason": "Outage", "lines": [{"position": 1, "amount": str(rest)}]},
+        headers={**ledger.finance.headers, "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert note.status_code == 201, note.get_data(as_text=True)
+    settled = read(ledger, invoice["id"])
+    assert (settled["state"], settled["amount_due"]) == ("paid", "0.00")
 
 
 def racing_id(responses: list[Any]) -> str:
