@@ -145,10 +145,13 @@ class Line:
         """The resource in words, as far as the document knows it."""
         if self.resource_name is None:
             return self.resource_id
-        about = ", ".join(
-            part for part in (self.offer_name, self.provider_name, self.region) if part
-        )
-        return f"{self.resource_name} — {about}" if about else self.resource_name
+        return describe(self.resource_name, self.offer_name, self.provider_name, self.region)
+
+
+def describe(resource: str, offer: str | None, provider: str | None, region: str | None) -> str:
+    """A resource in words: "web-1 — Small 2 vCPU, Hexagone Cloud, fr-par-1"."""
+    about = ", ".join(part for part in (offer, provider, region) if part)
+    return f"{resource} — {about}" if about else resource
 
 
 @dataclass(frozen=True)

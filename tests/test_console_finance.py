@@ -5,6 +5,7 @@ a credit note, settlements (an operator sees their own), refused without role or
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -130,6 +131,9 @@ def test_finance_voids_rebills_finalizes_the_draft_and_downloads_it(demo_app: Fl
     shown = text_of(browser.get(f"/invoices/{draft.id}"))
     assert "Finalize this invoice" in shown and euros(draft.total, "CAD") in shown
     assert "Void this invoice" not in shown
+    # Lines name the machine, its offer, provider and region; the buyer its address lines.
+    assert re.search(r"\S+ — [^,\n]+, Nordet Nuagique, \S+", shown), shown
+    assert "2, rue des Jardins" in shown and "G1R 4S9 Québec" in shown
 
     finalized = browser.post(f"/invoices/{draft.id}/finalize")
     assert finalized.status_code == 303

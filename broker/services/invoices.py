@@ -32,6 +32,7 @@ from billing.document import (
     Line,
     Party,
     TaxRow,
+    describe,
 )
 from billing.metering import period_bounds, shown
 from billing.money import round_amount, trim_decimals
@@ -244,7 +245,7 @@ def issue_document(
     assert invoice.finalized_at is not None and invoice.number is not None
     terms = int(config["PAYMENT_TERMS_DAYS"])
     language = profile["language"]
-    names = _line_names(session, {line.resource_id for line in invoice.lines})
+    names = line_names(session, {line.resource_id for line in invoice.lines})
     lines = tuple(
         Line(
             position=line.position,
@@ -315,8 +316,12 @@ class _Names(NamedTuple):
     provider: str
     region: str
 
+    @property
+    def label(self) -> str:
+        return describe(*self)
 
-def _line_names(session: Session, resource_ids: set[uuid.UUID]) -> dict[uuid.UUID, _Names]:
+
+def line_names(session: Session, resource_ids: set[uuid.UUID]) -> dict[uuid.UUID, _Names]:
     """Each resource's name, its offer's, its provider's and its region, as they are now."""
     rows = session.execute(
         select(Resource.id, Resource.name, Offer.name, Provider.name, Offer.region_code)

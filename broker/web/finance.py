@@ -10,7 +10,7 @@ rules answer, and a download is the very file the API exports.
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from flask_babel import gettext
 from werkzeug.wrappers import Response as BaseResponse
 
 from billing import exports
+from billing.document import Document
 from billing.metering import period_bounds, period_of, shown
 from broker import access
 from broker.api.base import now, request_session
@@ -138,14 +139,20 @@ def _invoice_page(
     done with it (by this person, in its state)."""
     session, person = request_session(), caller()
     invoice = billing_service.get_invoice(session, person, invoice_id)
-    if invoice.snapshot is not None:
-        buyer = invoice.snapshot["buyer"]
-        due = date.fromisoformat(invoice.snapshot["due_date"])
-    else:
-        buyer = billing_profiles.get_profile(
+    if invoice.snapshot is not None:  # as issued
+        document = Document.from_snapshot(invoice.snapshot)
+        buyer, due = document.buyer, document.due_date
+        names = {line.position: line.label for line in document.lines}
+    else:  # as it would be issued now
+        profile = billing_profiles.get_profile(
             session, person, invoice.organization_id, current_app.config
         )
+        buyer = billing_service.buyer_party(
+            billing_profiles.get_agency(session, invoice.organization_id), profile
+        )
         due = None
+        named = billing_service.line_names(session, {line.resource_id for line in invoice.lines})
+        names = {line.position: named[line.resource_id].label for line in invoice.lines}
     notes = corrections.list_credit_notes(
         session, person, limit=100, cursor=None, invoice_id=invoice.id
     ).items
@@ -162,6 +169,7 @@ def _invoice_page(
         "agency": billing_service.agency_names(session, person).get(invoice.organization_id),
         "buyer": buyer,
         "due": due,
+        "names": names,
         "notes": notes,
         "flags": billing_service.outlier_flags(invoice, current_app.config),
         "creditable": creditable,
