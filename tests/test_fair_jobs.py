@@ -140,6 +140,7 @@ def test_every_kind_of_job_has_its_lane() -> None:
             "billing.run",
             "payments.stripe_sync",
             "payments.stripe_void",
+            "payments.stripe_paid_outside",
             "payments.stripe_credit",
         },
         "catalogue": {"provider.sync_offers"},

@@ -41,6 +41,7 @@ LANE_OF_KIND: dict[str, str] = {
     "billing.run": BILLING,
     "payments.stripe_sync": BILLING,
     "payments.stripe_void": BILLING,
+    "payments.stripe_paid_outside": BILLING,
     "payments.stripe_credit": BILLING,
     "provider.sync_offers": CATALOGUE,
     "webhook.deliver": WEBHOOKS,
