@@ -1,6 +1,8 @@
 """How long the PDF of an issued invoice takes, for 10 and 1000 lines: the readable PDF/A
 (`billing.pdf.to_pdf`) and the Factur-X that `GET /v1/invoices/{id}/export?format=pdf` returns
-(`billing.exports.to_factur_x`: that PDF with the CII made and attached by factur-x).
+(`billing.exports.to_factur_x`: that PDF with the CII made and attached by factur-x), and what
+finalization adds to issue one: its CII checked against the EN 16931 rules (`billing.cii`,
+`billing.schematron`; a process's first check starts Saxon and compiles the rules, timed apart).
 
 The document is shaped as finalization builds it (seller and buyer with addresses and legal
 ids, French, lines of a month's usage of named machines, a VAT breakdown, totals, legal
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from timing import SECONDS  # noqa: E402
 
+from billing import cii, schematron  # noqa: E402
 from billing.document import (  # noqa: E402
     USAGE,
     Address,
@@ -111,8 +114,16 @@ def _report(label: str, latencies: list[float], size: int) -> None:
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000
     print(
-        f"{label:<32} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({len(latencies)} PDFs, {size} bytes)"
+        f"{label:<32} p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   ({len(latencies)} runs, {size} bytes)"
     )
+
+
+def checked_cii(document: Document) -> bytes:
+    """The CII of `document`, checked against the EN 16931 rules as finalization does."""
+    xml = cii.to_cii(document)
+    if schematron.errors(xml):
+        raise SystemExit("the bench's document breaks an EN 16931 rule")
+    return xml
 
 
 def main() -> None:
@@ -121,7 +132,12 @@ def main() -> None:
     started = time.perf_counter()
     size = len(to_pdf(short))
     print(f"{'first PDF (parses the fonts)':<32} {1000 * (time.perf_counter() - started):7.1f} ms")
-    for render, kind in ((to_pdf, "PDF"), (to_factur_x, "Factur-X")):
+    started = time.perf_counter()
+    checked_cii(short)
+    print(
+        f"{'first rules check (starts Saxon)':<32} {1000 * (time.perf_counter() - started):7.1f} ms"
+    )
+    for render, kind in ((to_pdf, "PDF"), (to_factur_x, "Factur-X"), (checked_cii, "CII+rules")):
         for label, document, seconds, at_least in (
             (f"{kind} of a 10-line invoice", short, SECONDS, 10),
             (f"{kind} of a 1000-line invoice", long, 0.0, 5),

@@ -6,6 +6,8 @@ test of the API issues is checked too, at finalization (`refuse_broken_rules`)."
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -57,6 +59,21 @@ def test_an_exempt_line_without_its_reason_breaks_br_e_10() -> None:
         for tax in document.taxes
     )
     assert rules_broken(dataclasses.replace(document, taxes=bare)) == ["BR-E-10"]
+
+
+def _rules_in_this_process(xml: bytes) -> tuple[int, list[str]]:
+    return os.getpid(), [failure.rule for failure in schematron.errors(xml)]
+
+
+def test_a_forked_worker_checks_the_rules_with_its_own_saxon() -> None:
+    """gunicorn forks its workers from a process that may have checked documents already:
+    each worker builds its own processor (`schematron._processor`) and gets the same answers."""
+    document = structured()
+    broken = cii.to_cii(dataclasses.replace(document, total=document.total + 1))
+    assert rules_broken(document) == []  # this process has its processor now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        pid, rules = pool.apply(_rules_in_this_process, (broken,))
+    assert pid != os.getpid() and rules == ["BR-CO-15"]
 
 
 METRICS = ("instance_hour", "vcpu_hour", "ram_gib_hour", "storage_gib_month", "egress_gib")
