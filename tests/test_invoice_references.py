@@ -5,12 +5,15 @@ address lines, their language, and no invoice issued that breaks an EN 16931 rul
 from __future__ import annotations
 
 import dataclasses
+import io
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import facturx
 import pytest
 from lxml import etree
+from pypdf import PdfReader
 
 from billing import schematron
 from broker.config import SELLER_REQUIRED, load_config, require_seller
@@ -57,12 +60,17 @@ def order(ledger: Ledger, name: str, **references: str) -> Any:
 
 
 def cii_of(ledger: Ledger, invoice_id: str) -> etree._Element:
+    xml = export(ledger, invoice_id, "cii")
+    assert schematron.errors(xml) == []
+    return etree.fromstring(xml)
+
+
+def export(ledger: Ledger, invoice_id: str, fmt: str) -> bytes:
     response = ledger.client.get(
-        f"/v1/invoices/{invoice_id}/export?format=cii", headers=ledger.finance.headers
+        f"/v1/invoices/{invoice_id}/export?format={fmt}", headers=ledger.finance.headers
     )
     assert response.status_code == 200, response.get_data(as_text=True)
-    assert schematron.errors(response.data) == []
-    return etree.fromstring(response.data)
+    return bytes(response.data)
 
 
 def texts(root: etree._Element, path: str) -> list[str]:
@@ -112,6 +120,15 @@ def test_an_orders_references_reach_the_cii_and_the_profile_names_the_buyer(
     # French legal mentions, for a French seller's invoice in French.
     notes = texts(root, "rsm:ExchangedDocument/ram:IncludedNote/ram:Content")
     assert any("40 €" in note for note in notes)
+
+    # The PDF is a Factur-X in French: a PDF/A-3 holding the very CII of `format=cii`.
+    cii = export(ledger, invoice["id"], "cii")
+    pdf = export(ledger, invoice["id"], "pdf")
+    assert facturx.get_xml_from_pdf(pdf, check_xsd=False) == ("factur-x.xml", cii)
+    reader = PdfReader(io.BytesIO(pdf))
+    assert reader.xmp_metadata is not None and reader.xmp_metadata.pdfaid_part == "3"
+    text = " ".join(page.extract_text() for page in reader.pages)
+    assert "Facture" in text and "Total TTC" in text and "EJ-2030-000777" in text
 
 
 def test_a_profile_that_requires_references_refuses_an_order_without_them(
