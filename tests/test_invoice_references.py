@@ -96,6 +96,9 @@ def test_an_orders_references_reach_the_cii_and_the_profile_names_the_buyer(
     ledger.run_jobs()
     ledger.bill("2030-03", when=t(1, 1, month=4))
     invoice = ledger.invoice_of("2030-03")
+    assert {
+        (line["buyer_reference"], line["purchase_order_reference"]) for line in invoice["lines"]
+    } == {("SVC-42", "EJ-2030-000777")}
     assert ledger.finalize(invoice["id"]).status_code == 200
 
     root = cii_of(ledger, invoice["id"])

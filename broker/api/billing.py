@@ -305,6 +305,12 @@ class InvoiceLineSchema(ma.Schema):
     )
     service_start = Timestamp()
     service_end = Timestamp()
+    buyer_reference = ma.fields.String(
+        allow_none=True, metadata={"description": "BT-10 of the order the resource was placed with"}
+    )
+    purchase_order_reference = ma.fields.String(
+        allow_none=True, metadata={"description": "BT-13 of the order the resource was placed with"}
+    )
 
 
 class TaxSchema(ma.Schema):

@@ -66,6 +66,23 @@ PROBLEM_WORDS: Mapping[str, Any] = {
     "immutability_unsupported": _l(
         "Your cloud cannot enforce a retention (object lock): it cannot sell a vault."
     ),
+    "invoice_issued": _l("This invoice is issued: it no longer changes."),
+    "period_not_ended": _l("The period has not ended yet: an invoice is issued after it."),
+    "draft_outdated": _l(
+        "This draft was built before its period ended: run billing for the period again."
+    ),
+    "not_issued": _l("This invoice is a draft: finalize it first."),
+    "invoice_void": _l("This invoice is void."),
+    "invoice_paid": _l("This invoice is paid: correct it with a credit note."),
+    "invoice_partly_paid": _l(
+        "Bank transfers were recorded for this invoice: correct it with a credit note."
+    ),
+    "nothing_to_credit": _l("Nothing remains to credit on this invoice."),
+    "exceeds_creditable": _l("A credit note cannot credit more than remains of a line."),
+    "en16931_rule_broken": _l(
+        "This invoice would break a rule of the European e-invoicing standard (EN 16931): it "
+        "was not issued. The rules broken are named below."
+    ),
     "internal_error": _l(
         "Something went wrong on our side. The error was logged; try again later."
     ),
