@@ -259,3 +259,85 @@ def test_finance_records_bank_transfers_until_the_invoice_is_paid(demo_app: Flas
     assert next(i for i in invoices(demo_app, HEALTH_AGENCY)).state is InvoiceState.PAID
     french = text_of(sign_in(demo_app, FINANCE, "fr").get(f"/invoices/{invoice.id}"))
     assert "Paiements reçus par virement" in french and "Enregistrer un virement" not in french
+
+
+def test_finance_edits_an_agencys_billing_profile(demo_app: Flask) -> None:
+    agency = organization_id(demo_app, HEALTH_AGENCY)
+    path = f"/agencies/{agency}/billing-profile"
+    client, headers = finance_api(demo_app)
+
+    def stored() -> Any:
+        return client.get(f"/v1/organizations/{agency}/billing-profile", headers=headers)
+
+    # Found from the invoices, and from each invoice.
+    browser = sign_in(demo_app, FINANCE, "en")
+    [invoice] = invoices(demo_app, HEALTH_AGENCY)
+    for listing in (f"/invoices?period={last_period()}", f"/invoices/{invoice.id}"):
+        assert f'href="{path}"' in browser.get(listing).get_data(as_text=True)
+    opened = browser.get(path)
+    assert opened.status_code == 200
+    page = opened.get_data(as_text=True)
+    # The seeded profile, each value in its labelled field, its hint read with it.
+    assert f"Billing profile of {HEALTH_AGENCY}" in text_of(opened)
+    assert '<label for="field-legal_id">Legal identifier</label>' in page
+    assert 'aria-describedby="hint-legal_id"' in page and "SIRET: 14 digits" in page
+    for value in ("18002002600019", "DSI-CLOUD", "EJ-2026-000142", "9 rue Georges Pitard"):
+        assert value in page
+    assert '<option value="fr" selected>Français</option>' in page
+    ticked = re.findall(r'name="(requires_[a-z_]+)" type="checkbox" value="true" checked', page)
+    assert ticked == ["requires_buyer_reference", "requires_purchase_order_reference"]
+    [revision] = re.findall(r'name="revision" value="(\d+)"', page)
+    assert stored().headers["ETag"] == f'"v{revision}"'
+    form = {
+        "revision": revision,
+        "legal_name": "Agence nationale des données de santé (établissement public)",
+        "address": "9 rue Georges Pitard\r\nBâtiment B\r\n",
+        "post_code": "75015",
+        "city": "Paris",
+        "country": "FR",
+        "vat_rate": "20",
+        "legal_id": "18002002600019",
+        "language": "fr",
+        "buyer_reference": "DSI-CLOUD",
+        "purchase_order_reference": "EJ-2026-000142",
+        "requires_buyer_reference": "true",
+        "requires_purchase_order_reference": "true",
+    }
+
+    # A SIRET with spaces and four street lines: said by each field, nothing stored.
+    bad = browser.post(path, {**form, "legal_id": "1800 2002 6000 19", "address": "a\nb\nc\nd"})
+    assert bad.status_code == 422
+    assert 'id="error-legal_id"' in bad.get_data(as_text=True)
+    assert 'id="error-address"' in bad.get_data(as_text=True)
+    assert "Did you mean `18002002600019`?" in text_of(bad)
+    assert stored().headers["ETag"] == f'"v{revision}"'
+
+    # A new commitment number, invoices in English, a second street line (sent as browsers
+    # send a text area, CR LF): stored, and said.
+    changed = {**form, "purchase_order_reference": "EJ-2027-000007", "language": "en"}
+    saved = browser.post(path, changed)
+    assert saved.status_code == 303
+    assert f"The billing profile of {HEALTH_AGENCY} is saved." in text_of(
+        browser.get(saved.headers["Location"])
+    )
+    profile = stored().json
+    assert profile["purchase_order_reference"] == "EJ-2027-000007"
+    assert profile["language"] == "en" and profile["address"] == "9 rue Georges Pitard\nBâtiment B"
+    assert profile["requires_buyer_reference"] and profile["legal_id_scheme"] == "0002"
+
+    # The form as opened before that change: refused, and the current version shown instead.
+    stale = browser.post(path, {**form, "purchase_order_reference": "EJ-OLD"})
+    assert stale.status_code == 412
+    words = text_of(stale)
+    assert "Someone changed this while you were editing" in words
+    assert "EJ-2027-000007" in stale.get_data(as_text=True) and "EJ-OLD" not in words
+    assert stored().json["purchase_order_reference"] == "EJ-2027-000007"
+
+    # In French; only for an agency; not for a buyer.
+    french = text_of(sign_in(demo_app, FINANCE, "fr").get(path))
+    assert f"Profil de facturation – {HEALTH_AGENCY}" in french
+    provider = organization_id(demo_app, "Hexagone Cloud")
+    assert browser.get(f"/agencies/{provider}/billing-profile").status_code == 404
+    buyer = sign_in(demo_app, BUYER, "en")
+    assert buyer.get(path).status_code == 403
+    assert buyer.post(path, {**changed, "revision": "2"}).status_code == 403

@@ -153,6 +153,13 @@ def test_a_profile_that_requires_references_refuses_an_order_without_them(
     assert listing.json["items"] == []  # nothing was ordered
     bad = put_profile(ledger, {**body, "address": "one\ntwo\nthree\nfour", "language": "de"})
     assert set(problem(bad, 422)["errors"]) == {"address", "language"}
+    for siret in ("1800200260001", "18002002600019X"):  # 13 digits; a letter
+        bad = put_profile(ledger, {**body, "legal_id": siret})
+        assert problem(bad, 422)["errors"] == {
+            "legal_id": ["A SIRET of 14 digits or a SIREN of 9 (scheme 0002)."]
+        }
+    other_scheme = {**body, "legal_id": "HRB12345", "legal_id_scheme": "0204"}
+    assert put_profile(ledger, other_scheme).status_code == 200
 
 
 def test_an_invoice_that_would_break_a_rule_is_not_issued(

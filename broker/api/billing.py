@@ -134,6 +134,17 @@ class BillingProfileSchema(StrictSchema):
         metadata={"description": "An order without a purchase order reference is refused."},
     )
 
+    @ma.validates_schema
+    def _sirene_number(self, data: dict[str, Any], **_: Any) -> None:
+        """In the SIRENE register (scheme 0002) a legal id is a SIREN (9 digits, the company)
+        or a SIRET (14 digits, one of its establishments)."""
+        legal_id = data.get("legal_id")
+        if legal_id and data.get("legal_id_scheme") == SIRENE:
+            if not (legal_id.isascii() and legal_id.isdigit() and len(legal_id) in (9, 14)):
+                raise ma.ValidationError(
+                    "A SIRET of 14 digits or a SIREN of 9 (scheme 0002).", field_name="legal_id"
+                )
+
 
 class BillingProfileOutSchema(ma.Schema):
     organization_id = ma.fields.UUID()

@@ -25,7 +25,6 @@ from broker.services import identity_providers as identity_providers_service
 from broker.services import members as members_service
 from broker.services import organizations as organizations_service
 from broker.services import providers as providers_service
-from broker.services.preconditions import IfMatch, etag
 from broker.web.pages import (
     Problem,
     bp,
@@ -34,6 +33,7 @@ from broker.web.pages import (
     done,
     filters,
     page,
+    precondition,
     problem_of,
     query_args,
     render,
@@ -303,7 +303,7 @@ def _switch_identity_provider(provider_id: uuid.UUID, enabled: bool) -> Response
             request_session(),
             caller(),
             provider_id,
-            if_match=IfMatch(etag(int(revision)) if revision.isdigit() else revision),
+            if_match=precondition(revision),
             changes={"enabled": enabled},
             keyring=runtime.keyring,
             http=runtime.http,

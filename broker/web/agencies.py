@@ -30,9 +30,18 @@ from broker.services import orders as orders_service
 from broker.services import organizations as organizations_service
 from broker.services import policies as policies_service
 from broker.services import webhooks as webhooks_service
-from broker.services.preconditions import IfMatch, etag
 from broker.web.i18n import typed_amount
-from broker.web.pages import Problem, bp, caller, cursor_arg, done, page, problem_of, render
+from broker.web.pages import (
+    Problem,
+    bp,
+    caller,
+    cursor_arg,
+    done,
+    page,
+    precondition,
+    problem_of,
+    render,
+)
 
 PAGE_SIZE = 50
 
@@ -231,7 +240,7 @@ def policy() -> Response | BaseResponse:
             session,
             person,
             person.organization_id,
-            if_match=IfMatch(etag(int(revision)) if revision.isdigit() else revision),
+            if_match=precondition(revision),
             **data,
         )
     except PreconditionFailed as error:

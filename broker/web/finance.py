@@ -1,6 +1,7 @@
 """Finance's pages: invoices by period and state, an invoice with its corrections (finalize,
-void, credit note), the bank transfers that pay it, and downloads, the period CSV, billing
-runs, and settlements (which a provider's operators also read, for their own provider).
+void, credit note), the bank transfers that pay it, and downloads, the period CSV, agencies'
+billing profiles, billing runs, and settlements (which a provider's operators also read, for
+their own provider).
 
 Each page mirrors its API view (broker/api/billing.py, broker/api/invoice_payments.py,
 broker/api/settlements.py): the same schemas validate the forms, the same services and access
@@ -9,7 +10,9 @@ rules answer, and a download is the very file the API exports.
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,11 +23,13 @@ from flask_babel import gettext
 from werkzeug.wrappers import Response as BaseResponse
 
 from billing import exports
+from billing.document import LANGUAGES as INVOICE_LANGUAGES
 from billing.document import Document
 from billing.metering import period_bounds, period_of, shown
 from broker import access
 from broker.api.base import now, request_session
 from broker.api.billing import (
+    BillingProfileSchema,
     BillingRunCreateSchema,
     CreditNoteCreateSchema,
     InvoiceListArgs,
@@ -37,15 +42,14 @@ from broker.api.limits import expensive
 from broker.api.schemas import ListArgs
 from broker.api.settlements import SettlementArgs
 from broker.auth.identity import Caller
-from broker.errors import BrokerError, NotFound
+from broker.errors import BrokerError, NotFound, PreconditionFailed
 from broker.models import InvoiceState, Role
 from broker.services import billing_profiles, corrections, transfers
 from broker.services import billing_runs as run_service
 from broker.services import invoices as billing_service
 from broker.services import settlements as settlements_service
 from broker.services.pagination import MAX_LIMIT
-from broker.web.i18n import money, typed_amount, when
-from broker.web.operators import _decimal_text
+from broker.web.i18n import LANGUAGE_NAMES, decimal_text, money, typed_amount, when
 from broker.web.pages import (
     ONCE_FIELD,
     Problem,
@@ -54,6 +58,7 @@ from broker.web.pages import (
     done,
     error_page,
     page,
+    precondition,
     problem_of,
     query_args,
     render,
@@ -62,6 +67,7 @@ from broker.web.words import FORMAT_LABELS, state_label
 
 BOOKS = (Role.FINANCE, Role.ADMIN)  # who reads every agency's invoices
 SETTLING = (Role.FINANCE, Role.ADMIN, Role.PROVIDER)  # who reads settlements
+PROFILE_EDITORS = (Role.FINANCE, Role.ADMIN)  # who edits billing profiles, as the API's PUT
 
 
 def keeps_the_books(person: Caller) -> bool:
@@ -252,7 +258,7 @@ def _record_payment(invoice_id: uuid.UUID) -> BaseResponse:
     form = {
         name: request.form.get(name, "").strip() for name in ("amount", "received_on", "reference")
     }
-    body = {**form, "amount": _decimal_text(form["amount"])}
+    body = {**form, "amount": decimal_text(form["amount"])}
     try:
         data = InvoicePaymentCreateSchema().load({k: v for k, v in body.items() if v})
         receipt = transfers.record_payment(
@@ -370,6 +376,103 @@ def credit_note_download(note_id: uuid.UUID, fmt: str) -> Response:
     if fmt not in exports.FORMATS:
         abort(404)
     return download(*corrections.export_credit_note(request_session(), caller(), note_id, fmt))
+
+
+# Billing profiles ----------------------------------------------------------------------------
+
+# The profile's yes/no fields (check boxes: absent from a posted form when unticked); the
+# others are typed, and one left empty is absent from the API's body (none, or its default).
+PROFILE_BOXES = ("requires_buyer_reference", "requires_purchase_order_reference")
+PROFILE_TYPED = tuple(name for name in billing_profiles.PROFILE_FIELDS if name not in PROFILE_BOXES)
+
+
+def _profile_form(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The form's values for a stored profile (or the consortium's defaults), with the version
+    read (`revision`), sent back with the change as the API's `If-Match`."""
+    values: dict[str, Any] = {
+        name: "" if profile[name] is None else str(profile[name]) for name in PROFILE_TYPED
+    }
+    values["vat_rate"] = typed_amount(profile["vat_rate"])
+    values.update({name: bool(profile[name]) for name in PROFILE_BOXES})
+    values["revision"] = str(profile["version"])
+    return values
+
+
+def _street_lines(text: str) -> str:
+    """Street lines typed in a text area as the API takes them, one per line feed: browsers
+    send a text area's line breaks as CR LF, which the API refuses as control characters;
+    blank lines and the spaces around a line carry nothing."""
+    lines = (line.strip() for line in re.split(r"\r\n|\r|\n", text))
+    return "\n".join(line for line in lines if line)
+
+
+def _posted_profile() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The posted form: as typed (to show again) and as the API's billing profile body."""
+    form = request.form
+    typed: dict[str, Any] = {name: form.get(name, "").strip() for name in PROFILE_TYPED}
+    typed["address"] = _street_lines(form.get("address", ""))
+    typed.update({name: name in form for name in PROFILE_BOXES})
+    typed["revision"] = form.get("revision", "").strip()
+    body: dict[str, Any] = {name: typed[name] for name in PROFILE_TYPED if typed[name]}
+    if "vat_rate" in body:
+        body["vat_rate"] = decimal_text(body["vat_rate"])
+    body.update({name: typed[name] for name in PROFILE_BOXES})
+    return typed, body
+
+
+def _profile_page(
+    organization_id: uuid.UUID, values: Mapping[str, Any], problem: Problem | None = None
+) -> Response:
+    """The profile's form with `values` (as stored, or as typed when refused) and why it was
+    refused; the languages are those invoices are written in, each named in itself."""
+    agency = billing_profiles.get_agency(request_session(), organization_id)
+    return render(
+        "console/finance/billing_profile.html",
+        200 if problem is None else problem.status,
+        agency=agency,
+        values=values,
+        languages=[
+            (code, name) for code, name in LANGUAGE_NAMES.items() if code in INVOICE_LANGUAGES
+        ],
+        problem=problem,
+    )
+
+
+@bp.route("/agencies/<uuid:organization_id>/billing-profile", methods=["GET", "POST"])
+@page(*PROFILE_EDITORS)
+def billing_profile(organization_id: uuid.UUID) -> BaseResponse:
+    """How an agency is invoiced: its legal identity, address, VAT, the language of its
+    invoices and the references its orders carry, as the API's billing profile. The version
+    read travels in the form: if someone saved another meanwhile, theirs is shown, not
+    overwritten."""
+    session, person, config = request_session(), caller(), current_app.config
+    current = billing_profiles.get_profile(session, person, organization_id, config)
+    if request.method == "GET":
+        return _profile_page(organization_id, _profile_form(current))
+    typed, body = _posted_profile()
+    revision = typed["revision"]
+    try:
+        data = BillingProfileSchema().load(body)
+        billing_profiles.put_profile(
+            session,
+            person,
+            organization_id,
+            data,
+            if_match=precondition(revision),
+            config=config,
+        )
+    except PreconditionFailed as error:
+        return _profile_page(organization_id, _profile_form(current), problem_of(error))
+    except (ma.ValidationError, BrokerError) as error:
+        return _profile_page(organization_id, typed, problem_of(error))
+    return done(
+        "console.billing_profile",
+        gettext(
+            "The billing profile of %(agency)s is saved.",
+            agency=billing_profiles.get_agency(session, organization_id).name,
+        ),
+        organization_id=organization_id,
+    )
 
 
 # Billing runs --------------------------------------------------------------------------------

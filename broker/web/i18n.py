@@ -86,6 +86,12 @@ def typed_amount(amount: Decimal | None) -> str:
     return format(amount.normalize(), "f")
 
 
+def decimal_text(value: str | None) -> str:
+    """A decimal typed in a form as the API's schemas read it: a comma (French) is the decimal
+    point, spaces between thousands are dropped."""
+    return (value or "").strip().replace("\u202f", "").replace(" ", "").replace(",", ".")
+
+
 def when(value: datetime | date | None, style: str = "medium") -> str:
     """A date and time (UTC) or a date, in the page's locale."""
     if value is None:

@@ -37,7 +37,7 @@ from broker.services import offers as offers_service
 from broker.services import providers as providers_service
 from broker.services import resources as resources_service
 from broker.services import usage as usage_service
-from broker.services.preconditions import IfMatch
+from broker.web.i18n import decimal_text
 from broker.web.pages import (
     Problem,
     bp,
@@ -47,6 +47,7 @@ from broker.web.pages import (
     filters,
     form_page,
     page,
+    precondition,
     problem_of,
     query_args,
     render,
@@ -68,11 +69,6 @@ EVIDENCE_GROUPS = (
 
 def _operated() -> list[Provider]:
     return providers_service.operated_by(request_session(), caller())
-
-
-def _decimal_text(value: str | None) -> str:
-    """A decimal typed in a form: a comma (French) read as the decimal point."""
-    return (value or "").strip().replace("\u202f", "").replace(" ", "").replace(",", ".")
 
 
 # --- their provider and its evidence -------------------------------------------------------
@@ -322,7 +318,7 @@ def _specs(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
         return specs
     return {
         "vcpu": whole_number(str(values["specs.vcpu"])),
-        "ram_gib": _decimal_text(str(values["specs.ram_gib"])),
+        "ram_gib": decimal_text(str(values["specs.ram_gib"])),
         "disk_gib": whole_number(str(values["specs.disk_gib"]) or "0"),
         "gpu": whole_number(str(values["specs.gpu"]) or "0"),
     }
@@ -344,7 +340,7 @@ def _document(values: Mapping[str, Any], *, creating: bool) -> tuple[dict[str, A
     prices, metrics = [], []
     for metric in KIND_METRICS[kind]:
         row = values["prices"].get(metric) or {}
-        unit_price = _decimal_text(row.get("unit_price"))
+        unit_price = decimal_text(row.get("unit_price"))
         if not unit_price:
             continue
         price: dict[str, Any] = {
@@ -505,7 +501,7 @@ def provider_offer(offer_id: uuid.UUID) -> BaseResponse:
     values = {**_values_from_form(), "kind": offer.kind}
     data, metrics = _document(values, creating=False)
     revision = request.form.get("revision", "")
-    if_match = IfMatch.of(int(revision)) if revision.isdigit() else IfMatch(None)
+    if_match = precondition(revision)
     try:
         changes = OfferPatchSchema().load(data)
         changes["specs"] = load_specs(offer.kind, changes["specs"])  # as the API checks them

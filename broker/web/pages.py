@@ -44,6 +44,7 @@ from broker.auth.identity import Caller
 from broker.errors import BrokerError, Unauthorized
 from broker.models import Role
 from broker.services import people
+from broker.services.preconditions import IfMatch
 from broker.web.words import (
     FIELD_WORDS,
     PROBLEM_WORDS,
@@ -120,6 +121,14 @@ def _field_messages(messages: Mapping[str, Any], prefix: str = "") -> dict[str, 
 
 
 # --- what forms send ----------------------------------------------------------------------------
+
+
+def precondition(revision: str) -> IfMatch:
+    """The `If-Match` of a form that edits a versioned record: the version its page showed (a
+    hidden `revision`, `str(version)`). Anything else is sent as it is, so that the service's
+    check says what is wrong (nothing: 428; not a version: 412)."""
+    revision = revision.strip()
+    return IfMatch.of(int(revision)) if revision.isdigit() else IfMatch(revision or None)
 
 
 def query_args() -> dict[str, Any]:
