@@ -111,6 +111,10 @@ def first_item(driver: Any, section: str) -> str | None:
 CHECKED: dict[str, set[str]] = {}
 
 
+# Pages reached from a section's page rather than under it: the first link matching each.
+REACHED_FROM_SECTIONS = ("main a[href$='/billing-profile']",)
+
+
 def page_key(url: str) -> str:
     return re.sub(r"[0-9a-f-]{32,36}", "<id>", urlsplit(url).path)
 
@@ -130,11 +134,13 @@ def test_each_persons_main_pages_are_accessible_safe_and_in_the_language(
         if page_key(section) not in checked:
             checked.add(page_key(section))
             problems += check_page(driver, live, page_name(role, urlsplit(section).path), cookies)
-        item = first_item(driver, section)
-        if item and page_key(item) not in checked:
-            checked.add(page_key(item))
-            driver.get(item)
-            problems += check_page(driver, live, page_name(role, urlsplit(item).path), cookies)
+        items = [first_item(driver, section)]
+        items += [next(iter(links(driver, selector)), None) for selector in REACHED_FROM_SECTIONS]
+        for item in items:
+            if item and page_key(item) not in checked:
+                checked.add(page_key(item))
+                driver.get(item)
+                problems += check_page(driver, live, page_name(role, urlsplit(item).path), cookies)
     assert not problems, "\n".join(problems)
 
 
