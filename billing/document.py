@@ -166,6 +166,12 @@ class TaxRow:
     exemption_code: str | None = None
     exemption_reason: str | None = None
 
+    @classmethod
+    def of(cls, category: str, rate: Decimal, base: Decimal, amount: Decimal) -> TaxRow:
+        """A row with the exemption reason its category needs (`EXEMPTIONS`), if any."""
+        code, reason = EXEMPTIONS.get(category, (None, None))
+        return cls(category, rate, base, amount, code, reason)
+
 
 @dataclass(frozen=True)
 class Corrected:

@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session, selectinload
 
 from billing import cii, exports, invoicing, labels, schematron
 from billing.document import (
-    EXEMPTIONS,
     INVOICE,
     Address,
     Document,
@@ -376,13 +375,8 @@ def _lines(text: str | None) -> tuple[str, ...]:
 def tax_rows(taxes: Iterable[Mapping[str, str]]) -> tuple[TaxRow, ...]:
     """The stored VAT breakdown as the document's rows, with the exemption reasons."""
     return tuple(
-        TaxRow(
-            category=tax["category"],
-            rate=Decimal(tax["rate"]),
-            base=Decimal(tax["base"]),
-            amount=Decimal(tax["amount"]),
-            exemption_code=EXEMPTIONS.get(tax["category"], (None, None))[0],
-            exemption_reason=EXEMPTIONS.get(tax["category"], (None, None))[1],
+        TaxRow.of(
+            tax["category"], Decimal(tax["rate"]), Decimal(tax["base"]), Decimal(tax["amount"])
         )
         for tax in taxes
     )

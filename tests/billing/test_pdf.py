@@ -24,7 +24,6 @@ from billing import labels
 from billing.document import (
     ADJUSTMENT,
     CREDIT_NOTE,
-    EXEMPTIONS,
     INVOICE,
     LANGUAGES,
     USAGE,
@@ -100,13 +99,7 @@ def issued(lines: Sequence[Line], **changes: Any) -> Document:
         key = (line.tax_category, line.tax_rate)
         bases[key] = bases.get(key, Decimal(0)) + line.amount
     taxes = tuple(
-        TaxRow(
-            category,
-            rate,
-            base,
-            round_amount(base * rate / 100, currency),
-            *EXEMPTIONS.get(category, (None, None)),
-        )
+        TaxRow.of(category, rate, base, round_amount(base * rate / 100, currency))
         for (category, rate), base in sorted(bases.items())
     )
     subtotal = sum((line.amount for line in lines), round_amount(Decimal(0), currency))

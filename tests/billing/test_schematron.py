@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from billing import cii, invoicing, schematron
 from billing.document import (
     CREDIT_NOTE,
-    EXEMPTIONS,
     USAGE,
     Corrected,
     Document,
@@ -130,8 +129,7 @@ def issued(items: list[invoicing.Consumption], vat_rate: Decimal) -> Document:
         base,
         lines=lines,
         taxes=tuple(
-            TaxRow(tax.category, tax.rate, tax.base, tax.amount, *EXEMPTIONS.get(tax.category, ()))
-            for tax in totals.taxes
+            TaxRow.of(tax.category, tax.rate, tax.base, tax.amount) for tax in totals.taxes
         ),
         subtotal=totals.subtotal,
         tax=totals.tax,
@@ -178,10 +176,7 @@ def credited(document: Document, shares: list[int]) -> Document:
         corrects=Corrected(document.id, document.number, document.issued_at),
         reason="Outage",
         lines=lines,
-        taxes=tuple(
-            TaxRow(row.category, row.rate, row.base, row.amount, *EXEMPTIONS.get(row.category, ()))
-            for row in taxes
-        ),
+        taxes=tuple(TaxRow.of(row.category, row.rate, row.base, row.amount) for row in taxes),
         subtotal=subtotal,
         tax=tax,
         total=subtotal + tax,
