@@ -8,8 +8,8 @@ cursor this API never issued is refused on `cursor`, an Idempotency-Key reused w
 body is 422, a price bound without its currency is 422, pushed usage must be of the caller's
 own machines and within its time window, a billing run's period must have started, the
 token endpoint answers bad credentials in RFC 6749's 400/401, only Stripe signs webhooks, a
-trusted issuer's keys must be real public keys, a signed statement must verify and an offer's
-specs are those of its kind.
+trusted issuer's keys must be real public keys, a signed statement must verify, an offer's
+specs are those of its kind and a billing profile's SIRENE number has 9 or 14 digits.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ def _documented_refusal(response, case) -> bool:
             return True  # usage of your own machines, in the lookback window, within a month
         if case.path == "/v1/billing-runs" and set(body.get("errors", {})) == {"period"}:
             return True  # a period that has started (and not before 2000)
+        if case.path.endswith("/billing-profile") and set(body.get("errors", {})) == {"legal_id"}:
+            return True  # in the SIRENE register (scheme 0002), 9 or 14 digits
         if case.path.startswith("/v1/trusted-issuers") and set(body.get("errors", {})) == {"jwks"}:
             return True  # a key set of real public keys: importable, with their own kids
         if case.path.endswith("/evidence") and (

@@ -185,7 +185,7 @@ def credited(document: Document, shares: list[int]) -> Document:
     )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     items=st.lists(usage(), min_size=1, max_size=8),
     vat_rate=st.sampled_from([Decimal("20"), Decimal("5.5"), Decimal("14.975"), Decimal("0")]),

@@ -111,6 +111,7 @@ SAY: dict[str, dict[str, str]] = {
 }
 HEALTH_AGENCY = "Agence nationale des données de santé"
 CITY = "Ville de Québec"
+INVOICE_ROWS = "main tbody tr"  # the invoices' table (the page also lists the agencies)
 PENDING_CLAIM_PROVIDER = "Atlantic Compute Europe"
 MACHINE_WAIT = 30.0
 
@@ -186,9 +187,9 @@ def reload_until(driver: Any, check: Callable[[], bool], what: str, timeout: flo
         driver.refresh()
 
 
-def row_with(driver: Any, *words: str) -> WebElement:
+def row_with(driver: Any, *words: str, rows: str = "main tr, main li") -> WebElement:
     """The table row or card of the main content that mentions every word."""
-    for row in driver.find_elements(By.CSS_SELECTOR, "main tr, main li"):
+    for row in driver.find_elements(By.CSS_SELECTOR, rows):
         if all(word in row.text for word in words):
             return row
     raise AssertionError(f"nothing with {words} on {driver.current_url}:\n{main_text(driver)}")
@@ -315,9 +316,9 @@ def test_finance_finalizes_last_months_invoice_and_downloads_its_pdf(
     sign_in(driver, live, FINANCE)
     period = _last_month()
     driver.get(f"{live.base_url}/invoices?period={period}&state=draft")
-    if row_with_or_none(driver, CITY) is None:
+    if row_with_or_none(driver, CITY, rows=INVOICE_ROWS) is None:
         driver.get(f"{live.base_url}/invoices?period={period}&state=finalized")
-        submit(driver, row_with(driver, CITY).find_element(By.CSS_SELECTOR, "a"))
+        submit(driver, row_with(driver, CITY, rows=INVOICE_ROWS).find_element(By.CSS_SELECTOR, "a"))
         fill(driver, "reason", "Refait : usage corrigé." if live.lang == "fr" else "Usage fixed.")
         number = _invoice_number(driver)
         submit(driver, button(driver, say(live, "void")))
@@ -329,11 +330,11 @@ def test_finance_finalizes_last_months_invoice_and_downloads_its_pdf(
         driver.get(f"{live.base_url}/invoices?period={period}&state=draft")
         reload_until(
             driver,
-            lambda: bool(row_with_or_none(driver, CITY)),
+            lambda: bool(row_with_or_none(driver, CITY, rows=INVOICE_ROWS)),
             "the new draft",
             MACHINE_WAIT,
         )
-    submit(driver, row_with(driver, CITY).find_element(By.CSS_SELECTOR, "a"))
+    submit(driver, row_with(driver, CITY, rows=INVOICE_ROWS).find_element(By.CSS_SELECTOR, "a"))
     submit(driver, button(driver, say(live, "finalize")))
     number = _invoice_number(driver)
     assert say(live, "issued", number=number) in notices(driver), main_text(driver)
@@ -347,9 +348,9 @@ def test_finance_finalizes_last_months_invoice_and_downloads_its_pdf(
     assert pdf.read_bytes().startswith(b"%PDF-")
 
 
-def row_with_or_none(driver: Any, *words: str) -> WebElement | None:
+def row_with_or_none(driver: Any, *words: str, rows: str = "main tr, main li") -> WebElement | None:
     try:
-        return row_with(driver, *words)
+        return row_with(driver, *words, rows=rows)
     except AssertionError:
         return None
 
