@@ -46,9 +46,6 @@ WAITING := tests/browser tests/adapters tests/test_readme.py tests/test_serve.py
 # Schemathesis fuzzes the API on PostgreSQL, the stricter database (lengths, integer ranges),
 # beside the two database runs.
 FUZZ := tests/test_schemathesis.py
-# Suites that mostly wait on worker processes: on PostgreSQL they run beside, after the fuzzing
-# (on SQLite, in the SQLite run), which keeps the PostgreSQL run, the longest, shorter.
-BESIDE_ON_POSTGRESQL := tests/test_worker_processes.py tests/test_job_wakeup.py
 
 ## test: the whole suite on SQLite and on a throwaway PostgreSQL cluster (both at once, each
 ## printed whole when done); beside them the suites that mostly wait (the browser tests, the
@@ -58,16 +55,16 @@ test: $(STAMP) $(CATALOGUES) system-packages $(AXE)
 	@logs=$$(mktemp -d); \
 	echo "== running the suite on SQLite and on PostgreSQL (throwaway cluster), and beside them the waiting suites, the fuzzing and lint, in parallel =="; \
 	( $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=sqlite $(WAITING) > $$logs/waiting.log 2>&1; \
-	  waiting=$$?; $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=postgresql $(FUZZ) $(BESIDE_ON_POSTGRESQL) > $$logs/fuzz.log 2>&1; \
+	  waiting=$$?; $(PY) -m pytest -q -p no:cacheprovider --durations=5 --db=postgresql $(FUZZ) > $$logs/fuzz.log 2>&1; \
 	  fuzz=$$?; $(MAKE) --no-print-directory lint > $$logs/lint.log 2>&1; \
 	  lint=$$?; test $$waiting -eq 0 && test $$fuzz -eq 0 && test $$lint -eq 0 ) & side_pid=$$!; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=sqlite $(addprefix --ignore=,$(WAITING) $(FUZZ)) > $$logs/sqlite.log 2>&1 & lite_pid=$$!; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql $(addprefix --ignore=,$(WAITING) $(FUZZ) $(BESIDE_ON_POSTGRESQL)) > $$logs/postgresql.log 2>&1; pg=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=10 --db=postgresql $(addprefix --ignore=,$(WAITING) $(FUZZ)) > $$logs/postgresql.log 2>&1; pg=$$?; \
 	wait $$lite_pid; lite=$$?; wait $$side_pid; side=$$?; \
 	echo "== test suite on SQLite =="; cat $$logs/sqlite.log; \
 	echo "== test suite on PostgreSQL (throwaway cluster) =="; cat $$logs/postgresql.log; \
 	echo "== the waiting suites on SQLite: the console in Chromium, the adapters, the README, broker serve =="; cat $$logs/waiting.log; \
-	echo "== the API fuzzed by schemathesis, and the worker processes, on PostgreSQL =="; cat $$logs/fuzz.log; \
+	echo "== the API fuzzed by schemathesis, on PostgreSQL =="; cat $$logs/fuzz.log; \
 	echo "== lint (ruff, mypy), run once the others were done =="; cat $$logs/lint.log; \
 	rm -rf $$logs; \
 	test $$lite -eq 0 && test $$pg -eq 0 && test $$side -eq 0
