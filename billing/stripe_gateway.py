@@ -277,17 +277,8 @@ def void_invoice(client: StripeClient, stripe_invoice_id: str, broker_invoice_id
     Refuses (`GatewayPermanent`) an invoice made for another broker invoice, and what Stripe
     cannot cancel (a paid invoice).
     """
-    invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
-    metadata = invoice.metadata.to_dict() if invoice.metadata else {}
-    if metadata.get("broker_invoice_id") != broker_invoice_id:
-        raise GatewayPermanent(
-            f"Stripe invoice {stripe_invoice_id} is not the copy of {broker_invoice_id}",
-            code="broker_invoice_mismatch",
-        )
-    if invoice.status == "void":
-        return
-    if invoice.status == "draft":
-        _call(client.v1.invoices.delete, stripe_invoice_id)
+    invoice = _finalized_copy(client, stripe_invoice_id, broker_invoice_id)
+    if invoice is None or invoice.status == "void":
         return
     _call(
         client.v1.invoices.void_invoice,
@@ -302,17 +293,8 @@ def mark_paid_outside(client: StripeClient, stripe_invoice_id: str, broker_invoi
     (a sync stopped half-way) is deleted; one paid or void is left as it is.
 
     Refuses (`GatewayPermanent`) an invoice made for another broker invoice."""
-    invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
-    metadata = invoice.metadata.to_dict() if invoice.metadata else {}
-    if metadata.get("broker_invoice_id") != broker_invoice_id:
-        raise GatewayPermanent(
-            f"Stripe invoice {stripe_invoice_id} is not the copy of {broker_invoice_id}",
-            code="broker_invoice_mismatch",
-        )
-    if invoice.status in ("paid", "void"):
-        return
-    if invoice.status == "draft":
-        _call(client.v1.invoices.delete, stripe_invoice_id)
+    invoice = _finalized_copy(client, stripe_invoice_id, broker_invoice_id)
+    if invoice is None or invoice.status in ("paid", "void"):
         return
     _call(
         client.v1.invoices.pay,
@@ -320,6 +302,22 @@ def mark_paid_outside(client: StripeClient, stripe_invoice_id: str, broker_invoi
         params={"paid_out_of_band": True},
         options={"idempotency_key": f"invoice:{broker_invoice_id}:paid_out_of_band"},
     )
+
+
+def _finalized_copy(client: StripeClient, stripe_invoice_id: str, broker_invoice_id: str) -> Any:
+    """The Stripe invoice, checked to be the copy of `broker_invoice_id` (`GatewayPermanent`
+    otherwise), once finalized; a draft (a sync stopped half-way) is deleted, and None."""
+    invoice = _call(client.v1.invoices.retrieve, stripe_invoice_id)
+    metadata = invoice.metadata.to_dict() if invoice.metadata else {}
+    if metadata.get("broker_invoice_id") != broker_invoice_id:
+        raise GatewayPermanent(
+            f"Stripe invoice {stripe_invoice_id} is not the copy of {broker_invoice_id}",
+            code="broker_invoice_mismatch",
+        )
+    if invoice.status == "draft":
+        _call(client.v1.invoices.delete, stripe_invoice_id)
+        return None
+    return invoice
 
 
 def find_invoice(client: StripeClient, customer_id: str, broker_invoice_id: str) -> str | None:
